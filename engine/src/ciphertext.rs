@@ -1,0 +1,336 @@
+//! Encrypted tensors: vectors of LWE ciphertexts and GLWE-packed vectors.
+//!
+//! Every tensor carries its key-set id (operations refuse to mix key sets), its [`Encoding`], and
+//! an upper bound on its noise variance (unit torus), which leveled operations update from their
+//! weights' 2-norm so that a PBS can check the preset's failure-probability budget.
+
+use crate::encoding::{Encoding, ValueRange};
+use crate::error::{EngineError, Result};
+use crate::format::KeySetId;
+use serde::{Deserialize, Serialize};
+use tfhe::core_crypto::prelude::*;
+
+/// Which secret key an LWE ciphertext is under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LweKeyKind {
+    /// The big key (k * N): PBS outputs and extracted coefficients.
+    Big,
+    /// The small key (n): keyswitch outputs, PBS inputs.
+    Small,
+}
+
+/// A vector of LWE ciphertexts, one value each.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct LweVector {
+    pub(crate) key_set: KeySetId,
+    pub(crate) key: LweKeyKind,
+    pub(crate) encoding: Encoding,
+    pub(crate) range: ValueRange,
+    pub(crate) variance: f64,
+    pub(crate) list: LweCiphertextListOwned<u64>,
+}
+
+impl std::fmt::Debug for LweVector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "LweVector {{ len: {}, dim: {}, {:?}, {:?}, var: {:.2e} }}",
+            self.len(),
+            self.list.lwe_size().to_lwe_dimension().0,
+            self.key,
+            self.encoding,
+            self.variance
+        )
+    }
+}
+
+impl LweVector {
+    pub(crate) fn new(
+        key_set: KeySetId,
+        key: LweKeyKind,
+        encoding: Encoding,
+        range: ValueRange,
+        variance: f64,
+        list: LweCiphertextListOwned<u64>,
+    ) -> LweVector {
+        LweVector {
+            key_set,
+            key,
+            encoding,
+            range,
+            variance,
+            list,
+        }
+    }
+
+    /// The declared range of the values.
+    pub fn range(&self) -> ValueRange {
+        self.range
+    }
+
+    /// Declares a narrower value range (public architecture knowledge, e.g. "pixels are 0..=15").
+    pub fn with_range(mut self, range: ValueRange) -> Result<LweVector> {
+        if !range.fits(self.encoding) {
+            return Err(EngineError::range(
+                "value range",
+                format!("{range:?} does not fit {:?}", self.encoding),
+            ));
+        }
+        self.range = range;
+        Ok(self)
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.lwe_ciphertext_count().0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn key_set(&self) -> KeySetId {
+        self.key_set
+    }
+    pub fn key_kind(&self) -> LweKeyKind {
+        self.key
+    }
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+    /// Upper bound on the noise variance (unit torus).
+    pub fn variance(&self) -> f64 {
+        self.variance
+    }
+    pub fn lwe_dimension(&self) -> LweDimension {
+        self.list.lwe_size().to_lwe_dimension()
+    }
+    pub fn as_list(&self) -> &LweCiphertextListOwned<u64> {
+        &self.list
+    }
+
+    /// Reinterprets the values under another encoding of the same delta scale. Used after leveled
+    /// arithmetic changed the value range (for example a weighted sum needs a wider signed range).
+    pub fn with_encoding(mut self, encoding: Encoding) -> Result<LweVector> {
+        encoding.validate()?;
+        if encoding.width != self.encoding.width {
+            return Err(EngineError::shape(
+                "re-encoding",
+                format!("width {}", self.encoding.width),
+                format!("width {}", encoding.width),
+            ));
+        }
+        if !self.range.fits(encoding) {
+            return Err(EngineError::range(
+                "re-encoding",
+                format!("{:?} does not fit {encoding:?}", self.range),
+            ));
+        }
+        self.encoding = encoding;
+        Ok(self)
+    }
+
+    /// A sub-vector of values `range`.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Result<LweVector> {
+        if range.end > self.len() || range.start > range.end {
+            return Err(EngineError::shape(
+                "LWE slice",
+                format!("range within 0..{}", self.len()),
+                format!("{range:?}"),
+            ));
+        }
+        let size = self.list.lwe_size().0;
+        let data = self.list.as_ref()[range.start * size..range.end * size].to_vec();
+        Ok(LweVector {
+            list: LweCiphertextList::from_container(
+                data,
+                self.list.lwe_size(),
+                self.list.ciphertext_modulus(),
+            ),
+            ..self.clone_meta()
+        })
+    }
+
+    /// Concatenates vectors of the same key set, key kind and encoding.
+    pub fn concat(parts: &[&LweVector]) -> Result<LweVector> {
+        let first = parts
+            .first()
+            .ok_or_else(|| EngineError::shape("LWE concat", "at least one part", "none"))?;
+        let mut data = Vec::new();
+        let mut variance: f64 = 0.0;
+        let mut range = first.range;
+        for p in parts {
+            first.check_compatible(p, "LWE concat")?;
+            data.extend_from_slice(p.list.as_ref());
+            variance = variance.max(p.variance);
+            range = range.union(&p.range);
+        }
+        Ok(LweVector {
+            variance,
+            range,
+            list: LweCiphertextList::from_container(
+                data,
+                first.list.lwe_size(),
+                first.list.ciphertext_modulus(),
+            ),
+            ..first.clone_meta()
+        })
+    }
+
+    /// Checks that `other` can be combined with `self`.
+    pub fn check_compatible(&self, other: &LweVector, context: &'static str) -> Result<()> {
+        if self.key_set != other.key_set {
+            return Err(EngineError::KeySetMismatch {
+                what: "ciphertext",
+                expected: self.key_set.to_string(),
+                found: other.key_set.to_string(),
+            });
+        }
+        if self.key != other.key || self.lwe_dimension() != other.lwe_dimension() {
+            return Err(EngineError::shape(
+                context,
+                format!("{:?} key", self.key),
+                format!("{:?} key", other.key),
+            ));
+        }
+        if self.encoding.width != other.encoding.width {
+            return Err(EngineError::shape(
+                context,
+                format!("width {}", self.encoding.width),
+                format!("width {}", other.encoding.width),
+            ));
+        }
+        Ok(())
+    }
+
+    fn clone_meta(&self) -> LweVector {
+        LweVector {
+            key_set: self.key_set,
+            key: self.key,
+            encoding: self.encoding,
+            range: self.range,
+            variance: self.variance,
+            list: LweCiphertextList::new(
+                0,
+                self.list.lwe_size(),
+                LweCiphertextCount(0),
+                self.list.ciphertext_modulus(),
+            ),
+        }
+    }
+}
+
+/// Values packed as coefficients of GLWE ciphertexts: value `i` is coefficient `i % N` of GLWE
+/// `i / N`. One GLWE carries N values for the price of about two LWE ciphertexts.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct PackedGlwe {
+    pub(crate) key_set: KeySetId,
+    pub(crate) encoding: Encoding,
+    pub(crate) range: ValueRange,
+    pub(crate) variance: f64,
+    pub(crate) len: usize,
+    pub(crate) list: GlweCiphertextListOwned<u64>,
+}
+
+impl std::fmt::Debug for PackedGlwe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PackedGlwe {{ len: {}, glwes: {}, {:?}, var: {:.2e} }}",
+            self.len,
+            self.glwe_count(),
+            self.encoding,
+            self.variance
+        )
+    }
+}
+
+impl PackedGlwe {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn glwe_count(&self) -> usize {
+        self.list.glwe_ciphertext_count().0
+    }
+    pub fn key_set(&self) -> KeySetId {
+        self.key_set
+    }
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+    pub fn variance(&self) -> f64 {
+        self.variance
+    }
+    pub fn as_list(&self) -> &GlweCiphertextListOwned<u64> {
+        &self.list
+    }
+    /// The declared range of the values.
+    pub fn range(&self) -> ValueRange {
+        self.range
+    }
+    /// Declares a narrower value range (public architecture knowledge).
+    pub fn with_range(mut self, range: ValueRange) -> Result<PackedGlwe> {
+        if !range.fits(self.encoding) {
+            return Err(EngineError::range(
+                "value range",
+                format!("{range:?} does not fit {:?}", self.encoding),
+            ));
+        }
+        self.range = range;
+        Ok(self)
+    }
+
+    /// Checks that `other` has the same key set and shape.
+    pub fn check_compatible(&self, other: &PackedGlwe, context: &'static str) -> Result<()> {
+        if self.key_set != other.key_set {
+            return Err(EngineError::KeySetMismatch {
+                what: "ciphertext",
+                expected: self.key_set.to_string(),
+                found: other.key_set.to_string(),
+            });
+        }
+        if self.len != other.len || self.glwe_count() != other.glwe_count() {
+            return Err(EngineError::shape(
+                context,
+                format!("{} values", self.len),
+                format!("{} values", other.len),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A packed GLWE vector in seeded form: masks replaced by a CSPRNG seed, about half the bytes.
+/// This is what a client uploads; the server expands it with [`SeededPackedGlwe::decompress`].
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SeededPackedGlwe {
+    pub(crate) key_set: KeySetId,
+    pub(crate) encoding: Encoding,
+    pub(crate) range: ValueRange,
+    pub(crate) variance: f64,
+    pub(crate) len: usize,
+    pub(crate) list: SeededGlweCiphertextListOwned<u64>,
+}
+
+impl SeededPackedGlwe {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn key_set(&self) -> KeySetId {
+        self.key_set
+    }
+    /// Expands the masks from the seed.
+    pub fn decompress(&self) -> PackedGlwe {
+        PackedGlwe {
+            key_set: self.key_set,
+            encoding: self.encoding,
+            range: self.range,
+            variance: self.variance,
+            len: self.len,
+            list: self.list.clone().decompress_into_glwe_ciphertext_list(),
+        }
+    }
+}

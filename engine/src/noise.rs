@@ -1,0 +1,191 @@
+//! Noise model: variances (unit torus) of each operation and the failure probability of a PBS.
+//!
+//! The formulas are the standard TFHE ones used by Concrete's optimizer, written for the actual
+//! noise of the preset (tfhe's `noise_formulas` for KS and PBS assume the minimal noise of a
+//! 132-bit-secure set, which is wrong for test and custom presets); the modulus switch uses tfhe's
+//! own formula for the centered-mean modulus switch that veilmoe's PBS applies.
+//!
+//! - fresh encryption: sigma^2
+//! - dot product with plaintext weights w: ||w||_2^2 * var_in (+ FFT rounding for packed products)
+//! - keyswitch (input dim m, base B, L levels): m * L * sigma_lwe^2 + m / (24 * B^(2L))
+//! - PBS output (n, k, N, base B, L levels):
+//!   n * L * (k+1) * N * (B^2 + 2) / 12 * sigma_glwe^2 + n / (24 * B^(2L)) * (1 + k*N/2)
+//! - failure of a PBS reading `b` bits (with padding): P(|e| > 2^-(b+1)) for e ~ N(0, var),
+//!   var = input variance + keyswitch + modulus switch.
+
+use crate::preset::Preset;
+use tfhe::core_crypto::commons::noise_formulas::centered_mean_shifted_modulus_switch::centered_binary_shifted_modulus_switch_additive_variance;
+use tfhe::core_crypto::prelude::LweDimension;
+
+const TWO_POW_64: f64 = 18446744073709551616.0;
+
+/// Variance added by a keyswitch from dimension `input_dim`.
+pub fn keyswitch_variance(p: &Preset, input_dim: usize) -> f64 {
+    let m = input_dim as f64;
+    let b = 2f64.powi(p.keyswitch.base_log as i32);
+    let l = p.keyswitch.level as f64;
+    m * l * p.lwe.noise.variance() + m / (24.0 * b.powf(2.0 * l))
+}
+
+/// Variance of a PBS output (independent of the input's noise).
+pub fn pbs_output_variance(p: &Preset) -> f64 {
+    bootstrap_output_variance(p, p.pbs.base_log, p.pbs.level)
+}
+
+/// Variance of an output of circuit bootstrapping's own (more precise) bootstrapping key.
+pub fn cbs_pbs_output_variance(p: &Preset) -> f64 {
+    bootstrap_output_variance(
+        p,
+        p.circuit_bootstrap.pbs_base_log,
+        p.circuit_bootstrap.pbs_level,
+    )
+}
+
+fn bootstrap_output_variance(p: &Preset, base_log: usize, level: usize) -> f64 {
+    let n = p.lwe.dimension as f64;
+    let k = p.glwe.dimension as f64;
+    let big_n = p.glwe.polynomial_size as f64;
+    let b = 2f64.powi(base_log as i32);
+    let l = level as f64;
+    // FFT rounding of the external products (53-bit mantissa), Concrete's empirical fit order.
+    let fft = n * l * (k + 1.0) * big_n * big_n * b * b * 2f64.powi(-2 * 53) / 3.0;
+    n * l * (k + 1.0) * big_n * (b * b + 2.0) / 12.0 * p.glwe.noise.variance()
+        + n / (24.0 * b.powf(2.0 * l)) * (1.0 + k * big_n / 2.0)
+        + fft
+}
+
+/// Variance added by veilmoe's (centered-mean) modulus switch to 2N.
+pub fn modulus_switch_variance(p: &Preset) -> f64 {
+    let v = centered_binary_shifted_modulus_switch_additive_variance(
+        LweDimension(p.lwe.dimension),
+        TWO_POW_64,
+        2.0 * p.glwe.polynomial_size as f64,
+    );
+    v.0
+}
+
+/// Variance added by a packed product with weight 2-norm `norm2` (FFT rounding of the
+/// torus x integer product, 53-bit mantissa).
+pub fn packed_product_fft_variance(p: &Preset, norm2_sq: f64) -> f64 {
+    (p.glwe.dimension as f64 + 1.0) * p.glwe.polynomial_size as f64 * norm2_sq * 2f64.powi(-2 * 53)
+}
+
+/// The largest input variance (big-key LWE, before the keyswitch) for which the preset's
+/// published per-PBS failure probability holds: a dot product of 2-norm `max_norm2` over PBS
+/// outputs.
+pub fn pbs_input_budget(p: &Preset) -> f64 {
+    p.max_norm2 * p.max_norm2 * pbs_output_variance(p)
+}
+
+/// Total variance at the blind rotation for an input of variance `input_var` (big key).
+pub fn variance_at_blind_rotation(p: &Preset, input_var: f64) -> f64 {
+    input_var
+        + keyswitch_variance(p, p.glwe.dimension * p.glwe.polynomial_size)
+        + modulus_switch_variance(p)
+}
+
+/// log2 of the probability that a PBS reading `read_bits` bits (padding included) decodes
+/// a wrong box, for an input of variance `input_var`.
+pub fn log2_p_fail(p: &Preset, input_var: f64, read_bits: u32) -> f64 {
+    let var = variance_at_blind_rotation(p, input_var);
+    let half_box = 2f64.powi(-(read_bits as i32) - 1);
+    let z = half_box / var.sqrt();
+    log2_erfc(z / std::f64::consts::SQRT_2)
+}
+
+/// kappa such that a centered Gaussian exceeds kappa sigma with probability `2^log2_p`.
+pub fn kappa_for_log2_p(log2_p: f64) -> f64 {
+    // Invert log2_erfc(k / sqrt 2) = log2_p by bisection (monotone decreasing in k).
+    let (mut lo, mut hi) = (0.0f64, 40.0f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if log2_erfc(mid / std::f64::consts::SQRT_2) > log2_p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// log2(erfc(x)) for x >= 0, accurate in the far tail (asymptotic series) and near 0.
+pub fn log2_erfc(x: f64) -> f64 {
+    if x < 3.0 {
+        erfc_small(x).log2()
+    } else {
+        // erfc(x) ~ exp(-x^2) / (x sqrt(pi)) * (1 - 1/(2x^2) + 3/(4x^4) - 15/(8x^6))
+        let x2 = x * x;
+        let series = 1.0 - 1.0 / (2.0 * x2) + 3.0 / (4.0 * x2 * x2) - 15.0 / (8.0 * x2 * x2 * x2);
+        (-x2) / std::f64::consts::LN_2 - (x * std::f64::consts::PI.sqrt()).log2() + series.log2()
+    }
+}
+
+/// erfc via the Numerical Recipes Chebyshev fit (relative error < 1.2e-7).
+fn erfc_small(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let r = t
+        * (-z * z - 1.26551223
+            + t * (1.00002368
+                + t * (0.37409196
+                    + t * (0.09678418
+                        + t * (-0.18628806
+                            + t * (0.27886807
+                                + t * (-1.13520398
+                                    + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
+            .exp();
+    if x >= 0.0 {
+        r
+    } else {
+        2.0 - r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erfc_matches_known_values() {
+        assert!((erfc_small(0.0) - 1.0).abs() < 1e-6);
+        assert!((erfc_small(1.0) - 0.157299207).abs() < 1e-6);
+        // erfc(5) = 1.5374597944e-12
+        assert!((log2_erfc(5.0) - 1.5374597944e-12f64.log2()).abs() < 0.05);
+        // continuity at the switch point
+        assert!((erfc_small(3.0).log2() - log2_erfc(3.0 + 1e-9)).abs() < 0.05);
+    }
+
+    #[test]
+    fn kappa_inverts() {
+        let k = kappa_for_log2_p(-64.0);
+        assert!((log2_erfc(k / std::f64::consts::SQRT_2) + 64.0).abs() < 1e-6);
+        assert!(k > 10.0 && k < 11.0, "kappa(2^-64) = {k}");
+    }
+}
+
+/// Variance added by a private functional packing keyswitch (circuit bootstrapping).
+pub fn pfks_variance(p: &Preset) -> f64 {
+    let m = (p.glwe.dimension * p.glwe.polynomial_size) as f64;
+    let b = 2f64.powi(p.circuit_bootstrap.pfks_base_log as i32);
+    let l = p.circuit_bootstrap.pfks_level as f64;
+    m * l * p.glwe.noise.variance() + m / (24.0 * b.powf(2.0 * l))
+}
+
+/// Variance added by a packing keyswitch of one LWE into a GLWE.
+pub fn packing_keyswitch_variance(p: &Preset) -> f64 {
+    let m = (p.glwe.dimension * p.glwe.polynomial_size) as f64;
+    let b = 2f64.powi(p.packing_keyswitch.base_log as i32);
+    let l = p.packing_keyswitch.level as f64;
+    m * l * p.glwe.noise.variance() + m / (24.0 * b.powf(2.0 * l))
+}
+
+/// Variance added by an external product with a GGSW of noise variance `ggsw_var`, decomposed
+/// with the circuit-bootstrap base and levels.
+pub fn external_product_variance(p: &Preset, ggsw_var: f64) -> f64 {
+    let k = p.glwe.dimension as f64;
+    let big_n = p.glwe.polynomial_size as f64;
+    let b = 2f64.powi(p.circuit_bootstrap.base_log as i32);
+    let l = p.circuit_bootstrap.level as f64;
+    (k + 1.0) * l * big_n * (b * b + 2.0) / 12.0 * ggsw_var
+        + (1.0 + k * big_n / 2.0) / (24.0 * b.powf(2.0 * l))
+}

@@ -1,0 +1,170 @@
+//! Programmable bootstrapping through the engine: keyswitch (big -> small key), centered-mean
+//! modulus switch (as tfhe's 2M128 sets assume), blind rotation of the lookup table, sample
+//! extraction. Batches run in parallel with rayon, each thread reusing its own scratch memory.
+
+use crate::accounting::OpKind;
+use crate::ciphertext::{LweKeyKind, LweVector};
+use crate::error::{EngineError, Result};
+use crate::evaluator::{with_scratch, Evaluator};
+use crate::lut::{BivariateLut, Lut};
+use crate::noise;
+use rayon::prelude::*;
+use tfhe::core_crypto::prelude::*;
+
+impl<'k> Evaluator<'k> {
+    /// Keyswitches big-key ciphertexts to the small key.
+    pub fn keyswitch(&self, x: &LweVector) -> Result<LweVector> {
+        self.check_key_set(x.key_set())?;
+        if x.key_kind() != LweKeyKind::Big {
+            return Err(EngineError::shape(
+                "keyswitch",
+                "big-key input",
+                "small-key input",
+            ));
+        }
+        let key = self.key();
+        let small = key.ksk.output_key_lwe_dimension().to_lwe_size();
+        let big = x.as_list().lwe_size().0;
+        let mut out = vec![0u64; x.len() * small.0];
+        out.par_chunks_mut(small.0)
+            .zip(x.as_list().as_ref().par_chunks(big))
+            .for_each(|(o, i)| {
+                let input = LweCiphertext::from_container(i, CiphertextModulus::new_native());
+                let mut output = LweCiphertext::from_container(o, CiphertextModulus::new_native());
+                keyswitch_lwe_ciphertext(&key.ksk, &input, &mut output);
+            });
+        self.ops
+            .record(OpKind::Keyswitch, x.len() as u64, big as u64);
+        let p = self.preset();
+        Ok(LweVector::new(
+            x.key_set(),
+            LweKeyKind::Small,
+            x.encoding(),
+            x.range(),
+            x.variance() + noise::keyswitch_variance(p, big - 1),
+            LweCiphertextList::from_container(out, small, CiphertextModulus::new_native()),
+        ))
+    }
+
+    /// Refuses an input whose noise exceeds the preset's failure-probability budget.
+    fn check_pbs_input(&self, x: &LweVector, lut: &Lut) -> Result<()> {
+        self.check_key_set(x.key_set())?;
+        if x.key_kind() != LweKeyKind::Big {
+            return Err(EngineError::shape(
+                "PBS",
+                "big-key input (PBS keyswitches itself)",
+                "small-key input",
+            ));
+        }
+        if x.encoding().width != lut.input().width || x.encoding().signed != lut.input().signed {
+            return Err(EngineError::shape(
+                "PBS",
+                format!("input encoding {:?}", lut.input()),
+                format!("{:?}", x.encoding()),
+            ));
+        }
+        let budget = noise::pbs_input_budget(self.preset());
+        if x.variance() > budget {
+            return Err(EngineError::NoiseBudget {
+                context: "PBS input",
+                variance: x.variance(),
+                budget,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs KS + PBS on every ciphertext of `x`; returns one vector per function of the table.
+    fn run_pbs(&self, x: &LweVector, lut: &Lut) -> Result<Vec<LweVector>> {
+        self.check_pbs_input(x, lut)?;
+        let key = self.key();
+        let p = self.preset();
+        let big = x.as_list().lwe_size().0;
+        let small = key.ksk.output_key_lwe_dimension().to_lwe_size();
+        let out_size = key.bsk.output_lwe_dimension().to_lwe_size();
+        let outputs = lut.extract.len();
+        let offset = (x.encoding().pbs_offset() as u64).wrapping_mul(x.encoding().delta());
+        let log_modulus =
+            CiphertextModulusLog(p.glwe.polynomial_size.trailing_zeros() as usize + 1);
+        let fft = key.fft.as_view();
+        let req = blind_rotate_assign_mem_optimized_requirement::<u64>(
+            key.bsk.glwe_size(),
+            key.bsk.polynomial_size(),
+            fft,
+        )
+        .unaligned_bytes_required();
+        let modulus = CiphertextModulus::new_native();
+
+        let mut out = vec![0u64; x.len() * outputs * out_size.0];
+        out.par_chunks_mut(outputs * out_size.0)
+            .zip(x.as_list().as_ref().par_chunks(big))
+            .for_each(|(o, i)| {
+                let mut shifted = LweCiphertext::from_container(i.to_vec(), modulus);
+                let body = shifted.get_mut_body().data;
+                *body = body.wrapping_add(offset);
+                let mut ks = LweCiphertext::new(0u64, small, modulus);
+                keyswitch_lwe_ciphertext(&key.ksk, &shifted, &mut ks);
+                let msed = lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(
+                    ks.as_view(),
+                    log_modulus,
+                );
+                let mut acc = lut.acc.clone();
+                with_scratch(req, |stack| {
+                    blind_rotate_assign_mem_optimized(&msed, &mut acc, &key.bsk, fft, stack);
+                });
+                for (chunk, &degree) in o.chunks_exact_mut(out_size.0).zip(&lut.extract) {
+                    let mut lwe = LweCiphertext::from_container(chunk, modulus);
+                    extract_lwe_sample_from_glwe_ciphertext(&acc, &mut lwe, MonomialDegree(degree));
+                }
+            });
+        self.ops
+            .record(OpKind::Keyswitch, x.len() as u64, (big - 1) as u64);
+        self.ops
+            .record(OpKind::Pbs, x.len() as u64, p.lwe.dimension as u64);
+        let var = noise::pbs_output_variance(p);
+        Ok((0..outputs)
+            .map(|j| {
+                let mut data = Vec::with_capacity(x.len() * out_size.0);
+                for c in out.chunks_exact(outputs * out_size.0) {
+                    data.extend_from_slice(&c[j * out_size.0..(j + 1) * out_size.0]);
+                }
+                LweVector::new(
+                    x.key_set(),
+                    LweKeyKind::Big,
+                    lut.output(),
+                    lut.output_range(),
+                    var,
+                    LweCiphertextList::from_container(data, out_size, modulus),
+                )
+            })
+            .collect())
+    }
+
+    /// Applies `lut` to every value of `x` (KS + PBS each, in parallel).
+    pub fn pbs(&self, x: &LweVector, lut: &Lut) -> Result<LweVector> {
+        if lut.outputs() != 1 {
+            return Err(EngineError::shape(
+                "PBS",
+                "a single-output table",
+                format!("{} outputs (use pbs_many)", lut.outputs()),
+            ));
+        }
+        Ok(self.run_pbs(x, lut)?.remove(0))
+    }
+
+    /// Applies a many-LUT: one blind rotation per value, one output vector per function.
+    pub fn pbs_many(&self, x: &LweVector, lut: &Lut) -> Result<Vec<LweVector>> {
+        self.run_pbs(x, lut)
+    }
+
+    /// `f(a_i, b_i)` elementwise: packs `a * 2^b_bits + b` (leveled) then one PBS per pair.
+    pub fn bivariate_pbs(
+        &self,
+        a: &LweVector,
+        b: &LweVector,
+        lut: &BivariateLut,
+    ) -> Result<LweVector> {
+        let combined = self.linear_combination(&[a, b], &[1i64 << lut.b_bits, 1], lut.input())?;
+        self.pbs(&combined, &lut.lut)
+    }
+}

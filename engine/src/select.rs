@@ -1,0 +1,313 @@
+//! Oblivious selection building blocks: circuit bootstrapping of an encrypted bit into a GGSW
+//! ciphertext, external products, CMUX and CMUX trees.
+//!
+//! A CMUX costs one external product (~0.1 ms), against ~40 ms for a PBS, so once the index bits
+//! of a choice are GGSW ciphertexts (one circuit bootstrap each, ~5 PBS), choosing among E
+//! encrypted candidates costs E - 1 CMUX per GLWE: the work that scales with E stays leveled.
+//!
+//! [`Evaluator::cmux_tree_lwe`] selects among LWE vectors: each LWE ciphertext is embedded as the
+//! constant coefficient of a GLWE (the inverse of sample extraction; the other coefficients of
+//! the phase are junk that the CMUX carries along harmlessly), selected, and extracted again.
+
+use crate::accounting::OpKind;
+use crate::ciphertext::{LweKeyKind, LweVector, PackedGlwe};
+use crate::error::{EngineError, Result};
+use crate::evaluator::{with_scratch, Evaluator};
+use crate::format::KeySetId;
+use crate::noise;
+use rayon::prelude::*;
+use tfhe::core_crypto::fft_impl::fft64::crypto::wop_pbs::{
+    circuit_bootstrap_boolean, circuit_bootstrap_boolean_scratch,
+};
+use tfhe::core_crypto::prelude::*;
+
+/// An encrypted bit as a Fourier-domain GGSW ciphertext (the control input of a CMUX).
+pub struct GgswBit {
+    key_set: KeySetId,
+    pub(crate) ggsw: FourierGgswCiphertext<aligned_vec::ABox<[c64]>>,
+    variance: f64,
+}
+
+impl GgswBit {
+    pub fn key_set(&self) -> KeySetId {
+        self.key_set
+    }
+}
+
+impl<'k> Evaluator<'k> {
+    /// Circuit-bootstraps every value of `bits` (each 0 or 1, the bit being the lowest bit of the
+    /// vector's encoding) into a GGSW ciphertext: keyswitch, then one PBS and k+1 private
+    /// functional packing keyswitches per GGSW level.
+    pub fn circuit_bootstrap(&self, bits: &LweVector) -> Result<Vec<GgswBit>> {
+        self.check_key_set(bits.key_set())?;
+        if bits.key_kind() != LweKeyKind::Big {
+            return Err(EngineError::shape(
+                "circuit bootstrap",
+                "big-key input",
+                "small-key input",
+            ));
+        }
+        let small = self.keyswitch(bits)?;
+        let key = self.key();
+        let p = self.preset();
+        let cbs = p.circuit_bootstrap;
+        let glwe_size = p.glwe_dimension().to_glwe_size();
+        let n = p.polynomial_size();
+        let fft = key.fft.as_view();
+        let delta_log = DeltaLog(63 - bits.encoding().width as usize);
+        let req = circuit_bootstrap_boolean_scratch::<u64>(
+            small.as_list().lwe_size(),
+            key.cbs_bsk.output_lwe_dimension().to_lwe_size(),
+            glwe_size,
+            n,
+            fft,
+        )
+        .unaligned_bytes_required()
+        .max(
+            convert_standard_ggsw_ciphertext_to_fourier_mem_optimized_requirement(fft)
+                .unaligned_bytes_required(),
+        );
+        let modulus = CiphertextModulus::new_native();
+        let size = small.as_list().lwe_size().0;
+        let ggsws: Vec<FourierGgswCiphertext<aligned_vec::ABox<[c64]>>> = small
+            .as_list()
+            .as_ref()
+            .par_chunks(size)
+            .map(|ct| {
+                let mut std_ggsw = GgswCiphertext::new(
+                    0u64,
+                    glwe_size,
+                    n,
+                    DecompositionBaseLog(cbs.base_log),
+                    DecompositionLevelCount(cbs.level),
+                    modulus,
+                );
+                let mut fourier = FourierGgswCiphertext::new(
+                    glwe_size,
+                    n,
+                    DecompositionBaseLog(cbs.base_log),
+                    DecompositionLevelCount(cbs.level),
+                );
+                with_scratch(req, |stack| {
+                    circuit_bootstrap_boolean(
+                        key.cbs_bsk.as_view(),
+                        LweCiphertext::from_container(ct, modulus),
+                        std_ggsw.as_mut_view(),
+                        delta_log,
+                        key.cbs_pfpksk.as_view(),
+                        fft,
+                        stack,
+                    );
+                    convert_standard_ggsw_ciphertext_to_fourier_mem_optimized(
+                        &std_ggsw,
+                        &mut fourier,
+                        fft,
+                        stack,
+                    );
+                });
+                fourier
+            })
+            .collect();
+        let levels = cbs.level as u64;
+        self.ops
+            .record(OpKind::CircuitBootstrap, bits.len() as u64, levels);
+        let variance = noise::cbs_pbs_output_variance(p) + noise::pfks_variance(p);
+        Ok(ggsws
+            .into_iter()
+            .map(|ggsw| GgswBit {
+                key_set: bits.key_set(),
+                ggsw,
+                variance,
+            })
+            .collect())
+    }
+
+    /// `c0` if the bit is 0, `c1` if it is 1 (one external product per GLWE).
+    pub fn cmux(&self, bit: &GgswBit, c0: &PackedGlwe, c1: &PackedGlwe) -> Result<PackedGlwe> {
+        self.check_key_set(bit.key_set)?;
+        self.check_key_set(c0.key_set())?;
+        c0.check_compatible(c1, "CMUX")?;
+        let mut out = c0.clone();
+        let fft = self.key().fft.as_view();
+        let p = self.preset();
+        let req = cmux_assign_mem_optimized_requirement::<u64>(
+            p.glwe_dimension().to_glwe_size(),
+            p.polynomial_size(),
+            fft,
+        )
+        .unaligned_bytes_required();
+        let glwe_len = p.glwe_dimension().to_glwe_size().0 * p.glwe.polynomial_size;
+        out.list
+            .as_mut()
+            .par_chunks_mut(glwe_len)
+            .zip(c1.list.as_ref().par_chunks(glwe_len))
+            .for_each(|(o, i1)| {
+                let mut ct0 = GlweCiphertext::from_container(
+                    o,
+                    p.polynomial_size(),
+                    CiphertextModulus::new_native(),
+                );
+                let mut ct1 = GlweCiphertext::from_container(
+                    i1.to_vec(),
+                    p.polynomial_size(),
+                    CiphertextModulus::new_native(),
+                );
+                with_scratch(req, |stack| {
+                    cmux_assign_mem_optimized(&mut ct0, &mut ct1, &bit.ggsw, fft, stack)
+                });
+            });
+        self.ops.record(
+            OpKind::ExternalProduct,
+            c0.glwe_count() as u64,
+            p.glwe.polynomial_size as u64,
+        );
+        out.variance =
+            c0.variance().max(c1.variance()) + noise::external_product_variance(p, bit.variance);
+        Ok(out)
+    }
+
+    /// Selects `inputs[index]` where `index = sum_l bit_l 2^l` (`index_bits` least significant
+    /// first). Missing leaves (when `inputs.len() < 2^bits`) are encryptions of zero; always
+    /// `2^bits - 1` CMUX levels' worth of work, whatever the index.
+    pub fn cmux_tree(&self, index_bits: &[GgswBit], inputs: &[PackedGlwe]) -> Result<PackedGlwe> {
+        let first = inputs
+            .first()
+            .ok_or_else(|| EngineError::shape("CMUX tree", "at least one input", 0))?;
+        if inputs.len() > (1usize << index_bits.len()) {
+            return Err(EngineError::shape(
+                "CMUX tree",
+                format!(
+                    "at most {} inputs for {} index bits",
+                    1usize << index_bits.len(),
+                    index_bits.len()
+                ),
+                inputs.len(),
+            ));
+        }
+        for x in inputs {
+            first.check_compatible(x, "CMUX tree")?;
+        }
+        let mut range = crate::encoding::ValueRange { min: 0, max: 0 };
+        for x in inputs {
+            range = range.union(&x.range());
+        }
+        let zero = PackedGlwe {
+            list: GlweCiphertextList::new(
+                0u64,
+                first.list.glwe_size(),
+                first.list.polynomial_size(),
+                first.list.glwe_ciphertext_count(),
+                CiphertextModulus::new_native(),
+            ),
+            variance: 0.0,
+            ..first.clone()
+        };
+        let mut level: Vec<PackedGlwe> = (0..(1usize << index_bits.len()))
+            .map(|i| inputs.get(i).cloned().unwrap_or_else(|| zero.clone()))
+            .collect();
+        for bit in index_bits {
+            level = level
+                .par_chunks(2)
+                .map(|pair| self.cmux(bit, &pair[0], &pair[1]))
+                .collect::<Result<Vec<_>>>()?;
+        }
+        let mut out = level.remove(0);
+        out.range = range;
+        Ok(out)
+    }
+
+    /// Selects `inputs[index]` among LWE vectors of equal length (see the module docs).
+    pub fn cmux_tree_lwe(&self, index_bits: &[GgswBit], inputs: &[LweVector]) -> Result<LweVector> {
+        let first = inputs
+            .first()
+            .ok_or_else(|| EngineError::shape("CMUX tree", "at least one input", 0))?;
+        let p = self.preset();
+        if first.key_kind() != LweKeyKind::Big {
+            return Err(EngineError::shape(
+                "CMUX tree",
+                "big-key LWE inputs",
+                "small-key inputs",
+            ));
+        }
+        for x in inputs {
+            first.check_compatible(x, "CMUX tree")?;
+            if x.len() != first.len() {
+                return Err(EngineError::shape(
+                    "CMUX tree",
+                    format!("{} values", first.len()),
+                    x.len(),
+                ));
+            }
+        }
+        let embedded: Vec<PackedGlwe> = inputs.iter().map(|x| self.embed_lwe(x)).collect();
+        let selected = self.cmux_tree(index_bits, &embedded)?;
+        let lwe_size = p.big_lwe_dimension().to_lwe_size();
+        let mut data = vec![0u64; first.len() * lwe_size.0];
+        data.par_chunks_mut(lwe_size.0)
+            .zip(
+                selected
+                    .list
+                    .as_ref()
+                    .par_chunks(p.glwe_dimension().to_glwe_size().0 * p.glwe.polynomial_size),
+            )
+            .for_each(|(o, g)| {
+                let glwe = GlweCiphertext::from_container(
+                    g,
+                    p.polynomial_size(),
+                    CiphertextModulus::new_native(),
+                );
+                let mut lwe = LweCiphertext::from_container(o, CiphertextModulus::new_native());
+                extract_lwe_sample_from_glwe_ciphertext(&glwe, &mut lwe, MonomialDegree(0));
+            });
+        self.ops.record(
+            OpKind::SampleExtract,
+            first.len() as u64,
+            p.glwe.polynomial_size as u64,
+        );
+        Ok(LweVector::new(
+            first.key_set(),
+            LweKeyKind::Big,
+            first.encoding(),
+            selected.range(),
+            selected.variance(),
+            LweCiphertextList::from_container(data, lwe_size, CiphertextModulus::new_native()),
+        ))
+    }
+
+    /// One GLWE per LWE ciphertext whose constant coefficient has the LWE's phase.
+    fn embed_lwe(&self, x: &LweVector) -> PackedGlwe {
+        let p = self.preset();
+        let n = p.glwe.polynomial_size;
+        let k = p.glwe.dimension;
+        let glwe_len = (k + 1) * n;
+        let lwe_size = x.as_list().lwe_size().0;
+        let mut data = vec![0u64; x.len() * glwe_len];
+        data.par_chunks_mut(glwe_len)
+            .zip(x.as_list().as_ref().par_chunks(lwe_size))
+            .for_each(|(g, lwe)| {
+                // Inverse of sample extraction at degree 0: A_p[0] = a_{p,0}, A_p[N-i] = -a_{p,i}.
+                for poly in 0..k {
+                    let a = &lwe[poly * n..(poly + 1) * n];
+                    let out = &mut g[poly * n..(poly + 1) * n];
+                    out[0] = a[0];
+                    for i in 1..n {
+                        out[n - i] = a[i].wrapping_neg();
+                    }
+                }
+                g[k * n] = lwe[k * n];
+            });
+        PackedGlwe {
+            key_set: x.key_set(),
+            encoding: x.encoding(),
+            range: x.range(),
+            variance: x.variance(),
+            len: x.len(),
+            list: GlweCiphertextList::from_container(
+                data,
+                p.glwe_dimension().to_glwe_size(),
+                p.polynomial_size(),
+                CiphertextModulus::new_native(),
+            ),
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Shared test fixtures: one key set per test binary (key generation is the expensive part).
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+use veilmoe::engine::{ClientKey, Preset, ServerKey};
+
+pub struct Keys {
+    pub client: ClientKey,
+    pub server: ServerKey,
+}
+
+/// Keys on the insecure `test` preset, generated once per test binary.
+pub fn test_keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let preset = Preset::load("test", true).expect("test preset");
+        let client = ClientKey::generate(&preset);
+        let server = client.server_key();
+        Keys { client, server }
+    })
+}
+
+/// Deterministic xorshift generator for test inputs (not for crypto).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    /// Uniform in [lo, hi] (inclusive).
+    pub fn range(&mut self, lo: i64, hi: i64) -> i64 {
+        lo + (self.next_u64() % ((hi - lo + 1) as u64)) as i64
+    }
+    pub fn vec(&mut self, n: usize, lo: i64, hi: i64) -> Vec<i64> {
+        (0..n).map(|_| self.range(lo, hi)).collect()
+    }
+}

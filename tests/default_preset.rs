@@ -1,0 +1,123 @@
+//! One end-to-end pass of every engine primitive on the secure `default` preset (128-bit,
+//! tfhe's 2M128 set): packed matvec -> requantizing PBS -> LWE matvec -> PBS, many-LUT, circuit
+//! bootstrap + CMUX tree, packing keyswitch, and the key files.
+
+use veilmoe::engine::{
+    ClientKey, Cols, Encoding, Evaluator, Lut, OpKind, PackedWeights, Preset, Rows, ServerKey,
+    ValueRange, WeightMatrix,
+};
+
+#[test]
+fn default_preset_end_to_end() {
+    let preset = Preset::load("default", false).unwrap();
+    let client = ClientKey::generate(&preset);
+    let server = client.server_key();
+    let ev = Evaluator::new(&server);
+    let mut seed = 0x1234_5678u64;
+    let mut next = |lo: i64, hi: i64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        lo + (seed % ((hi - lo + 1) as u64)) as i64
+    };
+
+    // Layer 1: packed 32 -> 16, 4-bit weights, 4-bit unsigned inputs, 16-bit accumulator.
+    let (d, h) = (32usize, 16usize);
+    let w1 =
+        WeightMatrix::new(Rows(h), Cols(d), (0..h * d).map(|_| next(-8, 7)).collect()).unwrap();
+    let pw1 = PackedWeights::new(&preset, w1.clone());
+    let x: Vec<i64> = (0..d).map(|_| next(0, 15)).collect();
+    let ct = client
+        .encrypt_packed_seeded(&x, Encoding::unsigned(16))
+        .unwrap()
+        .decompress()
+        .with_range(ValueRange::new(0, 15).unwrap())
+        .unwrap();
+    let acc = ev.packed_matvec(&pw1, None, &ct).unwrap();
+    let exact = w1.apply_plain(&x, None);
+    assert_eq!(client.decrypt_lwe(&acc).unwrap(), exact);
+
+    // Requantize + ReLU + clip in one PBS: read the top 5 bits (4 + sign) of the accumulator.
+    let relu = |q: i64| q.clamp(0, 15);
+    let lut = Lut::requantize(
+        &preset,
+        Encoding::signed(16),
+        11,
+        Encoding::unsigned(4),
+        relu,
+    )
+    .unwrap();
+    let hidden = ev.pbs(&acc, &lut).unwrap();
+    let got = client.decrypt_lwe(&hidden).unwrap();
+    for (&a, &g) in exact.iter().zip(&got) {
+        let q = a as f64 / 2048.0;
+        assert!(
+            g == relu(q.floor() as i64) || g == relu(q.ceil() as i64),
+            "acc {a}: got {g}"
+        );
+    }
+
+    // Layer 2 on LWE outputs (2-norm 4, within the budget of 5). A PBS output carries about
+    // 2^-15 of noise on `default`, so its encoding is kept to 9 bits (a 240-wide range).
+    let w2 =
+        WeightMatrix::new(Rows(4), Cols(h), (0..4 * h).map(|_| next(-1, 1)).collect()).unwrap();
+    let lut_id =
+        Lut::univariate(&preset, Encoding::unsigned(4), Encoding::signed(9), |v| v).unwrap();
+    let wide = ev.pbs(&hidden, &lut_id).unwrap();
+    let y = ev.lwe_matvec(&w2, None, &wide).unwrap();
+    assert_eq!(client.decrypt_lwe(&y).unwrap(), w2.apply_plain(&got, None));
+
+    // Many-LUT: two functions from one blind rotation.
+    let f0 = |v: i64| v * v;
+    let f1 = |v: i64| 7 - v;
+    let many = Lut::many(
+        &preset,
+        Encoding::unsigned(4),
+        Encoding::unsigned(6),
+        &[&f0, &f1],
+    )
+    .unwrap();
+    let small: Vec<i64> = (0..8).collect();
+    let outs = ev
+        .pbs_many(
+            &client.encrypt_lwe(&small, Encoding::unsigned(4)).unwrap(),
+            &many,
+        )
+        .unwrap();
+    assert_eq!(
+        client.decrypt_lwe(&outs[0]).unwrap(),
+        small.iter().map(|v| v * v).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        client.decrypt_lwe(&outs[1]).unwrap(),
+        small.iter().map(|v| 7 - v).collect::<Vec<_>>()
+    );
+
+    // Circuit bootstrap of index bits, CMUX tree over 4 packed candidates.
+    let cands: Vec<Vec<i64>> = (0..4)
+        .map(|_| (0..8).map(|_| next(0, 15)).collect())
+        .collect();
+    let cts: Vec<_> = cands
+        .iter()
+        .map(|c| client.encrypt_packed(c, Encoding::unsigned(4)).unwrap())
+        .collect();
+    let bits = client.encrypt_lwe(&[0, 1], Encoding::unsigned(4)).unwrap(); // index 2
+    let ggsw = ev.circuit_bootstrap(&bits).unwrap();
+    assert_eq!(
+        client
+            .decrypt_packed(&ev.cmux_tree(&ggsw, &cts).unwrap())
+            .unwrap(),
+        cands[2]
+    );
+
+    // Packing keyswitch of PBS outputs.
+    let packed = ev.pack(&hidden).unwrap();
+    assert_eq!(client.decrypt_packed(&packed).unwrap(), got);
+
+    // Key files round-trip on the secure preset.
+    let sk2 = ServerKey::from_bytes(&server.to_bytes().unwrap(), Some(&preset), false).unwrap();
+    assert_eq!(sk2.key_set(), client.key_set());
+    let ops = ev.ops().totals();
+    assert_eq!(ops[&OpKind::Pbs], (h + h + 8) as u64);
+    assert_eq!(ops[&OpKind::CircuitBootstrap], 2);
+}
