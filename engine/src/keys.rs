@@ -452,6 +452,16 @@ impl ServerKey {
         Ok(key)
     }
 
+    /// The Fourier bootstrapping key (public material; for baselines and benchmarks).
+    pub fn bootstrap_key(&self) -> &FourierLweBootstrapKeyOwned {
+        &self.bsk
+    }
+
+    /// The big-to-small keyswitching key (public material).
+    pub fn keyswitch_key(&self) -> &LweKeyswitchKeyOwned<u64> {
+        &self.ksk
+    }
+
     /// Bytes of the key material held in memory (Fourier BSK, KSK, packing keys).
     pub fn size_bytes(&self) -> usize {
         (self.bsk.as_view().data().len() + self.cbs_bsk.as_view().data().len())

@@ -272,7 +272,7 @@ impl Preset {
         if !(self.max_norm2 >= 1.0 && self.max_norm2.is_finite()) {
             return Err(format!("max_norm2 must be >= 1, got {}", self.max_norm2));
         }
-        if !(self.log2_p_fail < 0.0) {
+        if self.log2_p_fail.is_nan() || self.log2_p_fail >= 0.0 {
             return Err(format!(
                 "log2_p_fail must be negative, got {}",
                 self.log2_p_fail

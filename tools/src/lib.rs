@@ -1,0 +1,4 @@
+//! veilmoe-tools: the library behind the `veilmoe` binary (benchmark workloads shared with the
+//! criterion benches).
+
+pub mod bench;
