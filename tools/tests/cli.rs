@@ -1,0 +1,63 @@
+//! The `veilmoe` binary: keygen and inspect on the test preset, and one-line errors with a
+//! non-zero exit and no partial output on bad input.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn veilmoe() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_veilmoe"))
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("veilmoe-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn keygen_then_inspect() {
+    let dir = tmpdir("keygen");
+    let out = veilmoe()
+        .args(["keygen", "--preset", "test", "--allow-insecure", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("INSECURE"));
+    let out = veilmoe().args(["inspect", "--json"]).arg(dir.join("server.key")).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "server key");
+    assert_eq!(v["preset"], "test");
+    let out = veilmoe().args(["inspect"]).arg(dir.join("client.key")).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("client key, preset test"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn insecure_preset_without_opt_in_fails_cleanly() {
+    let dir = tmpdir("insecure");
+    let out = veilmoe().args(["keygen", "--preset", "test", "--out"]).arg(&dir).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("INSECURE"));
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no partial output");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn inspect_refuses_bad_files_in_one_line() {
+    let dir = tmpdir("inspect");
+    let junk = dir.join("junk.bin");
+    std::fs::write(&junk, b"definitely not a veilmoe file").unwrap();
+    for path in [junk, dir.join("missing.key")] {
+        let out = veilmoe().arg("inspect").arg(&path).output().unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.starts_with("error: "));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
