@@ -311,6 +311,25 @@ fn circuit_bootstrap_and_cmux_tree_select_the_indexed_input() {
     assert_eq!(c[&OpKind::CircuitBootstrap], 12);
     // 2 trees of 7 CMUX per index, one GLWE per packed input and 20 per LWE input
     assert_eq!(c[&OpKind::ExternalProduct], 4 * (7 + 7 * 20));
+
+    // external product: bit * c
+    let bits = k
+        .client
+        .encrypt_lwe(&[0, 1], Encoding::unsigned(4))
+        .unwrap();
+    let g = ev.circuit_bootstrap(&bits).unwrap();
+    assert_eq!(
+        k.client
+            .decrypt_packed(&ev.external_product(&g[0], &cts[1]).unwrap())
+            .unwrap(),
+        vec![0; 20]
+    );
+    assert_eq!(
+        k.client
+            .decrypt_packed(&ev.external_product(&g[1], &cts[1]).unwrap())
+            .unwrap(),
+        inputs[1]
+    );
 }
 
 #[test]

@@ -122,6 +122,54 @@ impl<'k> Evaluator<'k> {
             .collect())
     }
 
+    /// The external product `bit * c` (GGSW x GLWE): `c` if the bit is 1, zero if it is 0.
+    pub fn external_product(&self, bit: &GgswBit, c: &PackedGlwe) -> Result<PackedGlwe> {
+        self.check_key_set(bit.key_set)?;
+        self.check_key_set(c.key_set())?;
+        let p = self.preset();
+        let fft = self.key().fft.as_view();
+        let req = add_external_product_assign_mem_optimized_requirement::<u64>(
+            p.glwe_dimension().to_glwe_size(),
+            p.polynomial_size(),
+            fft,
+        )
+        .unaligned_bytes_required();
+        let glwe_len = p.glwe_dimension().to_glwe_size().0 * p.glwe.polynomial_size;
+        let mut out = c.clone();
+        out.list
+            .as_mut()
+            .par_chunks_mut(glwe_len)
+            .zip(c.list.as_ref().par_chunks(glwe_len))
+            .for_each(|(o, i)| {
+                o.fill(0);
+                let mut acc = GlweCiphertext::from_container(
+                    o,
+                    p.polynomial_size(),
+                    CiphertextModulus::new_native(),
+                );
+                let input = GlweCiphertext::from_container(
+                    i,
+                    p.polynomial_size(),
+                    CiphertextModulus::new_native(),
+                );
+                with_scratch(req, |stack| {
+                    add_external_product_assign_mem_optimized(
+                        &mut acc, &bit.ggsw, &input, fft, stack,
+                    )
+                });
+            });
+        self.ops.record(
+            OpKind::ExternalProduct,
+            c.glwe_count() as u64,
+            p.glwe.polynomial_size as u64,
+        );
+        out.variance = c.variance() + noise::external_product_variance(p, bit.variance);
+        out.range = c
+            .range()
+            .union(&crate::encoding::ValueRange { min: 0, max: 0 });
+        Ok(out)
+    }
+
     /// `c0` if the bit is 0, `c1` if it is 1 (one external product per GLWE).
     pub fn cmux(&self, bit: &GgswBit, c0: &PackedGlwe, c1: &PackedGlwe) -> Result<PackedGlwe> {
         self.check_key_set(bit.key_set)?;

@@ -23,14 +23,26 @@ fn keygen_then_inspect() {
         .arg(&dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("INSECURE"));
-    let out = veilmoe().args(["inspect", "--json"]).arg(dir.join("server.key")).output().unwrap();
+    let out = veilmoe()
+        .args(["inspect", "--json"])
+        .arg(dir.join("server.key"))
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["kind"], "server key");
     assert_eq!(v["preset"], "test");
-    let out = veilmoe().args(["inspect"]).arg(dir.join("client.key")).output().unwrap();
+    let out = veilmoe()
+        .args(["inspect"])
+        .arg(dir.join("client.key"))
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("client key, preset test"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -38,12 +50,20 @@ fn keygen_then_inspect() {
 #[test]
 fn insecure_preset_without_opt_in_fails_cleanly() {
     let dir = tmpdir("insecure");
-    let out = veilmoe().args(["keygen", "--preset", "test", "--out"]).arg(&dir).output().unwrap();
+    let out = veilmoe()
+        .args(["keygen", "--preset", "test", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("INSECURE"));
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no partial output");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "no partial output"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
