@@ -122,47 +122,52 @@ impl<'k> Evaluator<'k> {
             .collect())
     }
 
+    /// Runs `op(out, input, fft, stack)` on each GLWE pair of `out` and `input`, in parallel,
+    /// with per-thread scratch of `req` bytes.
+    fn zip_glwes(
+        &self,
+        out: &mut PackedGlwe,
+        input: &PackedGlwe,
+        req: usize,
+        op: impl Fn(&mut GlweCiphertext<&mut [u64]>, GlweCiphertext<&[u64]>, FftView<'_>, &mut PodStack)
+            + Sync,
+    ) {
+        let p = self.preset();
+        let fft = self.key().fft.as_view();
+        let glwe_len = p.glwe_dimension().to_glwe_size().0 * p.glwe.polynomial_size;
+        let modulus = CiphertextModulus::new_native();
+        out.list
+            .as_mut()
+            .par_chunks_mut(glwe_len)
+            .zip(input.list.as_ref().par_chunks(glwe_len))
+            .for_each(|(o, i)| {
+                let mut acc = GlweCiphertext::from_container(o, p.polynomial_size(), modulus);
+                let input = GlweCiphertext::from_container(i, p.polynomial_size(), modulus);
+                with_scratch(req, |stack| op(&mut acc, input, fft, stack));
+            });
+        self.ops.record(
+            OpKind::ExternalProduct,
+            input.glwe_count() as u64,
+            p.glwe.polynomial_size as u64,
+        );
+    }
+
     /// The external product `bit * c` (GGSW x GLWE): `c` if the bit is 1, zero if it is 0.
     pub fn external_product(&self, bit: &GgswBit, c: &PackedGlwe) -> Result<PackedGlwe> {
         self.check_key_set(bit.key_set)?;
         self.check_key_set(c.key_set())?;
         let p = self.preset();
-        let fft = self.key().fft.as_view();
         let req = add_external_product_assign_mem_optimized_requirement::<u64>(
             p.glwe_dimension().to_glwe_size(),
             p.polynomial_size(),
-            fft,
+            self.key().fft.as_view(),
         )
         .unaligned_bytes_required();
-        let glwe_len = p.glwe_dimension().to_glwe_size().0 * p.glwe.polynomial_size;
         let mut out = c.clone();
-        out.list
-            .as_mut()
-            .par_chunks_mut(glwe_len)
-            .zip(c.list.as_ref().par_chunks(glwe_len))
-            .for_each(|(o, i)| {
-                o.fill(0);
-                let mut acc = GlweCiphertext::from_container(
-                    o,
-                    p.polynomial_size(),
-                    CiphertextModulus::new_native(),
-                );
-                let input = GlweCiphertext::from_container(
-                    i,
-                    p.polynomial_size(),
-                    CiphertextModulus::new_native(),
-                );
-                with_scratch(req, |stack| {
-                    add_external_product_assign_mem_optimized(
-                        &mut acc, &bit.ggsw, &input, fft, stack,
-                    )
-                });
-            });
-        self.ops.record(
-            OpKind::ExternalProduct,
-            c.glwe_count() as u64,
-            p.glwe.polynomial_size as u64,
-        );
+        self.zip_glwes(&mut out, c, req, |acc, input, fft, stack| {
+            acc.as_mut().fill(0);
+            add_external_product_assign_mem_optimized(acc, &bit.ggsw, &input, fft, stack);
+        });
         out.variance = c.variance() + noise::external_product_variance(p, bit.variance);
         out.range = c
             .range()
@@ -175,40 +180,22 @@ impl<'k> Evaluator<'k> {
         self.check_key_set(bit.key_set)?;
         self.check_key_set(c0.key_set())?;
         c0.check_compatible(c1, "CMUX")?;
-        let mut out = c0.clone();
-        let fft = self.key().fft.as_view();
         let p = self.preset();
         let req = cmux_assign_mem_optimized_requirement::<u64>(
             p.glwe_dimension().to_glwe_size(),
             p.polynomial_size(),
-            fft,
+            self.key().fft.as_view(),
         )
         .unaligned_bytes_required();
-        let glwe_len = p.glwe_dimension().to_glwe_size().0 * p.glwe.polynomial_size;
-        out.list
-            .as_mut()
-            .par_chunks_mut(glwe_len)
-            .zip(c1.list.as_ref().par_chunks(glwe_len))
-            .for_each(|(o, i1)| {
-                let mut ct0 = GlweCiphertext::from_container(
-                    o,
-                    p.polynomial_size(),
-                    CiphertextModulus::new_native(),
-                );
-                let mut ct1 = GlweCiphertext::from_container(
-                    i1.to_vec(),
-                    p.polynomial_size(),
-                    CiphertextModulus::new_native(),
-                );
-                with_scratch(req, |stack| {
-                    cmux_assign_mem_optimized(&mut ct0, &mut ct1, &bit.ggsw, fft, stack)
-                });
-            });
-        self.ops.record(
-            OpKind::ExternalProduct,
-            c0.glwe_count() as u64,
-            p.glwe.polynomial_size as u64,
-        );
+        let mut out = c0.clone();
+        self.zip_glwes(&mut out, c1, req, |acc, input, fft, stack| {
+            let mut ct1 = GlweCiphertext::from_container(
+                input.as_ref().to_vec(),
+                input.polynomial_size(),
+                input.ciphertext_modulus(),
+            );
+            cmux_assign_mem_optimized(acc, &mut ct1, &bit.ggsw, fft, stack);
+        });
         out.variance =
             c0.variance().max(c1.variance()) + noise::external_product_variance(p, bit.variance);
         Ok(out)
