@@ -34,7 +34,7 @@ pub use error::{EngineError, Result};
 pub use evaluator::Evaluator;
 pub use format::{KeySetId, ObjectKind};
 pub use keys::{ClientKey, CompressedServerKey, ServerKey};
-pub use linear::{Cols, PackedWeights, Rows, WeightMatrix};
+pub use linear::{Cols, PackedRows, PackedWeights, Rows, WeightMatrix};
 pub use lut::{BivariateLut, Lut};
 pub use preset::{Preset, PresetFingerprint};
 pub use select::GgswBit;

@@ -20,6 +20,7 @@ use crate::error::{EngineError, Result};
 use crate::evaluator::{with_scratch, Evaluator};
 use crate::noise;
 use crate::preset::Preset;
+use crate::select::GgswBit;
 use rayon::prelude::*;
 use tfhe::core_crypto::fft_impl::fft64::math::fft::Fft;
 use tfhe::core_crypto::fft_impl::fft64::math::polynomial::FourierPolynomial;
@@ -256,6 +257,33 @@ impl PackedWeights {
     }
 }
 
+/// Where the rows of a packed product sit in its GLWE ciphertexts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowLayout {
+    rows: usize,
+    rows_per_poly: usize,
+    chunk: usize,
+}
+
+/// Results of a packed matrix-vector product still in GLWE form (see
+/// [`Evaluator::packed_products`]).
+#[derive(Debug, Clone)]
+pub struct PackedRows {
+    glwes: PackedGlwe,
+    layout: RowLayout,
+}
+
+impl PackedRows {
+    /// Number of result rows.
+    pub fn rows(&self) -> usize {
+        self.layout.rows
+    }
+    /// GLWE ciphertexts holding them.
+    pub fn glwe_count(&self) -> usize {
+        self.glwes.glwe_count()
+    }
+}
+
 impl<'k> Evaluator<'k> {
     /// `W x + bias` over LWE ciphertexts (big or small key).
     pub fn lwe_matvec(
@@ -307,6 +335,19 @@ impl<'k> Evaluator<'k> {
         bias: Option<&[i64]>,
         x: &PackedGlwe,
     ) -> Result<LweVector> {
+        let rows = self.packed_products(w, bias, x)?;
+        self.extract_rows(&rows)
+    }
+
+    /// The products of [`Evaluator::packed_matvec`] before sample extraction: the results stay
+    /// packed in GLWE coefficients, so a CMUX tree can choose among several matrices' results
+    /// with one CMUX per GLWE (not per row); [`Evaluator::extract_rows`] finishes the job.
+    pub fn packed_products(
+        &self,
+        w: &PackedWeights,
+        bias: Option<&[i64]>,
+        x: &PackedGlwe,
+    ) -> Result<PackedRows> {
         self.check_key_set(x.key_set())?;
         let (out_enc, out_range) =
             w.matrix
@@ -348,7 +389,6 @@ impl<'k> Evaluator<'k> {
             })
             .collect();
 
-        let lwe_size = p.big_lwe_dimension().to_lwe_size();
         let delta = x.encoding().delta();
         let per_group: Vec<Vec<u64>> = (0..w.groups)
             .into_par_iter()
@@ -380,25 +420,18 @@ impl<'k> Evaluator<'k> {
                         );
                     });
                 }
-                let mut out = Vec::with_capacity(w.rows_per_poly * lwe_size.0);
-                let mut lwe = LweCiphertext::new(0u64, lwe_size, CiphertextModulus::new_native());
-                for s in 0..w.rows_per_poly {
-                    let r = g * w.rows_per_poly + s;
-                    if r >= w.rows.0 {
-                        break;
+                if let Some(b) = bias {
+                    let mut body = glwe.get_mut_body();
+                    let coeffs = body.as_mut();
+                    for s in 0..w.rows_per_poly {
+                        let r = g * w.rows_per_poly + s;
+                        if r < w.rows.0 {
+                            let c = &mut coeffs[s * w.chunk + w.chunk - 1];
+                            *c = c.wrapping_add((b[r] as u64).wrapping_mul(delta));
+                        }
                     }
-                    extract_lwe_sample_from_glwe_ciphertext(
-                        &glwe,
-                        &mut lwe,
-                        MonomialDegree(s * w.chunk + w.chunk - 1),
-                    );
-                    if let Some(b) = bias {
-                        let body = lwe.get_mut_body().data;
-                        *body = body.wrapping_add((b[r] as u64).wrapping_mul(delta));
-                    }
-                    out.extend_from_slice(lwe.as_ref());
                 }
-                out
+                glwe.into_container()
             })
             .collect();
         let data: Vec<u64> = per_group.into_iter().flatten().collect();
@@ -410,17 +443,126 @@ impl<'k> Evaluator<'k> {
         );
         self.ops
             .record(OpKind::PolyProduct, (w.groups * w.chunks) as u64, n as u64);
-        self.ops
-            .record(OpKind::SampleExtract, w.rows.0 as u64, n as u64);
         let variance =
             x.variance() * w.norm2_sq + noise::packed_product_fft_variance(p, w.norm2_sq);
+        Ok(PackedRows {
+            glwes: PackedGlwe {
+                key_set: x.key_set(),
+                encoding: out_enc,
+                range: out_range,
+                variance,
+                len: w.rows.0,
+                list: GlweCiphertextList::from_container(
+                    data,
+                    GlweSize(glwe_size),
+                    PolynomialSize(n),
+                    CiphertextModulus::new_native(),
+                ),
+            },
+            layout: RowLayout {
+                rows: w.rows.0,
+                rows_per_poly: w.rows_per_poly,
+                chunk: w.chunk,
+            },
+        })
+    }
+
+    /// Sample-extracts the rows of [`Evaluator::packed_products`]: one big-key LWE per row.
+    pub fn extract_rows(&self, rows: &PackedRows) -> Result<LweVector> {
+        self.check_key_set(rows.glwes.key_set())?;
+        let p = self.preset();
+        let n = p.glwe.polynomial_size;
+        let glwe_len = p.glwe_dimension().to_glwe_size().0 * n;
+        let lwe_size = p.big_lwe_dimension().to_lwe_size();
+        let l = rows.layout;
+        let per_group: Vec<Vec<u64>> = rows
+            .glwes
+            .list
+            .as_ref()
+            .par_chunks(glwe_len)
+            .enumerate()
+            .map(|(g, data)| {
+                let glwe = GlweCiphertext::from_container(
+                    data,
+                    PolynomialSize(n),
+                    CiphertextModulus::new_native(),
+                );
+                let mut out = Vec::with_capacity(l.rows_per_poly * lwe_size.0);
+                let mut lwe = LweCiphertext::new(0u64, lwe_size, CiphertextModulus::new_native());
+                for s in 0..l.rows_per_poly {
+                    if g * l.rows_per_poly + s >= l.rows {
+                        break;
+                    }
+                    extract_lwe_sample_from_glwe_ciphertext(
+                        &glwe,
+                        &mut lwe,
+                        MonomialDegree(s * l.chunk + l.chunk - 1),
+                    );
+                    out.extend_from_slice(lwe.as_ref());
+                }
+                out
+            })
+            .collect();
+        self.ops
+            .record(OpKind::SampleExtract, l.rows as u64, n as u64);
         Ok(LweVector::new(
-            x.key_set(),
+            rows.glwes.key_set(),
             LweKeyKind::Big,
-            out_enc,
-            out_range,
-            variance,
-            LweCiphertextList::from_container(data, lwe_size, CiphertextModulus::new_native()),
+            rows.glwes.encoding(),
+            rows.glwes.range(),
+            rows.glwes.variance(),
+            LweCiphertextList::from_container(
+                per_group.into_iter().flatten().collect(),
+                lwe_size,
+                CiphertextModulus::new_native(),
+            ),
+        ))
+    }
+
+    /// Chooses among the packed results of several matrices of one shape by encrypted index bits
+    /// (least significant first): one CMUX per GLWE per tree node, whatever the number of rows.
+    pub fn cmux_tree_rows(
+        &self,
+        index_bits: &[GgswBit],
+        inputs: &[PackedRows],
+    ) -> Result<PackedRows> {
+        let first = inputs
+            .first()
+            .ok_or_else(|| EngineError::shape("CMUX tree", "at least one input", 0))?;
+        if inputs.iter().any(|r| r.layout != first.layout) {
+            return Err(EngineError::shape(
+                "CMUX tree over packed rows",
+                format!("every input laid out as {:?}", first.layout),
+                "inputs of different shapes",
+            ));
+        }
+        let glwes: Vec<PackedGlwe> = inputs.iter().map(|r| r.glwes.clone()).collect();
+        Ok(PackedRows {
+            glwes: self.cmux_tree(index_bits, &glwes)?,
+            layout: first.layout,
+        })
+    }
+
+    /// Trivial (noiseless, zero-mask) big-key encryptions of public constants, for the places
+    /// where a protocol needs a known value as a ciphertext (for instance the one-hot of a
+    /// single expert).
+    pub fn trivial(&self, values: &[i64], encoding: Encoding) -> Result<LweVector> {
+        encoding.validate()?;
+        let p = self.preset();
+        let size = p.big_lwe_dimension().to_lwe_size().0;
+        let mut data = vec![0u64; values.len() * size];
+        for (ct, &v) in data.chunks_exact_mut(size).zip(values) {
+            ct[size - 1] = encoding.encode(v)?;
+        }
+        let lo = values.iter().copied().min().unwrap_or(0);
+        let hi = values.iter().copied().max().unwrap_or(0);
+        Ok(LweVector::new(
+            self.key().key_set(),
+            LweKeyKind::Big,
+            encoding,
+            ValueRange::new(lo, hi)?,
+            0.0,
+            LweCiphertextList::from_container(data, LweSize(size), CiphertextModulus::new_native()),
         ))
     }
 
@@ -463,6 +605,30 @@ impl<'k> Evaluator<'k> {
         coeffs: &[i64],
         out_encoding: Encoding,
     ) -> Result<LweVector> {
+        self.combine(parts, coeffs, out_encoding, None)
+    }
+
+    /// [`Evaluator::linear_combination`] whose result is known, from the protocol's structure,
+    /// to stay in `range`, narrower than the interval bound: for instance
+    /// `max(a, b) = a + relu(b - a)` stays within the union of the ranges of `a` and `b`. The
+    /// claim is public (it holds for every input), never derived from data.
+    pub fn linear_combination_within(
+        &self,
+        parts: &[&LweVector],
+        coeffs: &[i64],
+        out_encoding: Encoding,
+        range: ValueRange,
+    ) -> Result<LweVector> {
+        self.combine(parts, coeffs, out_encoding, Some(range))
+    }
+
+    fn combine(
+        &self,
+        parts: &[&LweVector],
+        coeffs: &[i64],
+        out_encoding: Encoding,
+        known: Option<ValueRange>,
+    ) -> Result<LweVector> {
         let first = parts
             .first()
             .ok_or_else(|| EngineError::shape("linear combination", "at least one input", 0))?;
@@ -494,7 +660,17 @@ impl<'k> Evaluator<'k> {
             ));
         }
         let ranges: Vec<ValueRange> = parts.iter().map(|p| p.range()).collect();
-        let (lo, hi) = ValueRange::affine(&ranges, coeffs, 0);
+        let (mut lo, mut hi) = ValueRange::affine(&ranges, coeffs, 0);
+        if let Some(r) = known {
+            lo = lo.max(r.min as i128);
+            hi = hi.min(r.max as i128);
+            if lo > hi {
+                return Err(EngineError::range(
+                    "linear combination",
+                    format!("declared range {r:?} is disjoint from the interval bound"),
+                ));
+            }
+        }
         if lo < out_encoding.min() as i128 || hi > out_encoding.max() as i128 {
             return Err(EngineError::range(
                 "linear combination",

@@ -256,7 +256,6 @@ impl<'k> Evaluator<'k> {
         let first = inputs
             .first()
             .ok_or_else(|| EngineError::shape("CMUX tree", "at least one input", 0))?;
-        let p = self.preset();
         if first.key_kind() != LweKeyKind::Big {
             return Err(EngineError::shape(
                 "CMUX tree",
@@ -276,11 +275,32 @@ impl<'k> Evaluator<'k> {
         }
         let embedded: Vec<PackedGlwe> = inputs.iter().map(|x| self.embed_lwe(x)).collect();
         let selected = self.cmux_tree(index_bits, &embedded)?;
+        Ok(self.extract_constants(&selected))
+    }
+
+    /// `bit * x` for every value of an LWE vector (one external product each): the value if the
+    /// bit is 1, zero if it is 0. Exact for any width, so a wide accumulator can be scaled by
+    /// the bits of an encrypted gate without a PBS.
+    pub fn external_product_lwe(&self, bit: &GgswBit, x: &LweVector) -> Result<LweVector> {
+        if x.key_kind() != LweKeyKind::Big {
+            return Err(EngineError::shape(
+                "external product",
+                "big-key LWE input",
+                "small-key input",
+            ));
+        }
+        let product = self.external_product(bit, &self.embed_lwe(x))?;
+        Ok(self.extract_constants(&product))
+    }
+
+    /// Sample-extracts the constant coefficient of every GLWE (inverse of `embed_lwe`).
+    fn extract_constants(&self, glwes: &PackedGlwe) -> LweVector {
+        let p = self.preset();
         let lwe_size = p.big_lwe_dimension().to_lwe_size();
-        let mut data = vec![0u64; first.len() * lwe_size.0];
+        let mut data = vec![0u64; glwes.len() * lwe_size.0];
         data.par_chunks_mut(lwe_size.0)
             .zip(
-                selected
+                glwes
                     .list
                     .as_ref()
                     .par_chunks(p.glwe_dimension().to_glwe_size().0 * p.glwe.polynomial_size),
@@ -296,17 +316,17 @@ impl<'k> Evaluator<'k> {
             });
         self.ops.record(
             OpKind::SampleExtract,
-            first.len() as u64,
+            glwes.len() as u64,
             p.glwe.polynomial_size as u64,
         );
-        Ok(LweVector::new(
-            first.key_set(),
+        LweVector::new(
+            glwes.key_set(),
             LweKeyKind::Big,
-            first.encoding(),
-            selected.range(),
-            selected.variance(),
+            glwes.encoding(),
+            glwes.range(),
+            glwes.variance(),
             LweCiphertextList::from_container(data, lwe_size, CiphertextModulus::new_native()),
-        ))
+        )
     }
 
     /// One GLWE per LWE ciphertext whose constant coefficient has the LWE's phase.
