@@ -121,3 +121,86 @@ fn default_preset_end_to_end() {
     assert_eq!(ops[&OpKind::Pbs], (h + h + 8) as u64);
     assert_eq!(ops[&OpKind::CircuitBootstrap], 2);
 }
+
+/// The MoE layer on the secure `default` preset: 20 tokens, top-2 Mixtral gating, gated FFN,
+/// Select-Then-Compute; routing exact from the decrypted logits, outputs within one step.
+#[test]
+#[ignore = "blocked: on `default` the CMUX-selected pre-activations exceed the preset's PBS noise budget (see issue 3 note)"]
+fn moe_layer_on_default() {
+    use veilmoe::protocols::{
+        reference::Rounding, ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig,
+        MoeLayer, QuantParams, QuantizedMoe, Select, TopK,
+    };
+    let preset = Preset::load("default", false).unwrap();
+    let client = ClientKey::generate(&preset);
+    let server = client.server_key();
+    let ev = Evaluator::new(&server);
+    let cfg = MoeConfig {
+        d: ModelDim(16),
+        h: HiddenDim(16),
+        experts: ExpertCount(8),
+        top_k: TopK(2),
+        ffn: FfnKind::GatedSilu,
+        gating: Gating::SoftmaxSelected,
+    };
+    let model = QuantizedMoe::random(
+        cfg,
+        QuantParams::for_message_bits(preset.message_bits),
+        3,
+        true,
+    );
+    let layer = MoeLayer::new(&ev, model.clone()).unwrap();
+    let mut off = 0;
+    for t in 0..20u64 {
+        let x: Vec<i64> = (0..16)
+            .map(|i| ((i as u64 * 7 + t * 13) % 16) as i64 - 8)
+            .collect();
+        let out = layer
+            .forward(&ev, &layer.encrypt(&client, &x).unwrap(), &Select)
+            .unwrap();
+        let logits = client.decrypt_lwe(&out.routing.logits).unwrap();
+        let (selected, slot_logits, sums) = model.route(&logits);
+        for (s, slot) in out.routing.slots.iter().enumerate() {
+            let bits = client.decrypt_lwe(&slot.index_bits).unwrap();
+            let index: usize = bits
+                .iter()
+                .enumerate()
+                .map(|(b, &v)| (v as usize) << b)
+                .sum();
+            assert_eq!(index, selected[s]);
+        }
+        let gates: Vec<i64> = out
+            .routing
+            .gate_values(&ev, model.quant.gate_max())
+            .unwrap()
+            .iter()
+            .map(|g| client.decrypt_lwe(g).unwrap()[0])
+            .collect();
+        assert_eq!(
+            gates,
+            model.gates(&slot_logits, &sums, &mut Rounding::Exact)
+        );
+        let mut outs = Vec::new();
+        for (s, o) in out.slot_outputs.iter().enumerate() {
+            let o = client.decrypt_lwe(o).unwrap();
+            let want = model.expert_output(
+                selected[s],
+                &model.hidden(selected[s], &x, &mut Rounding::Exact),
+                &mut Rounding::Exact,
+            );
+            for (a, b) in o.iter().zip(&want) {
+                assert!((a - b).abs() <= 1);
+                off += (a != b) as usize;
+            }
+            outs.push(o);
+        }
+        assert_eq!(
+            out.decrypt_y(&client).unwrap(),
+            model.combine(&gates, &outs)
+        );
+    }
+    assert!(
+        off * 100 <= 20 * 20 * 2 * 16,
+        "output off-by-one rate {off} / 640"
+    );
+}

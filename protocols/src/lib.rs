@@ -1,8 +1,30 @@
-//! veilmoe-protocols: the encrypted MoE protocols built on `veilmoe-engine` (router argmax,
-//! top-k and gating under PBS, Select-Then-Compute expert evaluation, model-pool routing).
+//! veilmoe-protocols: private Mixture-of-Experts inference over the engine.
 //!
-//! The crate is part of the workspace layout from the start so that the facade and the tools
-//! depend on it in one place; its protocols land with the MoE-layer work and are not yet here.
-//! It re-exports the engine so downstream code can already name one crate.
+//! - [`model`]: a quantized MoE layer (architecture, integer weights, public quantization);
+//! - [`quant`]: the integer semantics shared by the encrypted path and the reference;
+//! - [`reference`]: plaintext reference executor and simulation mode;
+//! - [`router`]: encrypted router logits, tournament argmax, top-k, gates;
+//! - [`ffn`]: encrypted expert FFNs;
+//! - [`strategy`]: oblivious expert evaluation (select, compute-all) and the INSECURE
+//!   public-routing reference;
+//! - [`layer`]: the MoE layer end to end.
 
+pub mod error;
+pub mod ffn;
+pub mod layer;
+pub mod model;
+pub mod quant;
+pub mod reference;
+pub mod router;
+pub mod strategy;
+
+pub use error::{ProtocolError, Result};
+pub use layer::{MoeLayer, MoeOutput};
+pub use model::{
+    ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig, QuantParams, QuantizedMoe, TopK,
+};
+pub use quant::Activation;
+pub use reference::{RefOutput, Rounding};
+pub use router::{Gates, Routing, SlotRouting};
+pub use strategy::{ComputeAll, ExpertStrategy, PublicRouting, Select};
 pub use veilmoe_engine as engine;

@@ -20,6 +20,8 @@ pub enum BenchError {
     Engine(#[from] veilmoe_engine::EngineError),
     #[error("cannot build a thread pool: {0}")]
     ThreadPool(#[from] rayon::ThreadPoolBuildError),
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// Keys and inputs for the primitive benchmarks.

@@ -2,3 +2,4 @@
 //! criterion benches).
 
 pub mod bench;
+pub mod moe_bench;

@@ -6,7 +6,9 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use veilmoe_engine::format;
 use veilmoe_engine::{ClientKey, Preset};
+use veilmoe_protocols::{Activation, FfnKind};
 use veilmoe_tools::bench::{run_primitives, PrimitiveBench};
+use veilmoe_tools::moe_bench::{run_moe, MoeBench};
 
 #[derive(Parser)]
 #[command(
@@ -51,6 +53,38 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// Encrypted MoE layer per token, by strategy and number of experts (side by side).
+    /// `public-routing` is INSECURE: it reveals the routing to the server (reference only).
+    Moe {
+        #[arg(long, default_value = "default")]
+        preset: String,
+        /// Comma-separated numbers of experts.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,16,64")]
+        experts: Vec<usize>,
+        /// Comma-separated strategies: select, compute-all, public-routing (INSECURE).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "select,compute-all,public-routing"
+        )]
+        strategy: Vec<String>,
+        #[arg(long, default_value_t = 64)]
+        d: usize,
+        #[arg(long, default_value_t = 64)]
+        h: usize,
+        #[arg(long, default_value_t = 1)]
+        top_k: usize,
+        /// Expert FFN: relu, gelu, silu or gated-silu.
+        #[arg(long, default_value = "gated-silu")]
+        ffn: String,
+        /// Timed tokens per case (median reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        allow_insecure: bool,
+    },
     /// Per-primitive medians (PBS, keyswitch, packed matvec, CMUX, circuit bootstrap, ...).
     Primitives {
         #[arg(long, default_value = "default")]
@@ -132,6 +166,81 @@ fn run(cli: Cli) -> Result<()> {
                     "  batch PBS, {} threads   {:>10.3} ms/PBS (speedup {:.2})",
                     report.threads, report.batch_pbs_ms_n_threads, report.batch_speedup
                 );
+            }
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Moe {
+                    preset,
+                    experts,
+                    strategy,
+                    d,
+                    h,
+                    top_k,
+                    ffn,
+                    runs,
+                    json,
+                    allow_insecure,
+                },
+        } => {
+            let preset = load_preset(&preset, allow_insecure)?;
+            let ffn = match ffn.as_str() {
+                "relu" => FfnKind::Plain(Activation::Relu),
+                "gelu" => FfnKind::Plain(Activation::Gelu),
+                "silu" => FfnKind::Plain(Activation::Silu),
+                "gated-silu" => FfnKind::GatedSilu,
+                other => bail!("unknown --ffn `{other}` (relu, gelu, silu, gated-silu)"),
+            };
+            if experts.is_empty() || experts.iter().any(|&e| e == 0 || e > 128) {
+                bail!("--experts takes numbers between 1 and 128");
+            }
+            if runs == 0 || d == 0 || h == 0 || !(1..=2).contains(&top_k) {
+                bail!("--runs, --d and --h must be positive and --top-k 1 or 2");
+            }
+            if strategy.iter().any(|s| s == "public-routing") {
+                eprintln!("NOTE: public-routing is INSECURE: it reveals each token's expert to the server. It is a lower-bound reference only.");
+            }
+            let bench = MoeBench {
+                experts,
+                strategies: strategy,
+                d,
+                h,
+                top_k,
+                ffn,
+                runs,
+            };
+            let report = run_moe(&preset, &bench, &mut |line| eprintln!("{line}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "preset {}  threads {}  {}  d={} h={} k={} ffn={}",
+                    report.preset,
+                    report.threads,
+                    report.machine,
+                    report.d,
+                    report.h,
+                    report.top_k,
+                    report.ffn
+                );
+                for c in &report.cases {
+                    println!(
+                        "  {:<15} E={:<4} {:>10.0} ms/token  pbs {:>6}  cbs {:>3}{}",
+                        c.strategy,
+                        c.experts,
+                        c.median_ms_per_token,
+                        c.ops.get("pbs").unwrap_or(&0),
+                        c.ops.get("circuit_bootstrap").unwrap_or(&0),
+                        if c.leaks_routing { "  (INSECURE)" } else { "" }
+                    );
+                }
+                println!(
+                    "  argmax of 8: {:.0} ms, {} PBS",
+                    report.argmax8_ms, report.argmax8_pbs
+                );
+                for (k, v) in &report.ratios {
+                    println!("  {k}: {v:.2}");
+                }
             }
         }
         Command::Keygen {

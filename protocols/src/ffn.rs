@@ -1,0 +1,160 @@
+//! Encrypted expert FFNs: first-stage packed products, activation (or gated product) by PBS,
+//! second-stage LWE products, and the requantizing read of the expert output.
+//!
+//! PBS per evaluated expert: h (plain) or 4h (gated: silu read, linear read, two quarter
+//! squares), plus d for the output read.
+
+use crate::error::Result;
+use crate::model::{FfnKind, QuantizedMoe};
+use crate::quant;
+use veilmoe_engine::{
+    Cols, Encoding, Evaluator, Lut, LweVector, PackedGlwe, PackedRows, PackedWeights, Rows,
+    WeightMatrix,
+};
+
+/// One expert's weights, laid out for the engine.
+pub struct ExpertTables {
+    pub(crate) w1: PackedWeights,
+    pub(crate) b1: Option<Vec<i64>>,
+    pub(crate) w3: Option<PackedWeights>,
+    pub(crate) b3: Option<Vec<i64>>,
+    pub(crate) w2: WeightMatrix,
+    pub(crate) b2: Option<Vec<i64>>,
+}
+
+/// All experts plus the FFN's lookup tables.
+pub struct FfnTables {
+    pub(crate) experts: Vec<ExpertTables>,
+    kind: FfnKind,
+    /// plain: the activation; gated: the silu factor
+    act: Lut,
+    /// gated: the linear factor
+    linear: Option<Lut>,
+    /// gated: quarter squares
+    qsq: Option<Lut>,
+    out_read: Lut,
+    small: Encoding,
+    hidden: Encoding,
+}
+
+impl FfnTables {
+    pub fn new(ev: &Evaluator, model: &QuantizedMoe) -> Result<FfnTables> {
+        let p = ev.preset();
+        let q = &model.quant;
+        let (d, h) = (model.config.d.0, model.config.h.0);
+        let small = Encoding::signed(q.message_bits);
+        let input = Encoding::signed(model.input_width());
+        let shift = model.input_shift();
+        let hidden = Encoding::signed(model.expert_output_width());
+        let (act, linear, qsq) = match model.config.ffn {
+            FfnKind::Plain(a) => (
+                Lut::requantize(p, input, shift, hidden, |v| q.activation(a, v))?,
+                None,
+                None,
+            ),
+            FfnKind::GatedSilu => (
+                Lut::requantize(p, input, shift, small, |v| q.gated_silu(v))?,
+                Some(Lut::requantize(p, input, shift, small, |v| {
+                    q.gated_linear(v)
+                })?),
+                Some(Lut::univariate(p, small, hidden, quant::quarter_square)?),
+            ),
+        };
+        let out_read = Lut::requantize(
+            p,
+            hidden,
+            model.expert_output_shift(),
+            model.output_encoding(),
+            |v| v,
+        )?;
+        let experts = model
+            .experts
+            .iter()
+            .map(|x| {
+                Ok(ExpertTables {
+                    w1: PackedWeights::new(p, WeightMatrix::new(Rows(h), Cols(d), x.w1.clone())?),
+                    b1: x.b1.clone(),
+                    w3: match &x.w3 {
+                        Some(w3) => Some(PackedWeights::new(
+                            p,
+                            WeightMatrix::new(Rows(h), Cols(d), w3.clone())?,
+                        )),
+                        None => None,
+                    },
+                    b3: x.b3.clone(),
+                    w2: WeightMatrix::new(Rows(d), Cols(h), x.w2.clone())?,
+                    b2: x.b2.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(FfnTables {
+            experts,
+            kind: model.config.ffn,
+            act,
+            linear,
+            qsq,
+            out_read,
+            small,
+            hidden,
+        })
+    }
+
+    /// First-stage products of expert `e`, still packed: (W1 x + b1, W3 x + b3).
+    pub fn first_stage(
+        &self,
+        ev: &Evaluator,
+        e: usize,
+        x: &PackedGlwe,
+    ) -> Result<(PackedRows, Option<PackedRows>)> {
+        let t = &self.experts[e];
+        let u = ev.packed_products(&t.w1, t.b1.as_deref(), x)?;
+        let v = match &t.w3 {
+            Some(w3) => Some(ev.packed_products(w3, t.b3.as_deref(), x)?),
+            None => None,
+        };
+        Ok((u, v))
+    }
+
+    /// Hidden activations from first-stage accumulators (any number of units, one batch).
+    pub fn hidden(
+        &self,
+        ev: &Evaluator,
+        u: &LweVector,
+        v: Option<&LweVector>,
+    ) -> Result<LweVector> {
+        match (self.kind, v, &self.linear, &self.qsq) {
+            (FfnKind::GatedSilu, Some(v), Some(linear), Some(qsq)) => {
+                let s = ev.pbs(u, &self.act)?;
+                let l = ev.pbs(v, linear)?;
+                let sum = ev.linear_combination(&[&s, &l], &[1, 1], self.small)?;
+                let diff = ev.linear_combination(&[&s, &l], &[1, -1], self.small)?;
+                let p1 = ev.pbs(&sum, qsq)?;
+                let p2 = ev.pbs(&diff, qsq)?;
+                Ok(ev.linear_combination(&[&p1, &p2], &[1, -1], self.hidden)?)
+            }
+            _ => Ok(ev.pbs(u, &self.act)?),
+        }
+    }
+
+    /// Second-stage accumulators `W2 a + b2` of expert `e` (leveled).
+    pub fn second_stage(&self, ev: &Evaluator, e: usize, a: &LweVector) -> Result<LweVector> {
+        let t = &self.experts[e];
+        Ok(ev.lwe_matvec(&t.w2, t.b2.as_deref(), a)?)
+    }
+
+    /// Requantizing read of expert outputs back to m bits, produced directly in the layer's
+    /// output encoding (the PBS output encoding is free).
+    pub fn read_output(&self, ev: &Evaluator, y: &LweVector) -> Result<LweVector> {
+        Ok(ev.pbs(y, &self.out_read)?)
+    }
+
+    /// Whole FFN of expert `e` (used by public routing): first stage, hidden, second stage, read.
+    pub fn evaluate(&self, ev: &Evaluator, e: usize, x: &PackedGlwe) -> Result<LweVector> {
+        let (u, v) = self.first_stage(ev, e, x)?;
+        let u = ev.extract_rows(&u)?;
+        let v = v.map(|v| ev.extract_rows(&v)).transpose()?;
+        let a = self.hidden(ev, &u, v.as_ref())?;
+        let y = self.second_stage(ev, e, &a)?;
+        self.read_output(ev, &y)
+    }
+}

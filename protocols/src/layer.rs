@@ -1,0 +1,150 @@
+//! One encrypted MoE layer: route, select, compute, combine.
+
+use crate::error::{config, Result};
+use crate::ffn::FfnTables;
+use crate::model::QuantizedMoe;
+use crate::router::{Gates, RouterTables, Routing};
+use crate::strategy::{ExpertStrategy, SlotInput};
+use veilmoe_engine::{ClientKey, Encoding, Evaluator, GgswBit, LweVector, PackedGlwe, ValueRange};
+
+/// A model prepared for one server key: weights laid out and tables filled once.
+pub struct MoeLayer {
+    model: QuantizedMoe,
+    router: RouterTables,
+    ffn: FfnTables,
+}
+
+/// The encrypted result of one token. Everything is under the client's key; the client
+/// decrypts `y` (and may inspect the routing of its own token).
+pub struct MoeOutput {
+    pub routing: Routing,
+    /// Each slot's requantized expert output (d values, m bits).
+    pub slot_outputs: Vec<LweVector>,
+    /// The layer output as weighted terms `y = sum c * term` (see [`MoeOutput::decrypt_y`]).
+    pub y_terms: Vec<(i64, LweVector)>,
+}
+
+impl MoeLayer {
+    pub fn new(ev: &Evaluator, model: QuantizedMoe) -> Result<MoeLayer> {
+        model.validate()?;
+        let router = RouterTables::new(ev, &model)?;
+        let ffn = FfnTables::new(ev, &model)?;
+        Ok(MoeLayer { model, router, ffn })
+    }
+
+    pub fn model(&self) -> &QuantizedMoe {
+        &self.model
+    }
+
+    /// How the client must encrypt a token (signed values of `message_bits`, packed).
+    pub fn input_encoding(&self) -> Encoding {
+        Encoding::signed(self.model.input_width())
+    }
+
+    /// Client side: quantized token (d values in the signed m-bit range) -> packed ciphertext
+    /// with the public value range declared, so the server's range tracking stays tight.
+    pub fn encrypt(&self, client: &ClientKey, x: &[i64]) -> Result<PackedGlwe> {
+        let d = self.model.config.d.0;
+        if x.len() != d {
+            return Err(config(format!("a token has {d} values, got {}", x.len())));
+        }
+        let (lo, hi) = (self.model.quant.input_min(), self.model.quant.input_max());
+        if let Some(v) = x.iter().find(|v| **v < lo || **v > hi) {
+            return Err(config(format!(
+                "token value {v} outside the quantized range [{lo}, {hi}]"
+            )));
+        }
+        let ct = client.encrypt_packed(x, self.input_encoding())?;
+        Ok(ct.with_range(ValueRange { min: lo, max: hi })?)
+    }
+
+    /// Evaluates the layer on one packed token.
+    pub fn forward(
+        &self,
+        ev: &Evaluator,
+        x: &PackedGlwe,
+        strategy: &dyn ExpertStrategy,
+    ) -> Result<MoeOutput> {
+        let routing = self.router.route(ev, x)?;
+        let l = self.router.index_bits();
+        ev.set_stage("index-ggsw");
+        let index_ggsw: Vec<Vec<GgswBit>> = if strategy.needs_index_ggsw() && l > 0 {
+            routing
+                .slots
+                .iter()
+                .map(|s| Ok(ev.circuit_bootstrap(&s.index_bits)?))
+                .collect::<Result<_>>()?
+        } else if strategy.needs_index_ggsw() {
+            routing.slots.iter().map(|_| Vec::new()).collect()
+        } else {
+            Vec::new()
+        };
+        let slot_outputs = strategy.slot_outputs(
+            ev,
+            &self.ffn,
+            x,
+            &SlotInput {
+                routing: &routing,
+                index_ggsw: &index_ggsw,
+            },
+        )?;
+        ev.set_stage("combine");
+        let y_terms = self.combine(ev, &routing.gates, &slot_outputs)?;
+        Ok(MoeOutput {
+            routing,
+            slot_outputs,
+            y_terms,
+        })
+    }
+
+    /// `y = sum_slots g * o` as weighted terms: gate bits are circuit-bootstrapped and multiply
+    /// the slot outputs by external products (exact, no PBS on the outputs). The client adds
+    /// the terms after decryption: adding them under encryption would scale the PBS noise of
+    /// the outputs by up to G and cost exactness on the 4-bit presets.
+    fn combine(
+        &self,
+        ev: &Evaluator,
+        gates: &Gates,
+        outs: &[LweVector],
+    ) -> Result<Vec<(i64, LweVector)>> {
+        match gates {
+            Gates::Constant(_) => Ok(vec![(1, outs[0].clone())]),
+            Gates::Complementary { g1_bits } => {
+                // y = G * o2 + sum_b 2^b * (g1_b ? o1 - o2 : 0)
+                let (o1, o2) = (&outs[0], &outs[1]);
+                let diff = ev.linear_combination(&[o1, o2], &[1, -1], o1.encoding())?;
+                let mut terms = vec![(self.model.quant.gate_max(), o2.clone())];
+                for (b, g) in ev.circuit_bootstrap(g1_bits)?.iter().enumerate() {
+                    terms.push((1 << b, ev.external_product_lwe(g, &diff)?));
+                }
+                Ok(terms)
+            }
+            Gates::PerSlot(all_bits) => {
+                let mut terms = Vec::new();
+                for (o, bits) in outs.iter().zip(all_bits) {
+                    for (b, g) in ev.circuit_bootstrap(bits)?.iter().enumerate() {
+                        terms.push((1 << b, ev.external_product_lwe(g, o)?));
+                    }
+                }
+                Ok(terms)
+            }
+        }
+    }
+}
+
+impl MoeOutput {
+    /// Client side: decrypts the layer output `y = sum_terms c * term`.
+    pub fn decrypt_y(&self, client: &ClientKey) -> Result<Vec<i64>> {
+        let mut y: Vec<i64> = Vec::new();
+        for (c, term) in &self.y_terms {
+            let v = client.decrypt_lwe(term)?;
+            if y.is_empty() {
+                y = vec![0; v.len()];
+            }
+            for (a, b) in y.iter_mut().zip(v) {
+                *a += c * b;
+            }
+        }
+        Ok(y)
+    }
+}

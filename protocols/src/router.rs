@@ -1,0 +1,440 @@
+//! Encrypted routing: router logits, tournament argmax, top-k and gates, all with the preset's
+//! small exact PBS reads.
+//!
+//! Cost for E experts (L = ceil(log2 E) tournament levels), in PBS:
+//! - logits: E (one requantizing read per router accumulator);
+//! - argmax: E - 1 comparisons `[b > a]` and E - 2 maxima `a + relu(b - a)` (one more when the
+//!   winning value is needed), then E one-hot reads. Each leaf's one-hot input is the leveled
+//!   sum of the comparison bits on its path: `t_i = sum(won_node - 1)`, zero iff it won every
+//!   match; ties go to the left (lower index) because the comparison is strict. Index bits are
+//!   leveled sums of the one-hot. No data-dependent choice anywhere: the bracket is public.
+//! - top-2: E masking reads (the winner drops below every logit) and a second tournament.
+//! - gates: `gate_bits` reads per slot (Mixtral k = 2: once, the second gate is the bitwise
+//!   complement), plus E term reads per slot for Switch gating.
+
+use crate::error::{config, Result};
+use crate::model::{Gating, QuantizedMoe};
+use crate::quant;
+use veilmoe_engine::{
+    Cols, Encoding, Evaluator, Lut, LweVector, PackedGlwe, PackedWeights, Rows, ValueRange,
+    WeightMatrix,
+};
+
+/// Lookup tables and weights of the router, built once per model and preset.
+pub struct RouterTables {
+    router: PackedWeights,
+    bias: Option<Vec<i64>>,
+    logit: Lut,
+    cmp: Lut,
+    relu_neg: Lut,
+    onehot: Lut,
+    loser: Lut,
+    mask: Lut,
+    gate_bits: Vec<Lut>,
+    switch_terms: Option<Lut>,
+    switch_gate_bits: Vec<Lut>,
+    experts: usize,
+    top_k: usize,
+    gating: Gating,
+    /// Encoding of the one-hot and index bits.
+    index_encoding: Encoding,
+    gate_encoding: Encoding,
+    switch_encoding: Encoding,
+}
+
+/// One selected slot of a token, all encrypted. With a single expert there is nothing to
+/// choose: the one-hot is the public constant 1 and there are no index bits.
+pub struct SlotRouting {
+    /// E values, 1 at the selected expert.
+    pub onehot: LweVector,
+    /// ceil(log2 E) bits of the selected index, least significant first (one zero bit when E = 1).
+    pub index_bits: LweVector,
+    /// The selected logit.
+    pub logit: LweVector,
+    /// Switch gating: the slot's partition sum.
+    pub partition_sum: Option<LweVector>,
+}
+
+/// How the slots' outputs are weighted.
+pub enum Gates {
+    /// Public constant gates (Mixtral with k = 1: the single gate is 1.0 = G).
+    Constant(Vec<i64>),
+    /// Mixtral k = 2: bits of g1 (least significant first); g2 = G - g1 is their complement.
+    Complementary { g1_bits: LweVector },
+    /// Switch gating: the bits of each slot's gate.
+    PerSlot(Vec<LweVector>),
+}
+
+/// The encrypted routing of one token.
+pub struct Routing {
+    /// Router logits (E values in [0, logit_max]).
+    pub logits: LweVector,
+    pub slots: Vec<SlotRouting>,
+    pub gates: Gates,
+}
+
+impl Routing {
+    /// Gate values as ciphertexts (signed encoding), one per slot, for the client to inspect.
+    pub fn gate_values(&self, ev: &Evaluator, g_max: i64) -> Result<Vec<LweVector>> {
+        let value = |bits: &LweVector| -> Result<LweVector> {
+            let w = WeightMatrix::new(
+                Rows(1),
+                Cols(bits.len()),
+                (0..bits.len()).map(|b| 1i64 << b).collect(),
+            )?;
+            Ok(ev.lwe_matvec(&w, None, bits)?)
+        };
+        match &self.gates {
+            Gates::Constant(g) => g
+                .iter()
+                .map(|&v| {
+                    Ok(ev.trivial(
+                        &[v],
+                        Encoding::signed(quant::hold_width(0, g_max as i128) + 1),
+                    )?)
+                })
+                .collect(),
+            Gates::Complementary { g1_bits } => {
+                let n = g1_bits.len();
+                let w = WeightMatrix::new(
+                    Rows(2),
+                    Cols(n),
+                    (0..2 * n)
+                        .map(|i| if i < n { 1 << i } else { -(1 << (i - n)) })
+                        .collect(),
+                )?;
+                let both = ev.lwe_matvec(&w, Some(&[0, g_max]), g1_bits)?;
+                Ok(vec![both.slice(0..1)?, both.slice(1..2)?])
+            }
+            Gates::PerSlot(bits) => bits.iter().map(value).collect(),
+        }
+    }
+}
+
+fn bits_for(n: usize) -> usize {
+    (usize::BITS - (n.max(1) - 1).leading_zeros()) as usize
+}
+
+impl RouterTables {
+    pub fn new(ev: &Evaluator, model: &QuantizedMoe) -> Result<RouterTables> {
+        model.validate()?;
+        let p = ev.preset();
+        let q = &model.quant;
+        let m = q.message_bits;
+        if p.message_bits != m {
+            return Err(config(format!(
+                "the model is quantized for {m}-bit PBS reads, the preset `{}` reads {}",
+                p.name, p.message_bits
+            )));
+        }
+        let (e, d) = (model.config.experts.0, model.config.d.0);
+        let small = Encoding::signed(m);
+        let width = model.input_width();
+        let shift = model.input_shift();
+        let router = PackedWeights::new(
+            p,
+            WeightMatrix::new(Rows(e), Cols(d), model.router.clone())?,
+        );
+        let logit = Lut::requantize(p, Encoding::signed(width), shift, small, |v| q.logit(v))?;
+        let cmp = Lut::univariate(p, small, small, |dv| (dv < 0) as i64)?;
+        let relu_neg = Lut::univariate(p, small, small, |dv| (-dv).clamp(0, small.max()))?;
+        let index_encoding = small;
+        let onehot = Lut::univariate(p, small, index_encoding, |t| (t == 0) as i64)?;
+        let loser = Lut::univariate(p, small, small, |t| {
+            if t == 0 {
+                -(q.logit_max() + 1)
+            } else {
+                0
+            }
+        })?;
+        let mask = Lut::univariate(p, small, small, |u| {
+            if u >= 0 {
+                u.min(q.logit_max())
+            } else {
+                -1
+            }
+        })?;
+        let gate_encoding = Encoding::signed(q.gate_bits + 2);
+        let g = q.gate_max();
+        let gate_bits = (0..q.gate_bits)
+            .map(|b| {
+                Lut::univariate(p, small, gate_encoding, |dv| {
+                    (quant::mixtral_gate(dv.max(0), q.logit_scale, g) >> b) & 1
+                })
+            })
+            .collect::<veilmoe_engine::Result<Vec<_>>>()?;
+        let zhi = q.switch_cap() as i128 * e as i128;
+        let switch_encoding = Encoding::signed(quant::read_width(0, zhi, m));
+        let (switch_terms, switch_gate_bits) = if model.config.gating == Gating::SoftmaxThenTopK {
+            let terms = Lut::univariate(p, small, switch_encoding, |dv| {
+                quant::switch_term(dv, q.logit_scale, q.switch_numerator, q.switch_cap())
+            })?;
+            let zs = model.partition_shift();
+            let bits = (0..q.gate_bits)
+                .map(|b| {
+                    Lut::requantize(p, switch_encoding, zs, gate_encoding, |zq| {
+                        (quant::switch_gate(zq, zs, q.switch_numerator, g) >> b) & 1
+                    })
+                })
+                .collect::<veilmoe_engine::Result<Vec<_>>>()?;
+            (Some(terms), bits)
+        } else {
+            (None, Vec::new())
+        };
+        Ok(RouterTables {
+            router,
+            bias: model.router_bias.clone(),
+            logit,
+            cmp,
+            relu_neg,
+            onehot,
+            loser,
+            mask,
+            gate_bits,
+            switch_terms,
+            switch_gate_bits,
+            experts: e,
+            top_k: model.config.top_k.0,
+            gating: model.config.gating,
+            index_encoding,
+            gate_encoding,
+            switch_encoding,
+        })
+    }
+
+    /// Number of index bits.
+    pub fn index_bits(&self) -> usize {
+        bits_for(self.experts)
+    }
+
+    /// Router logits of a packed token.
+    pub fn logits(&self, ev: &Evaluator, x: &PackedGlwe) -> Result<LweVector> {
+        ev.set_stage("router");
+        let acc = ev.packed_matvec(&self.router, self.bias.as_deref(), x)?;
+        Ok(ev.pbs(&acc, &self.logit)?)
+    }
+
+    /// The full routing of one token.
+    pub fn route(&self, ev: &Evaluator, x: &PackedGlwe) -> Result<Routing> {
+        let logits = self.logits(ev, x)?;
+        ev.set_stage("top-k");
+        let need_value = self.top_k > 1 || self.gating == Gating::SoftmaxThenTopK;
+        let first = self.argmax(ev, &logits, need_value)?;
+        let mut slots = vec![first.slot];
+        if self.top_k == 2 {
+            // The winner drops to [-logit_max - 1, -1], below every remaining logit.
+            let drop = ev.pbs(&first.path_sums, &self.loser)?;
+            let u = ev.linear_combination(&[&logits, &drop], &[1, 1], logits.encoding())?;
+            let masked = ev.pbs(&u, &self.mask)?;
+            slots.push(self.argmax(ev, &masked, true)?.slot);
+        }
+        ev.set_stage("gates");
+        let gates = self.gates(ev, &logits, &mut slots)?;
+        Ok(Routing {
+            logits,
+            slots,
+            gates,
+        })
+    }
+
+    fn gates(
+        &self,
+        ev: &Evaluator,
+        logits: &LweVector,
+        slots: &mut [SlotRouting],
+    ) -> Result<Gates> {
+        match (self.gating, slots.len()) {
+            (Gating::SoftmaxSelected, 1) => Ok(Gates::Constant(vec![self.gate_max()])),
+            (Gating::SoftmaxSelected, _) => {
+                let delta = ev.linear_combination(
+                    &[&slots[0].logit, &slots[1].logit],
+                    &[1, -1],
+                    slots[0].logit.encoding(),
+                )?;
+                let bits = self.read_bits(ev, &delta, &self.gate_bits)?;
+                Ok(Gates::Complementary { g1_bits: bits })
+            }
+            (Gating::SoftmaxThenTopK, _) => {
+                let terms_lut = self
+                    .switch_terms
+                    .as_ref()
+                    .ok_or_else(|| config("Switch tables missing"))?;
+                let mut all = Vec::with_capacity(slots.len());
+                for slot in slots.iter_mut() {
+                    let v: Vec<&LweVector> =
+                        std::iter::repeat_n(&slot.logit, self.experts).collect();
+                    let v = LweVector::concat(&v)?;
+                    let diff = ev.linear_combination(&[logits, &v], &[1, -1], logits.encoding())?;
+                    let terms = ev.pbs(&diff, terms_lut)?;
+                    let ones =
+                        WeightMatrix::new(Rows(1), Cols(self.experts), vec![1; self.experts])?;
+                    let z = ev.lwe_matvec(&ones, None, &terms)?;
+                    let z = z.with_encoding(self.switch_encoding)?;
+                    all.push(self.read_bits(ev, &z, &self.switch_gate_bits)?);
+                    slot.partition_sum = Some(z);
+                }
+                Ok(Gates::PerSlot(all))
+            }
+        }
+    }
+
+    /// One PBS per table on a single value; the bits come back as one vector.
+    fn read_bits(&self, ev: &Evaluator, x: &LweVector, tables: &[Lut]) -> Result<LweVector> {
+        let mut bits = Vec::with_capacity(tables.len());
+        for t in tables {
+            bits.push(ev.pbs(x, t)?);
+        }
+        let refs: Vec<&LweVector> = bits.iter().collect();
+        Ok(LweVector::concat(&refs)?)
+    }
+
+    pub fn gate_max(&self) -> i64 {
+        (1i64 << (self.gate_encoding.width - 2)) - 1
+    }
+
+    /// Encrypted argmax of E logits (signed m-bit encoding, values in [0, logit_max]): the
+    /// one-hot, index bits and winning value of the tournament.
+    pub fn argmax_logits(&self, ev: &Evaluator, values: &LweVector) -> Result<SlotRouting> {
+        if values.len() != self.experts {
+            return Err(config(format!(
+                "argmax over {} values, the router has {}",
+                values.len(),
+                self.experts
+            )));
+        }
+        Ok(self.argmax(ev, values, false)?.slot)
+    }
+
+    /// Tournament argmax over `values` (E values in a signed m-bit encoding whose pairwise
+    /// differences stay in range).
+    fn argmax(&self, ev: &Evaluator, values: &LweVector, want_value: bool) -> Result<Tournament> {
+        let e = values.len();
+        if e == 1 {
+            let onehot = ev.trivial(&[1], self.index_encoding)?;
+            let zero = ev.trivial(&[0], values.encoding())?;
+            return Ok(Tournament {
+                slot: SlotRouting {
+                    index_bits: ev.trivial(&[0], self.index_encoding)?,
+                    onehot,
+                    logit: values.clone(),
+                    partition_sum: None,
+                },
+                path_sums: zero,
+            });
+        }
+        // Public bracket: contenders of the current level, each a list of leaves and its value.
+        let mut groups: Vec<(Vec<usize>, LweVector)> = (0..e)
+            .map(|i| Ok((vec![i], values.slice(i..i + 1)?)))
+            .collect::<Result<_>>()?;
+        let mut cmp_bits: Vec<LweVector> = Vec::new();
+        // For each comparison node: leaves on its left and on its right.
+        let mut nodes: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
+        let mut winner_value = None;
+        while groups.len() > 1 {
+            let pairs = groups.len() / 2;
+            let lefts: Vec<&LweVector> = (0..pairs).map(|i| &groups[2 * i].1).collect();
+            let rights: Vec<&LweVector> = (0..pairs).map(|i| &groups[2 * i + 1].1).collect();
+            let a = LweVector::concat(&lefts)?;
+            let b = LweVector::concat(&rights)?;
+            let diff = ev.linear_combination(&[&a, &b], &[1, -1], values.encoding())?;
+            let c = ev.pbs(&diff, &self.cmp)?;
+            let last = groups.len() == 2;
+            let maxes = if !last || want_value {
+                let r = ev.pbs(&diff, &self.relu_neg)?;
+                // max(a, b) = a + relu(b - a) stays within the values' range
+                Some(ev.linear_combination_within(
+                    &[&a, &r],
+                    &[1, 1],
+                    values.encoding(),
+                    values.range(),
+                )?)
+            } else {
+                None
+            };
+            let mut next = Vec::with_capacity(pairs + 1);
+            let mut drained = std::mem::take(&mut groups).into_iter();
+            for i in 0..pairs {
+                let (l, _) = drained.next().expect("left");
+                let (r, _) = drained.next().expect("right");
+                nodes.push((l.clone(), r.clone()));
+                let mut leaves = l;
+                leaves.extend(r);
+                let value = match &maxes {
+                    Some(mx) => mx.slice(i..i + 1)?,
+                    None => c.slice(i..i + 1)?, // unused: final match without value
+                };
+                next.push((leaves, value));
+            }
+            next.extend(drained); // a bye passes up unchanged
+            if last {
+                winner_value = maxes.map(|m| m.slice(0..1)).transpose()?;
+            }
+            cmp_bits.push(c);
+            groups = next;
+        }
+        let cmp_refs: Vec<&LweVector> = cmp_bits.iter().collect();
+        let c_all = LweVector::concat(&cmp_refs)?;
+        // t_i = sum over i's matches of (won - 1): right side won iff c = 1, left iff c = 0.
+        let n = nodes.len();
+        let mut w = vec![0i64; e * n];
+        let mut bias = vec![0i64; e];
+        for (j, (l, r)) in nodes.iter().enumerate() {
+            for &i in l {
+                w[i * n + j] = -1;
+            }
+            for &i in r {
+                w[i * n + j] = 1;
+                bias[i] -= 1;
+            }
+        }
+        let t = ev.lwe_matvec(
+            &WeightMatrix::new(Rows(e), Cols(n), w)?,
+            Some(&bias),
+            &c_all,
+        )?;
+        let onehot = ev.pbs(&t, &self.onehot)?;
+        // Index bit b = sum of the one-hot over the indices with bit b set: exactly one term is
+        // 1, so the sum stays a bit (a public fact the interval bound cannot see) and can stay
+        // in the small encoding, where its noise (up to E/2 PBS outputs) is harmless.
+        let leaves: Vec<LweVector> = (0..e)
+            .map(|i| onehot.slice(i..i + 1))
+            .collect::<veilmoe_engine::Result<_>>()?;
+        let mut bits = Vec::with_capacity(self.index_bits());
+        for b in 0..self.index_bits() {
+            let parts: Vec<&LweVector> = leaves
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| (i >> b) & 1 == 1)
+                .map(|(_, v)| v)
+                .collect();
+            let ones = vec![1i64; parts.len()];
+            bits.push(ev.linear_combination_within(
+                &parts,
+                &ones,
+                onehot.encoding(),
+                ValueRange { min: 0, max: 1 },
+            )?);
+        }
+        let bit_refs: Vec<&LweVector> = bits.iter().collect();
+        let index_bits = LweVector::concat(&bit_refs)?;
+        let logit = match winner_value {
+            Some(v) => v,
+            None => values.slice(0..1)?, // not needed by the caller; a placeholder of the right shape
+        };
+        Ok(Tournament {
+            slot: SlotRouting {
+                onehot,
+                index_bits,
+                logit,
+                partition_sum: None,
+            },
+            path_sums: t,
+        })
+    }
+}
+
+struct Tournament {
+    slot: SlotRouting,
+    /// Each leaf's path sum (0 for the winner); the input of the top-2 mask.
+    path_sums: LweVector,
+}

@@ -1,0 +1,186 @@
+//! Oblivious expert evaluation strategies behind one trait.
+//!
+//! | strategy | what the server runs per slot | PBS beyond the router |
+//! |---|---|---|
+//! | [`Select`] (default) | all E first-stage products (packed, leveled), CMUX-select the chosen expert's packed results by the GGSW index bits, ONE expert's activations, all E second-stage products (leveled), CMUX-select | h (4h gated) + d |
+//! | [`ComputeAll`] | every expert's FFN, outputs combined by the same CMUX tree | E (h + d) (E (4h + d) gated) |
+//! | [`PublicRouting`] | INSECURE: the chosen index is revealed to the server, which runs only that expert | h + d |
+//!
+//! Select and compute-all issue the same operations, in the same order and sizes, for every
+//! input (tested on the operation trace). Public routing does not: it leaks the routing and is a
+//! lower-bound reference for benchmarks only.
+
+use crate::error::{ProtocolError, Result};
+use crate::ffn::FfnTables;
+use crate::router::Routing;
+use veilmoe_engine::{Evaluator, GgswBit, LweVector, PackedGlwe};
+
+/// What a strategy gets for one token.
+pub struct SlotInput<'a> {
+    pub routing: &'a Routing,
+    /// Per slot: the GGSW-encrypted index bits (empty for strategies that do not need them).
+    pub index_ggsw: &'a [Vec<GgswBit>],
+}
+
+/// A way to evaluate the selected experts of each slot.
+pub trait ExpertStrategy: Sync {
+    fn name(&self) -> &'static str;
+    /// True only for strategies that reveal the routing to the server.
+    fn leaks_routing(&self) -> bool {
+        false
+    }
+    /// Whether the layer should circuit-bootstrap the index bits for this strategy.
+    fn needs_index_ggsw(&self) -> bool {
+        true
+    }
+    /// The requantized output (d values, m bits) of each slot's selected expert.
+    fn slot_outputs(
+        &self,
+        ev: &Evaluator,
+        ffn: &FfnTables,
+        x: &PackedGlwe,
+        input: &SlotInput,
+    ) -> Result<Vec<LweVector>>;
+}
+
+/// Select-Then-Compute (the default).
+pub struct Select;
+
+impl ExpertStrategy for Select {
+    fn name(&self) -> &'static str {
+        "select"
+    }
+    fn slot_outputs(
+        &self,
+        ev: &Evaluator,
+        ffn: &FfnTables,
+        x: &PackedGlwe,
+        input: &SlotInput,
+    ) -> Result<Vec<LweVector>> {
+        let e = ffn.experts.len();
+        ev.set_stage("expert-products");
+        let mut firsts = Vec::with_capacity(e);
+        for i in 0..e {
+            firsts.push(ffn.first_stage(ev, i, x)?);
+        }
+        let u_all: Vec<_> = firsts.iter().map(|f| f.0.clone()).collect();
+        let v_all: Option<Vec<_>> = firsts.iter().map(|f| f.1.clone()).collect();
+        let mut outs = Vec::with_capacity(input.index_ggsw.len());
+        for bits in input.index_ggsw {
+            ev.set_stage("select");
+            let u = ev.extract_rows(&ev.cmux_tree_rows(bits, &u_all)?)?;
+            let v = match &v_all {
+                Some(v_all) => Some(ev.extract_rows(&ev.cmux_tree_rows(bits, v_all)?)?),
+                None => None,
+            };
+            ev.set_stage("expert");
+            let a = ffn.hidden(ev, &u, v.as_ref())?;
+            let ys = (0..e)
+                .map(|i| ffn.second_stage(ev, i, &a))
+                .collect::<Result<Vec<_>>>()?;
+            ev.set_stage("select");
+            let y = ev.cmux_tree_lwe(bits, &ys)?;
+            ev.set_stage("expert");
+            outs.push(ffn.read_output(ev, &y)?);
+        }
+        Ok(outs)
+    }
+}
+
+/// Every expert evaluated, outputs combined obliviously (the naive baseline).
+pub struct ComputeAll;
+
+impl ExpertStrategy for ComputeAll {
+    fn name(&self) -> &'static str {
+        "compute-all"
+    }
+    fn slot_outputs(
+        &self,
+        ev: &Evaluator,
+        ffn: &FfnTables,
+        x: &PackedGlwe,
+        input: &SlotInput,
+    ) -> Result<Vec<LweVector>> {
+        let e = ffn.experts.len();
+        ev.set_stage("expert");
+        let mut us = Vec::with_capacity(e);
+        let mut vs = Vec::with_capacity(e);
+        for i in 0..e {
+            let (u, v) = ffn.first_stage(ev, i, x)?;
+            us.push(ev.extract_rows(&u)?);
+            if let Some(v) = v {
+                vs.push(ev.extract_rows(&v)?);
+            }
+        }
+        // One PBS batch over all experts' hidden units.
+        let u_refs: Vec<&LweVector> = us.iter().collect();
+        let u = LweVector::concat(&u_refs)?;
+        let v = if vs.is_empty() {
+            None
+        } else {
+            let v_refs: Vec<&LweVector> = vs.iter().collect();
+            Some(LweVector::concat(&v_refs)?)
+        };
+        let a = ffn.hidden(ev, &u, v.as_ref())?;
+        let h = us[0].len();
+        let ys = (0..e)
+            .map(|i| ffn.second_stage(ev, i, &a.slice(i * h..(i + 1) * h)?))
+            .collect::<Result<Vec<_>>>()?;
+        let y_refs: Vec<&LweVector> = ys.iter().collect();
+        let all = ffn.read_output(ev, &LweVector::concat(&y_refs)?)?;
+        let d = ys[0].len();
+        let outs_e = (0..e)
+            .map(|i| all.slice(i * d..(i + 1) * d))
+            .collect::<veilmoe_engine::Result<Vec<_>>>()?;
+        ev.set_stage("select");
+        input
+            .index_ggsw
+            .iter()
+            .map(|bits| Ok(ev.cmux_tree_lwe(bits, &outs_e)?))
+            .collect()
+    }
+}
+
+/// INSECURE reference: the routing decision is revealed to the server (here through a callback
+/// that stands for a round trip to the client), which then runs only the chosen expert. It
+/// leaks which expert every token uses; benchmarks only, never a default.
+pub struct PublicRouting<'a> {
+    /// Maps each slot's encrypted index bits to the revealed expert index.
+    pub reveal: &'a (dyn Fn(&LweVector) -> Result<usize> + Sync),
+}
+
+impl ExpertStrategy for PublicRouting<'_> {
+    fn name(&self) -> &'static str {
+        "public-routing"
+    }
+    fn leaks_routing(&self) -> bool {
+        true
+    }
+    fn needs_index_ggsw(&self) -> bool {
+        false
+    }
+    fn slot_outputs(
+        &self,
+        ev: &Evaluator,
+        ffn: &FfnTables,
+        x: &PackedGlwe,
+        input: &SlotInput,
+    ) -> Result<Vec<LweVector>> {
+        ev.set_stage("expert");
+        input
+            .routing
+            .slots
+            .iter()
+            .map(|slot| {
+                let e = (self.reveal)(&slot.index_bits)?;
+                if e >= ffn.experts.len() {
+                    return Err(ProtocolError::Strategy {
+                        strategy: "public-routing",
+                        reason: format!("revealed expert {e} out of range"),
+                    });
+                }
+                ffn.evaluate(ev, e, x)
+            })
+            .collect()
+    }
+}

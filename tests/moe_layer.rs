@@ -1,0 +1,277 @@
+//! Encrypted MoE layer on the `test` preset against the plaintext reference, stage by stage.
+//!
+//! Every exact stage is compared exactly (routing from the decrypted logits, one-hot, index
+//! bits, gates, the gate combination). The approximate stages (requantizing reads of wide
+//! accumulators: logits, activations, expert outputs) may come out one step off near a box
+//! edge; the test bounds the rate of that and that it is never more than one step.
+
+mod common;
+
+use common::{test_keys, Rng};
+use rayon::prelude::*;
+use veilmoe::engine::{ClientKey, Evaluator, LweVector};
+use veilmoe::protocols::{
+    reference::Rounding, Activation, ComputeAll, ExpertCount, ExpertStrategy, FfnKind, Gating,
+    HiddenDim, ModelDim, MoeConfig, MoeLayer, QuantParams, QuantizedMoe, Select, TopK,
+};
+
+#[derive(Default, Debug)]
+struct Tally {
+    tokens: usize,
+    logits: usize,
+    logit_off: usize,
+    outputs: usize,
+    output_off: usize,
+    route_agree_with_exact_reference: usize,
+}
+
+fn decrypt(c: &ClientKey, v: &LweVector) -> Vec<i64> {
+    c.decrypt_lwe(v).expect("decrypt")
+}
+
+fn run_config(config: MoeConfig, tokens: usize, seed: u64, strategy: &dyn ExpertStrategy) -> Tally {
+    let k = test_keys();
+    let ev = Evaluator::new(&k.server);
+    let model = QuantizedMoe::random(config, QuantParams::for_message_bits(4), seed, true);
+    let layer = MoeLayer::new(&ev, model.clone()).expect("layer");
+    let mut rng = Rng::new(seed);
+    let g_max = model.quant.gate_max();
+    let inputs: Vec<Vec<i64>> = (0..tokens).map(|_| rng.vec(config.d.0, -8, 7)).collect();
+    let tallies: Vec<Tally> = inputs
+        .par_iter()
+        .map(|x| {
+            let mut t = Tally::default();
+            let x = x.clone();
+            let ct = layer.encrypt(&k.client, &x).unwrap();
+            let out = layer.forward(&ev, &ct, strategy).expect("forward");
+            // logits: within one step of the exact reference
+            let logits = decrypt(&k.client, &out.routing.logits);
+            let exact = model.reference(&x, &mut Rounding::Exact);
+            for (a, b) in logits.iter().zip(&exact.logits) {
+                assert!((a - b).abs() <= 1, "logit {a} vs reference {b}");
+                t.logit_off += (a != b) as usize;
+            }
+            t.logits += logits.len();
+            // routing from the decrypted logits: exact
+            let (selected, slot_logits, sums) = model.route(&logits);
+            t.route_agree_with_exact_reference += (selected == exact.selected) as usize;
+            for (s, slot) in out.routing.slots.iter().enumerate() {
+                let onehot = decrypt(&k.client, &slot.onehot);
+                let want: Vec<i64> = (0..config.experts.0)
+                    .map(|i| (i == selected[s]) as i64)
+                    .collect();
+                assert_eq!(onehot, want, "one-hot of slot {s}, logits {logits:?}");
+                let bits = decrypt(&k.client, &slot.index_bits);
+                let index: usize = bits
+                    .iter()
+                    .enumerate()
+                    .map(|(b, &v)| (v as usize) << b)
+                    .sum();
+                assert_eq!(index, selected[s], "index bits {bits:?}");
+                if config.top_k.0 > 1 || config.gating == Gating::SoftmaxThenTopK {
+                    assert_eq!(
+                        decrypt(&k.client, &slot.logit)[0],
+                        slot_logits[s],
+                        "slot logit"
+                    );
+                }
+                if let Some(z) = &slot.partition_sum {
+                    // a wide leveled sum of PBS outputs: exact up to its noise, read approximately
+                    let dz = (decrypt(&k.client, z)[0] - sums[s]).abs();
+                    assert!(dz <= 2, "partition sum off by {dz}");
+                }
+            }
+            // gates: exact from the decrypted logits (Switch: the sum is read approximately)
+            let gates: Vec<i64> = out
+                .routing
+                .gate_values(&ev, g_max)
+                .unwrap()
+                .iter()
+                .map(|g| decrypt(&k.client, g)[0])
+                .collect();
+            match config.gating {
+                Gating::SoftmaxSelected => assert_eq!(
+                    gates,
+                    model.gates(&slot_logits, &sums, &mut Rounding::Exact)
+                ),
+                Gating::SoftmaxThenTopK => {
+                    let s = model.partition_shift();
+                    for (g, &z) in gates.iter().zip(&sums) {
+                        let ok: Vec<i64> = [-1i64, 0, 1]
+                            .iter()
+                            .map(|dz| {
+                                model.gates(&[0], &[z + dz * (1 << s) / 2], &mut Rounding::Exact)[0]
+                            })
+                            .collect();
+                        assert!(
+                            ok.contains(g),
+                            "switch gate {g} for sum {z}: expected one of {ok:?}"
+                        );
+                    }
+                }
+            }
+            // slot outputs: within one step of the exact reference for the selected expert
+            let mut outs = Vec::new();
+            for (s, o) in out.slot_outputs.iter().enumerate() {
+                let o = decrypt(&k.client, o);
+                let hidden = model.hidden(selected[s], &x, &mut Rounding::Exact);
+                let want = model.expert_output(selected[s], &hidden, &mut Rounding::Exact);
+                for (a, b) in o.iter().zip(&want) {
+                    assert!((a - b).abs() <= 1, "expert output {a} vs reference {b}");
+                    t.output_off += (a != b) as usize;
+                }
+                t.outputs += o.len();
+                outs.push(o);
+            }
+            // the combination is exact
+            assert_eq!(
+                out.decrypt_y(&k.client).unwrap(),
+                model.combine(&gates, &outs)
+            );
+            t.tokens += 1;
+            t
+        })
+        .collect();
+    let mut t = Tally::default();
+    for x in tallies {
+        t.tokens += x.tokens;
+        t.logits += x.logits;
+        t.logit_off += x.logit_off;
+        t.outputs += x.outputs;
+        t.output_off += x.output_off;
+        t.route_agree_with_exact_reference += x.route_agree_with_exact_reference;
+    }
+    // Documented rates on `test` (its PBS noise is ~8x the default preset's): logits read one
+    // wide accumulator (measured ~4 %), outputs compound the hidden reads and the output read
+    // (measured 10 to 27 % with d = h = 4). Never more than one step (asserted above).
+    assert!(
+        t.logit_off * 100 <= 8 * t.logits.max(1) && t.output_off * 100 <= 35 * t.outputs.max(1),
+        "off-by-one rate above the documented bound: {t:?}"
+    );
+    t
+}
+
+fn config(d: usize, h: usize, e: usize, k: usize, ffn: FfnKind, gating: Gating) -> MoeConfig {
+    MoeConfig {
+        d: ModelDim(d),
+        h: HiddenDim(h),
+        experts: ExpertCount(e),
+        top_k: TopK(k),
+        ffn,
+        gating,
+    }
+}
+
+const FFNS: [FfnKind; 4] = [
+    FfnKind::Plain(Activation::Relu),
+    FfnKind::Plain(Activation::Gelu),
+    FfnKind::Plain(Activation::Silu),
+    FfnKind::GatedSilu,
+];
+
+/// 200 tokens for each (E, k, FFN) of the matrix, Mixtral gating, Select-Then-Compute.
+fn matrix(experts: usize) {
+    for k in [1, 2].into_iter().filter(|&k| k <= experts) {
+        for (i, ffn) in FFNS.into_iter().enumerate() {
+            let seed = (experts * 100 + k * 10 + i) as u64;
+            let t = run_config(
+                config(4, 4, experts, k, ffn, Gating::SoftmaxSelected),
+                200,
+                seed,
+                &Select,
+            );
+            eprintln!("E={experts} k={k} ffn={}: {t:?}", ffn.name());
+        }
+    }
+}
+
+#[test]
+fn select_matches_reference_e1() {
+    matrix(1);
+}
+
+#[test]
+fn select_matches_reference_e2() {
+    matrix(2);
+}
+
+#[test]
+fn select_matches_reference_e8() {
+    matrix(8);
+}
+
+#[test]
+fn select_matches_reference_e32() {
+    matrix(32);
+}
+
+#[test]
+fn switch_gating_matches_reference() {
+    for (e, k) in [(2, 1), (8, 1), (8, 2), (16, 2)] {
+        let t = run_config(
+            config(4, 4, e, k, FfnKind::GatedSilu, Gating::SoftmaxThenTopK),
+            50,
+            90 + e as u64,
+            &Select,
+        );
+        eprintln!("switch E={e} k={k}: {t:?}");
+    }
+}
+
+#[test]
+fn compute_all_matches_reference() {
+    for (e, k) in [(2, 2), (8, 1)] {
+        let t = run_config(
+            config(
+                4,
+                4,
+                e,
+                k,
+                FfnKind::Plain(Activation::Silu),
+                Gating::SoftmaxSelected,
+            ),
+            30,
+            70 + e as u64,
+            &ComputeAll,
+        );
+        eprintln!("compute-all E={e} k={k}: {t:?}");
+    }
+}
+
+/// Obliviousness: tokens routed to different experts produce identical operation traces (kinds,
+/// counts, order, sizes, stages) under every strategy except public routing.
+#[test]
+fn traces_do_not_depend_on_the_routing() {
+    let k = test_keys();
+    for (strategy, name) in [
+        (&Select as &dyn ExpertStrategy, "select"),
+        (&ComputeAll, "compute-all"),
+    ] {
+        for (e, top) in [(8, 1), (8, 2)] {
+            let cfg = config(4, 4, e, top, FfnKind::GatedSilu, Gating::SoftmaxSelected);
+            let model = QuantizedMoe::random(cfg, QuantParams::for_message_bits(4), 5, true);
+            let ev0 = Evaluator::new(&k.server);
+            let layer = MoeLayer::new(&ev0, model.clone()).unwrap();
+            let mut rng = Rng::new(11);
+            let mut traces = Vec::new();
+            let mut routes = std::collections::BTreeSet::new();
+            for _ in 0..12 {
+                let x = rng.vec(4, -8, 7);
+                let ev = Evaluator::new(&k.server);
+                let out = layer
+                    .forward(&ev, &layer.encrypt(&k.client, &x).unwrap(), strategy)
+                    .unwrap();
+                let idx = decrypt(&k.client, &out.routing.slots[0].index_bits);
+                routes.insert(idx);
+                traces.push(ev.ops().trace());
+            }
+            assert!(
+                routes.len() >= 2,
+                "{name}: the inputs should reach different experts, got {routes:?}"
+            );
+            for t in &traces[1..] {
+                assert_eq!(t, &traces[0], "{name}: trace differs between tokens");
+            }
+        }
+    }
+}
