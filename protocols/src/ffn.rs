@@ -9,7 +9,7 @@ use crate::model::{FfnKind, QuantizedMoe};
 use crate::quant;
 use veilmoe_engine::{
     Cols, Encoding, Evaluator, Lut, LweVector, PackedGlwe, PackedRows, PackedWeights, Rows,
-    WeightMatrix,
+    ValueRange, WeightMatrix,
 };
 
 /// One expert's weights, laid out for the engine.
@@ -35,6 +35,8 @@ pub struct FfnTables {
     out_read: Lut,
     small: Encoding,
     hidden: Encoding,
+    /// Range of a gated FFN's hidden product.
+    product_range: (i64, i64),
 }
 
 impl FfnTables {
@@ -96,6 +98,7 @@ impl FfnTables {
             out_read,
             small,
             hidden,
+            product_range: q.hidden_range(FfnKind::GatedSilu),
         })
     }
 
@@ -130,7 +133,15 @@ impl FfnTables {
                 let diff = ev.linear_combination(&[&s, &l], &[1, -1], self.small)?;
                 let p1 = ev.pbs(&sum, qsq)?;
                 let p2 = ev.pbs(&diff, qsq)?;
-                Ok(ev.linear_combination(&[&p1, &p2], &[1, -1], self.hidden)?)
+                // qsq(s + l) - qsq(s - l) = s * l: the product of the factors' ranges, tighter than
+                // the interval bound of the two table outputs.
+                let (lo, hi) = self.product_range;
+                Ok(ev.linear_combination_within(
+                    &[&p1, &p2],
+                    &[1, -1],
+                    self.hidden,
+                    ValueRange { min: lo, max: hi },
+                )?)
             }
             _ => Ok(ev.pbs(u, &self.act)?),
         }
