@@ -7,12 +7,21 @@ use veilmoe::engine::{
     ValueRange, WeightMatrix,
 };
 
+/// One `default` key set per test binary (key generation is the expensive part).
+fn default_keys() -> &'static (Preset, ClientKey, ServerKey) {
+    static KEYS: std::sync::OnceLock<(Preset, ClientKey, ServerKey)> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let preset = Preset::load("default", false).unwrap();
+        let client = ClientKey::generate(&preset);
+        let server = client.server_key();
+        (preset, client, server)
+    })
+}
+
 #[test]
 fn default_preset_end_to_end() {
-    let preset = Preset::load("default", false).unwrap();
-    let client = ClientKey::generate(&preset);
-    let server = client.server_key();
-    let ev = Evaluator::new(&server);
+    let (preset, client, server) = default_keys();
+    let ev = Evaluator::new(server);
     let mut seed = 0x1234_5678u64;
     let mut next = |lo: i64, hi: i64| {
         seed ^= seed << 13;
@@ -25,7 +34,7 @@ fn default_preset_end_to_end() {
     let (d, h) = (32usize, 16usize);
     let w1 =
         WeightMatrix::new(Rows(h), Cols(d), (0..h * d).map(|_| next(-8, 7)).collect()).unwrap();
-    let pw1 = PackedWeights::new(&preset, w1.clone());
+    let pw1 = PackedWeights::new(preset, w1.clone());
     let x: Vec<i64> = (0..d).map(|_| next(0, 15)).collect();
     let ct = client
         .encrypt_packed_seeded(&x, Encoding::unsigned(16))
@@ -40,7 +49,7 @@ fn default_preset_end_to_end() {
     // Requantize + ReLU + clip in one PBS: read the top 5 bits (4 + sign) of the accumulator.
     let relu = |q: i64| q.clamp(0, 15);
     let lut = Lut::requantize(
-        &preset,
+        preset,
         Encoding::signed(16),
         11,
         Encoding::unsigned(4),
@@ -62,7 +71,7 @@ fn default_preset_end_to_end() {
     let w2 =
         WeightMatrix::new(Rows(4), Cols(h), (0..4 * h).map(|_| next(-1, 1)).collect()).unwrap();
     let lut_id =
-        Lut::univariate(&preset, Encoding::unsigned(4), Encoding::signed(9), |v| v).unwrap();
+        Lut::univariate(preset, Encoding::unsigned(4), Encoding::signed(9), |v| v).unwrap();
     let wide = ev.pbs(&hidden, &lut_id).unwrap();
     let y = ev.lwe_matvec(&w2, None, &wide).unwrap();
     assert_eq!(client.decrypt_lwe(&y).unwrap(), w2.apply_plain(&got, None));
@@ -71,7 +80,7 @@ fn default_preset_end_to_end() {
     let f0 = |v: i64| v * v;
     let f1 = |v: i64| 7 - v;
     let many = Lut::many(
-        &preset,
+        preset,
         Encoding::unsigned(4),
         Encoding::unsigned(6),
         &[&f0, &f1],
@@ -115,7 +124,7 @@ fn default_preset_end_to_end() {
     assert_eq!(client.decrypt_packed(&packed).unwrap(), got);
 
     // Key files round-trip on the secure preset.
-    let sk2 = ServerKey::from_bytes(&server.to_bytes().unwrap(), Some(&preset), false).unwrap();
+    let sk2 = ServerKey::from_bytes(&server.to_bytes().unwrap(), Some(preset), false).unwrap();
     assert_eq!(sk2.key_set(), client.key_set());
     let ops = ev.ops().totals();
     assert_eq!(ops[&OpKind::Pbs], (h + h + 8) as u64);
@@ -125,16 +134,13 @@ fn default_preset_end_to_end() {
 /// The MoE layer on the secure `default` preset: 20 tokens, top-2 Mixtral gating, gated FFN,
 /// Select-Then-Compute; routing exact from the decrypted logits, outputs within one step.
 #[test]
-#[ignore = "blocked: on `default` the CMUX-selected pre-activations exceed the preset's PBS noise budget (see issue 3 note)"]
 fn moe_layer_on_default() {
     use veilmoe::protocols::{
         reference::Rounding, ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig,
         MoeLayer, QuantParams, QuantizedMoe, Select, TopK,
     };
-    let preset = Preset::load("default", false).unwrap();
-    let client = ClientKey::generate(&preset);
-    let server = client.server_key();
-    let ev = Evaluator::new(&server);
+    let (preset, client, server) = default_keys();
+    let ev = Evaluator::new(server);
     let cfg = MoeConfig {
         d: ModelDim(16),
         h: HiddenDim(16),

@@ -351,3 +351,43 @@ fn packing_keyswitch_repacks_pbs_outputs() {
     assert_eq!(k.client.decrypt_packed(&packed).unwrap(), expect);
     assert_eq!(ev.ops().total(OpKind::PackingKeyswitch), 30);
 }
+
+/// The noise model must not underestimate a CMUX: the selected coefficients' measured phase
+/// variance (2 x 1024 coefficients per bit, 8 bits) stays below the model's bound, and the
+/// bound is not so loose that it wastes the budget (within 4x).
+#[test]
+fn cmux_noise_matches_the_model() {
+    let k = test_keys();
+    let ev = Evaluator::new(&k.server);
+    let p = k.client.preset();
+    let n = p.glwe.polynomial_size;
+    let mut rng = Rng::new(77);
+    let enc = Encoding::unsigned(8);
+    let a = rng.vec(2 * n, 0, 255);
+    let b = rng.vec(2 * n, 0, 255);
+    let ca = k.client.encrypt_packed(&a, enc).unwrap();
+    let cb = k.client.encrypt_packed(&b, enc).unwrap();
+    let bits = [0i64, 1, 1, 0, 1, 0, 0, 1];
+    let ggsw = ev
+        .circuit_bootstrap(&k.client.encrypt_lwe(&bits, Encoding::unsigned(4)).unwrap())
+        .unwrap();
+    let (mut sum, mut count) = (0.0f64, 0.0f64);
+    let mut model = 0.0f64;
+    for (g, &bit) in ggsw.iter().zip(&bits) {
+        let sel = ev
+            .cmux_tree(std::slice::from_ref(g), &[ca.clone(), cb.clone()])
+            .unwrap();
+        model = sel.variance();
+        let expect = if bit == 1 { &b } else { &a };
+        for (phase, &v) in k.client.decrypt_packed_phases(&sel).unwrap().iter().zip(expect) {
+            let err = phase.wrapping_sub(enc.encode(v).unwrap()) as i64 as f64 / 2f64.powi(64);
+            sum += err * err;
+            count += 1.0;
+        }
+    }
+    let measured = sum / count;
+    assert!(
+        measured <= model && measured >= model / 4.0,
+        "measured CMUX variance {measured:.3e}, model {model:.3e}"
+    );
+}

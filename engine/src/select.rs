@@ -32,6 +32,12 @@ impl GgswBit {
     pub fn key_set(&self) -> KeySetId {
         self.key_set
     }
+
+    /// The model's variance bound of the GGSW's noise (unit torus), which every external
+    /// product with this bit multiplies by its decomposition.
+    pub fn variance(&self) -> f64 {
+        self.variance
+    }
 }
 
 impl<'k> Evaluator<'k> {
