@@ -15,7 +15,7 @@ use crate::preset::{Preset, PresetFingerprint};
 use serde::{de::DeserializeOwned, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 /// File magic.
@@ -50,6 +50,10 @@ pub enum ObjectKind {
     Batch = 7,
     /// A batch of encrypted results (server output).
     Results = 8,
+    /// One encrypted record of a batch (follows a `Batch` header in a batch file).
+    BatchRecord = 9,
+    /// One encrypted result record (follows a `Results` header in a results file).
+    ResultRecord = 10,
 }
 
 impl ObjectKind {
@@ -64,6 +68,8 @@ impl ObjectKind {
             SeededPackedGlwe,
             Batch,
             Results,
+            BatchRecord,
+            ResultRecord,
         ]
         .into_iter()
         .find(|k| *k as u16 == v)
@@ -80,6 +86,8 @@ impl ObjectKind {
             ObjectKind::SeededPackedGlwe => "seeded packed GLWE ciphertext",
             ObjectKind::Batch => "encrypted batch",
             ObjectKind::Results => "encrypted results",
+            ObjectKind::BatchRecord => "encrypted batch record",
+            ObjectKind::ResultRecord => "encrypted result record",
         }
     }
 }
@@ -157,6 +165,28 @@ pub fn encode<T: Serialize>(
     out.extend_from_slice(&preset.fingerprint().0);
     out.extend_from_slice(&key_set.0);
     out.extend_from_slice(&name_len.to_le_bytes());
+    out.extend_from_slice(name);
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&Sha256::digest(&payload)[..16]);
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Serializes `value` into an envelope with the same preset and key set as `like` (for tools
+/// that rewrite files, such as merging shards, without loading the preset).
+pub fn encode_like<T: Serialize>(like: &Header, kind: ObjectKind, value: &T) -> Result<Vec<u8>> {
+    let payload = bincode::serialize(value).map_err(|e| EngineError::Format {
+        what: kind.name(),
+        reason: format!("cannot serialize: {e}"),
+    })?;
+    let name = like.preset_name.as_bytes();
+    let mut out = Vec::with_capacity(FIXED_HEADER + name.len() + 24 + payload.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(kind as u16).to_le_bytes());
+    out.extend_from_slice(&like.preset.0);
+    out.extend_from_slice(&like.key_set.0);
+    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
     out.extend_from_slice(name);
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     out.extend_from_slice(&Sha256::digest(&payload)[..16]);
@@ -300,4 +330,74 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result.map_err(io)
+}
+
+/// Reads the next whole envelope from a stream of concatenated envelopes (batch and results
+/// files are a header envelope followed by one envelope per record, so a job can stream them
+/// and a killed writer leaves at worst one incomplete envelope at the end).
+///
+/// Returns `Ok(None)` at a clean end of stream, and an error naming the truncation when the
+/// stream ends inside an envelope. The envelope is not yet checked: pass it to [`decode`].
+pub fn read_envelope(reader: &mut impl Read) -> Result<Option<Vec<u8>>> {
+    let truncated = |got: usize, want: usize| EngineError::Format {
+        what: "veilmoe file",
+        reason: format!("truncated: the last object has {got} of at least {want} bytes"),
+    };
+    let mut buf = vec![0u8; FIXED_HEADER];
+    let got = read_full(reader, &mut buf)?;
+    if got == 0 {
+        return Ok(None);
+    }
+    if got < FIXED_HEADER {
+        return Err(truncated(got, FIXED_HEADER));
+    }
+    if buf[..8] != MAGIC {
+        return Err(EngineError::Format {
+            what: "veilmoe file",
+            reason: "not a veilmoe object (wrong magic bytes)".into(),
+        });
+    }
+    let name_len = u16::from_le_bytes([buf[44], buf[45]]) as usize;
+    let mut rest = vec![0u8; name_len + 24];
+    let got = read_full(reader, &mut rest)?;
+    if got < rest.len() {
+        return Err(truncated(FIXED_HEADER + got, FIXED_HEADER + rest.len()));
+    }
+    let mut len8 = [0u8; 8];
+    len8.copy_from_slice(&rest[name_len..name_len + 8]);
+    let payload_len = u64::from_le_bytes(len8);
+    const MAX_OBJECT: u64 = 1 << 36;
+    if payload_len > MAX_OBJECT {
+        return Err(EngineError::Format {
+            what: "veilmoe file",
+            reason: format!("object of {payload_len} bytes is implausibly large (corrupted length)"),
+        });
+    }
+    buf.extend_from_slice(&rest);
+    let head = buf.len();
+    buf.resize(head + payload_len as usize, 0);
+    let got = read_full(reader, &mut buf[head..])?;
+    if got < payload_len as usize {
+        return Err(truncated(head + got, head + payload_len as usize));
+    }
+    Ok(Some(buf))
+}
+
+/// Fills `buf` as far as the stream allows; returns how many bytes were read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match reader.read(&mut buf[done..]) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(EngineError::Io {
+                    path: "<stream>".into(),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(done)
 }
