@@ -281,3 +281,61 @@ fn traces_do_not_depend_on_the_routing() {
         }
     }
 }
+
+/// Argmax over 128 experts (the largest supported E): one-hot and index bits exact, ties to the
+/// lowest index, and the index bits' sums (64 one-hot values each) kept within the PBS noise
+/// budget by chunked refreshes, so circuit bootstrapping accepts them.
+#[test]
+fn argmax_over_128_experts_feeds_circuit_bootstrapping() {
+    use veilmoe::engine::{Encoding, ValueRange};
+    use veilmoe::protocols::router::RouterTables;
+    let k = test_keys();
+    let ev = Evaluator::new(&k.server);
+    let quant = QuantParams::for_message_bits(k.client.preset().message_bits);
+    let model = QuantizedMoe::random(
+        config(
+            1,
+            1,
+            128,
+            1,
+            FfnKind::Plain(Activation::Relu),
+            Gating::SoftmaxSelected,
+        ),
+        quant,
+        5,
+        false,
+    );
+    let tables = RouterTables::new(&ev, &model).unwrap();
+    let mut rng = Rng::new(128);
+    for round in 0..4 {
+        let vals: Vec<i64> = (0..128).map(|_| rng.range(0, quant.logit_max())).collect();
+        let ct = k
+            .client
+            .encrypt_lwe(&vals, Encoding::signed(quant.message_bits))
+            .unwrap()
+            .with_range(ValueRange::new(0, quant.logit_max()).unwrap())
+            .unwrap();
+        let slot = tables.argmax_logits(&ev, &ct).unwrap();
+        let want = veilmoe::protocols::reference::top_k(&vals, 1)[0];
+        let onehot = decrypt(&k.client, &slot.onehot);
+        assert_eq!(
+            onehot.iter().position(|&v| v == 1),
+            Some(want),
+            "round {round}"
+        );
+        assert_eq!(onehot.iter().sum::<i64>(), 1);
+        let bits = decrypt(&k.client, &slot.index_bits);
+        let index: usize = bits
+            .iter()
+            .enumerate()
+            .map(|(b, &v)| (v as usize) << b)
+            .sum();
+        assert_eq!(index, want, "round {round}");
+        assert!(
+            slot.index_bits.variance()
+                <= veilmoe::engine::noise::pbs_input_budget(k.client.preset())
+        );
+        let ggsw = ev.circuit_bootstrap(&slot.index_bits).unwrap();
+        assert_eq!(ggsw.len(), 7);
+    }
+}

@@ -71,11 +71,19 @@ pub struct OpEvent {
     pub size: u64,
 }
 
-/// Thread-safe recorder of operations.
+/// Thread-safe recorder of operations, and of the wall time spent in each stage (a stage runs
+/// from one `set_stage` to the next), so a benchmark can say where a token's time goes.
 #[derive(Debug, Default)]
 pub struct OpLog {
     stage: Mutex<String>,
     events: Mutex<Vec<OpEvent>>,
+    timing: Mutex<StageTiming>,
+}
+
+#[derive(Debug, Default)]
+struct StageTiming {
+    started: Option<std::time::Instant>,
+    ms: BTreeMap<String, f64>,
 }
 
 /// Per-stage, per-kind totals.
@@ -86,12 +94,34 @@ impl OpLog {
         OpLog {
             stage: Mutex::new("main".into()),
             events: Mutex::new(Vec::new()),
+            timing: Mutex::new(StageTiming {
+                started: Some(std::time::Instant::now()),
+                ms: BTreeMap::new(),
+            }),
         }
     }
 
-    /// Sets the stage tag for the following operations.
+    /// Sets the stage tag for the following operations (and closes the previous stage's time).
     pub fn set_stage(&self, stage: &str) {
-        *lock(&self.stage) = stage.to_string();
+        let mut current = lock(&self.stage);
+        self.close_stage(&current);
+        *current = stage.to_string();
+    }
+
+    fn close_stage(&self, stage: &str) {
+        let mut t = lock(&self.timing);
+        let now = std::time::Instant::now();
+        if let Some(start) = t.started.replace(now) {
+            *t.ms.entry(stage.to_string()).or_default() +=
+                now.duration_since(start).as_secs_f64() * 1e3;
+        }
+    }
+
+    /// Wall time per stage so far, in milliseconds (the current stage up to now).
+    pub fn stage_ms(&self) -> BTreeMap<String, f64> {
+        let current = lock(&self.stage);
+        self.close_stage(&current);
+        lock(&self.timing).ms.clone()
     }
 
     /// The current stage tag.

@@ -53,6 +53,15 @@ impl<'k> Evaluator<'k> {
                 "small-key input",
             ));
         }
+        // Circuit bootstrapping reads each bit through a PBS: the same noise budget applies.
+        let budget = noise::pbs_input_budget(self.preset());
+        if bits.variance() > budget {
+            return Err(EngineError::NoiseBudget {
+                context: "circuit bootstrap input",
+                variance: bits.variance(),
+                budget,
+            });
+        }
         let small = self.keyswitch(bits)?;
         let key = self.key();
         let p = self.preset();

@@ -28,6 +28,8 @@ pub struct RouterTables {
     cmp: Lut,
     relu_neg: Lut,
     onehot: Lut,
+    /// Identity on a bit: refreshes a partial sum of one-hot values (a bit) to one PBS's noise.
+    bit_refresh: Lut,
     loser: Lut,
     mask: Lut,
     gate_bits: Vec<Lut>,
@@ -140,6 +142,7 @@ impl RouterTables {
         let relu_neg = Lut::univariate(p, small, small, |dv| (-dv).clamp(0, small.max()))?;
         let index_encoding = small;
         let onehot = Lut::univariate(p, small, index_encoding, |t| (t == 0) as i64)?;
+        let bit_refresh = Lut::univariate(p, index_encoding, index_encoding, |v| v.clamp(0, 1))?;
         let loser = Lut::univariate(p, small, small, |t| {
             if t == 0 {
                 -(q.logit_max() + 1)
@@ -188,6 +191,7 @@ impl RouterTables {
             cmp,
             relu_neg,
             onehot,
+            bit_refresh,
             loser,
             mask,
             gate_bits,
@@ -395,10 +399,14 @@ impl RouterTables {
         let onehot = ev.pbs(&t, &self.onehot)?;
         // Index bit b = sum of the one-hot over the indices with bit b set: exactly one term is
         // 1, so the sum stays a bit (a public fact the interval bound cannot see) and can stay
-        // in the small encoding, where its noise (up to E/2 PBS outputs) is harmless.
+        // in the small encoding. A sum of more one-hot values than the PBS noise budget covers
+        // (E/2 > 25 on `default`, i.e. E > 50) is summed in chunks that fit, each chunk refreshed
+        // by one PBS, so that circuit bootstrapping reads every bit within the budget.
         let leaves: Vec<LweVector> = (0..e)
             .map(|i| onehot.slice(i..i + 1))
             .collect::<veilmoe_engine::Result<_>>()?;
+        let budget = veilmoe_engine::noise::pbs_input_budget(ev.preset());
+        let chunk = ((budget / onehot.variance().max(f64::MIN_POSITIVE)).floor() as usize).max(1);
         let mut bits = Vec::with_capacity(self.index_bits());
         for b in 0..self.index_bits() {
             let parts: Vec<&LweVector> = leaves
@@ -407,13 +415,7 @@ impl RouterTables {
                 .filter(|(i, _)| (i >> b) & 1 == 1)
                 .map(|(_, v)| v)
                 .collect();
-            let ones = vec![1i64; parts.len()];
-            bits.push(ev.linear_combination_within(
-                &parts,
-                &ones,
-                onehot.encoding(),
-                ValueRange { min: 0, max: 1 },
-            )?);
+            bits.push(self.sum_of_bits(ev, &parts, chunk)?);
         }
         let bit_refs: Vec<&LweVector> = bits.iter().collect();
         let index_bits = LweVector::concat(&bit_refs)?;
@@ -430,6 +432,30 @@ impl RouterTables {
             },
             path_sums: t,
         })
+    }
+}
+
+impl RouterTables {
+    /// The sum of one-hot values known to be at most one 1 (so the sum is a bit), keeping its
+    /// variance within `chunk` PBS outputs: chunks of `chunk` values are summed and refreshed
+    /// by one PBS each (all chunk sums but one are 0), then the refreshed bits are summed.
+    fn sum_of_bits(&self, ev: &Evaluator, parts: &[&LweVector], chunk: usize) -> Result<LweVector> {
+        let bit = ValueRange { min: 0, max: 1 };
+        let sum = |ps: &[&LweVector]| -> Result<LweVector> {
+            let ones = vec![1i64; ps.len()];
+            Ok(ev.linear_combination_within(ps, &ones, ps[0].encoding(), bit)?)
+        };
+        if parts.len() <= chunk {
+            return sum(parts);
+        }
+        let partial: Vec<LweVector> = parts.chunks(chunk).map(|c| sum(c)).collect::<Result<_>>()?;
+        let refs: Vec<&LweVector> = partial.iter().collect();
+        let refreshed = ev.pbs(&LweVector::concat(&refs)?, &self.bit_refresh)?;
+        let singles: Vec<LweVector> = (0..refreshed.len())
+            .map(|i| refreshed.slice(i..i + 1))
+            .collect::<veilmoe_engine::Result<_>>()?;
+        let refs: Vec<&LweVector> = singles.iter().collect();
+        self.sum_of_bits(ev, &refs, chunk)
     }
 }
 
