@@ -448,7 +448,7 @@ impl RouterTables {
         if parts.len() <= chunk {
             return sum(parts);
         }
-        let partial: Vec<LweVector> = parts.chunks(chunk).map(|c| sum(c)).collect::<Result<_>>()?;
+        let partial: Vec<LweVector> = parts.chunks(chunk).map(sum).collect::<Result<_>>()?;
         let refs: Vec<&LweVector> = partial.iter().collect();
         let refreshed = ev.pbs(&LweVector::concat(&refs)?, &self.bit_refresh)?;
         let singles: Vec<LweVector> = (0..refreshed.len())
