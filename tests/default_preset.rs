@@ -162,7 +162,7 @@ fn moe_layer_on_default() {
             .map(|i| ((i as u64 * 7 + t * 13) % 16) as i64 - 8)
             .collect();
         let out = layer
-            .forward(&ev, &layer.encrypt(&client, &x).unwrap(), &Select)
+            .forward(&ev, &layer.encrypt(client, &x).unwrap(), &Select)
             .unwrap();
         let logits = client.decrypt_lwe(&out.routing.logits).unwrap();
         let (selected, slot_logits, sums) = model.route(&logits);
@@ -201,7 +201,7 @@ fn moe_layer_on_default() {
             outs.push(o);
         }
         assert_eq!(
-            out.decrypt_y(&client).unwrap(),
+            out.decrypt_y(client).unwrap(),
             model.combine(&gates, &outs)
         );
     }

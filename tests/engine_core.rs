@@ -379,7 +379,13 @@ fn cmux_noise_matches_the_model() {
             .unwrap();
         model = sel.variance();
         let expect = if bit == 1 { &b } else { &a };
-        for (phase, &v) in k.client.decrypt_packed_phases(&sel).unwrap().iter().zip(expect) {
+        for (phase, &v) in k
+            .client
+            .decrypt_packed_phases(&sel)
+            .unwrap()
+            .iter()
+            .zip(expect)
+        {
             let err = phase.wrapping_sub(enc.encode(v).unwrap()) as i64 as f64 / 2f64.powi(64);
             sum += err * err;
             count += 1.0;

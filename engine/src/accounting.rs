@@ -78,6 +78,15 @@ pub struct OpLog {
     stage: Mutex<String>,
     events: Mutex<Vec<OpEvent>>,
     timing: Mutex<StageTiming>,
+    reads: Mutex<BTreeMap<String, NoisyReads>>,
+}
+
+/// The bootstrapped reads (PBS and circuit-bootstrap inputs) of one stage: how many, and the
+/// largest input variance bound the engine tracked for them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct NoisyReads {
+    pub count: u64,
+    pub max_variance: f64,
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +107,7 @@ impl OpLog {
                 started: Some(std::time::Instant::now()),
                 ms: BTreeMap::new(),
             }),
+            reads: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -115,6 +125,20 @@ impl OpLog {
             *t.ms.entry(stage.to_string()).or_default() +=
                 now.duration_since(start).as_secs_f64() * 1e3;
         }
+    }
+
+    /// Notes `count` bootstrapped reads of input variance `variance` in the current stage.
+    pub fn note_read(&self, count: u64, variance: f64) {
+        let stage = self.stage();
+        let mut reads = lock(&self.reads);
+        let r = reads.entry(stage).or_default();
+        r.count += count;
+        r.max_variance = r.max_variance.max(variance);
+    }
+
+    /// Bootstrapped reads per stage (what a failure-probability check needs).
+    pub fn reads(&self) -> BTreeMap<String, NoisyReads> {
+        lock(&self.reads).clone()
     }
 
     /// Wall time per stage so far, in milliseconds (the current stage up to now).

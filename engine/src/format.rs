@@ -370,7 +370,9 @@ pub fn read_envelope(reader: &mut impl Read) -> Result<Option<Vec<u8>>> {
     if payload_len > MAX_OBJECT {
         return Err(EngineError::Format {
             what: "veilmoe file",
-            reason: format!("object of {payload_len} bytes is implausibly large (corrupted length)"),
+            reason: format!(
+                "object of {payload_len} bytes is implausibly large (corrupted length)"
+            ),
         });
     }
     buf.extend_from_slice(&rest);

@@ -27,7 +27,7 @@ pub mod preset;
 mod random;
 pub mod select;
 
-pub use accounting::{OpKind, OpLog};
+pub use accounting::{NoisyReads, OpKind, OpLog};
 pub use ciphertext::{LweKeyKind, LweVector, PackedGlwe, SeededPackedGlwe};
 pub use encoding::{Encoding, FixedPoint, ValueRange};
 pub use error::{EngineError, Result};

@@ -141,6 +141,33 @@ fn erfc_small(x: f64) -> f64 {
     }
 }
 
+/// Variance added by a private functional packing keyswitch (circuit bootstrapping).
+pub fn pfks_variance(p: &Preset) -> f64 {
+    let m = (p.glwe.dimension * p.glwe.polynomial_size) as f64;
+    let b = 2f64.powi(p.circuit_bootstrap.pfks_base_log as i32);
+    let l = p.circuit_bootstrap.pfks_level as f64;
+    m * l * p.glwe.noise.variance() + m / (24.0 * b.powf(2.0 * l))
+}
+
+/// Variance added by a packing keyswitch of one LWE into a GLWE.
+pub fn packing_keyswitch_variance(p: &Preset) -> f64 {
+    let m = (p.glwe.dimension * p.glwe.polynomial_size) as f64;
+    let b = 2f64.powi(p.packing_keyswitch.base_log as i32);
+    let l = p.packing_keyswitch.level as f64;
+    m * l * p.glwe.noise.variance() + m / (24.0 * b.powf(2.0 * l))
+}
+
+/// Variance added by an external product with a GGSW of noise variance `ggsw_var`, decomposed
+/// with the circuit-bootstrap base and levels.
+pub fn external_product_variance(p: &Preset, ggsw_var: f64) -> f64 {
+    let k = p.glwe.dimension as f64;
+    let big_n = p.glwe.polynomial_size as f64;
+    let b = 2f64.powi(p.circuit_bootstrap.base_log as i32);
+    let l = p.circuit_bootstrap.level as f64;
+    (k + 1.0) * l * big_n * (b * b + 2.0) / 12.0 * ggsw_var
+        + (1.0 + k * big_n / 2.0) / (24.0 * b.powf(2.0 * l))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,31 +215,4 @@ mod tests {
             }
         }
     }
-}
-
-/// Variance added by a private functional packing keyswitch (circuit bootstrapping).
-pub fn pfks_variance(p: &Preset) -> f64 {
-    let m = (p.glwe.dimension * p.glwe.polynomial_size) as f64;
-    let b = 2f64.powi(p.circuit_bootstrap.pfks_base_log as i32);
-    let l = p.circuit_bootstrap.pfks_level as f64;
-    m * l * p.glwe.noise.variance() + m / (24.0 * b.powf(2.0 * l))
-}
-
-/// Variance added by a packing keyswitch of one LWE into a GLWE.
-pub fn packing_keyswitch_variance(p: &Preset) -> f64 {
-    let m = (p.glwe.dimension * p.glwe.polynomial_size) as f64;
-    let b = 2f64.powi(p.packing_keyswitch.base_log as i32);
-    let l = p.packing_keyswitch.level as f64;
-    m * l * p.glwe.noise.variance() + m / (24.0 * b.powf(2.0 * l))
-}
-
-/// Variance added by an external product with a GGSW of noise variance `ggsw_var`, decomposed
-/// with the circuit-bootstrap base and levels.
-pub fn external_product_variance(p: &Preset, ggsw_var: f64) -> f64 {
-    let k = p.glwe.dimension as f64;
-    let big_n = p.glwe.polynomial_size as f64;
-    let b = 2f64.powi(p.circuit_bootstrap.base_log as i32);
-    let l = p.circuit_bootstrap.level as f64;
-    (k + 1.0) * l * big_n * (b * b + 2.0) / 12.0 * ggsw_var
-        + (1.0 + k * big_n / 2.0) / (24.0 * b.powf(2.0 * l))
 }

@@ -64,6 +64,7 @@ impl<'k> Evaluator<'k> {
             ));
         }
         let budget = noise::pbs_input_budget(self.preset());
+        self.ops.note_read(x.len() as u64, x.variance());
         if x.variance() > budget {
             return Err(EngineError::NoiseBudget {
                 context: "PBS input",

@@ -55,6 +55,7 @@ impl<'k> Evaluator<'k> {
         }
         // Circuit bootstrapping reads each bit through a PBS: the same noise budget applies.
         let budget = noise::pbs_input_budget(self.preset());
+        self.ops.note_read(bits.len() as u64, bits.variance());
         if bits.variance() > budget {
             return Err(EngineError::NoiseBudget {
                 context: "circuit bootstrap input",
