@@ -282,11 +282,10 @@ fn traces_do_not_depend_on_the_routing() {
     }
 }
 
-/// Argmax over 128 experts (the largest supported E): one-hot and index bits exact, ties to the
-/// lowest index, and the index bits' sums (64 one-hot values each) kept within the PBS noise
-/// budget by chunked refreshes, so circuit bootstrapping accepts them.
-#[test]
-fn argmax_over_128_experts_feeds_circuit_bootstrapping() {
+/// Checks the encrypted argmax over `e` values for `rounds` random vectors (with many ties):
+/// one-hot and index bits exact, ties to the lowest index, index bits within the PBS noise
+/// budget so that circuit bootstrapping accepts them.
+fn check_argmax(e: usize, rounds: usize) {
     use veilmoe::engine::{Encoding, ValueRange};
     use veilmoe::protocols::router::RouterTables;
     let k = test_keys();
@@ -296,7 +295,7 @@ fn argmax_over_128_experts_feeds_circuit_bootstrapping() {
         config(
             1,
             1,
-            128,
+            e,
             1,
             FfnKind::Plain(Activation::Relu),
             Gating::SoftmaxSelected,
@@ -306,9 +305,12 @@ fn argmax_over_128_experts_feeds_circuit_bootstrapping() {
         false,
     );
     let tables = RouterTables::new(&ev, &model).unwrap();
-    let mut rng = Rng::new(128);
-    for round in 0..4 {
-        let vals: Vec<i64> = (0..128).map(|_| rng.range(0, quant.logit_max())).collect();
+    let mut rng = Rng::new(e as u64);
+    let budget = veilmoe::engine::noise::pbs_input_budget(k.client.preset());
+    for round in 0..rounds {
+        // Narrow value ranges in some rounds make ties likely.
+        let hi = if round % 2 == 0 { quant.logit_max() } else { 1 };
+        let vals: Vec<i64> = (0..e).map(|_| rng.range(0, hi)).collect();
         let ct = k
             .client
             .encrypt_lwe(&vals, Encoding::signed(quant.message_bits))
@@ -318,24 +320,36 @@ fn argmax_over_128_experts_feeds_circuit_bootstrapping() {
         let slot = tables.argmax_logits(&ev, &ct).unwrap();
         let want = veilmoe::protocols::reference::top_k(&vals, 1)[0];
         let onehot = decrypt(&k.client, &slot.onehot);
-        assert_eq!(
-            onehot.iter().position(|&v| v == 1),
-            Some(want),
-            "round {round}"
-        );
-        assert_eq!(onehot.iter().sum::<i64>(), 1);
+        let mut expect = vec![0i64; e];
+        expect[want] = 1;
+        assert_eq!(onehot, expect, "E = {e}, values {vals:?}");
         let bits = decrypt(&k.client, &slot.index_bits);
         let index: usize = bits
             .iter()
             .enumerate()
             .map(|(b, &v)| (v as usize) << b)
             .sum();
-        assert_eq!(index, want, "round {round}");
-        assert!(
-            slot.index_bits.variance()
-                <= veilmoe::engine::noise::pbs_input_budget(k.client.preset())
+        assert_eq!(index, want, "E = {e}, values {vals:?}");
+        assert!(slot.index_bits.variance() <= budget);
+        assert_eq!(
+            ev.circuit_bootstrap(&slot.index_bits).unwrap().len(),
+            bits.len()
         );
-        let ggsw = ev.circuit_bootstrap(&slot.index_bits).unwrap();
-        assert_eq!(ggsw.len(), 7);
     }
+}
+
+/// Small E: the paired one-hot (one many-LUT blind rotation per first-round pair) for powers
+/// of two up to 16, the per-leaf one-hot otherwise.
+#[test]
+fn argmax_over_few_experts_is_exact_with_ties() {
+    for e in [2, 3, 4, 5, 8, 16] {
+        check_argmax(e, 24);
+    }
+}
+
+/// 128 experts (the largest supported E): each index bit sums 64 one-hot values, more than the
+/// PBS noise budget covers, so the sums are refreshed in chunks before circuit bootstrapping.
+#[test]
+fn argmax_over_128_experts_feeds_circuit_bootstrapping() {
+    check_argmax(128, 4);
 }

@@ -30,6 +30,9 @@ pub struct RouterTables {
     onehot: Lut,
     /// Identity on a bit: refreshes a partial sum of one-hot values (a bit) to one PBS's noise.
     bit_refresh: Lut,
+    /// For E a power of two up to 16: the one-hot of both leaves of a first-round pair from
+    /// one blind rotation (a two-function many-LUT), halving the one-hot's PBS.
+    onehot_pairs: Option<Lut>,
     loser: Lut,
     mask: Lut,
     gate_bits: Vec<Lut>,
@@ -143,6 +146,22 @@ impl RouterTables {
         let index_encoding = small;
         let onehot = Lut::univariate(p, small, index_encoding, |t| (t == 0) as i64)?;
         let bit_refresh = Lut::univariate(p, index_encoding, index_encoding, |v| v.clamp(0, 1))?;
+        // u = 2 (s + L - 1) + c0 in [0, 2L - 1], s the pair's path sum above the first round:
+        // the pair's subtree wins iff s = 0; then c0 says which leaf.
+        let levels = bits_for(e) as i64;
+        let onehot_pairs = if e.is_power_of_two() && (2..=16).contains(&e) {
+            let win = 2 * (levels - 1);
+            let left = move |u: i64| (u == win) as i64;
+            let right = move |u: i64| (u == win + 1) as i64;
+            Some(Lut::many(
+                p,
+                Encoding::unsigned(m),
+                index_encoding,
+                &[&left, &right],
+            )?)
+        } else {
+            None
+        };
         let loser = Lut::univariate(p, small, small, |t| {
             if t == 0 {
                 -(q.logit_max() + 1)
@@ -192,6 +211,7 @@ impl RouterTables {
             relu_neg,
             onehot,
             bit_refresh,
+            onehot_pairs,
             loser,
             mask,
             gate_bits,
@@ -392,11 +412,43 @@ impl RouterTables {
             }
         }
         let t = ev.lwe_matvec(
-            &WeightMatrix::new(Rows(e), Cols(n), w)?,
+            &WeightMatrix::new(Rows(e), Cols(n), w.clone())?,
             Some(&bias),
             &c_all,
         )?;
-        let onehot = ev.pbs(&t, &self.onehot)?;
+        let onehot = match &self.onehot_pairs {
+            Some(lut) => {
+                // Pair p = leaves (2p, 2p + 1) met in node p of the first round; the nodes
+                // above are shared by both leaves, so their path sums differ only by node p.
+                let pairs = e / 2;
+                let levels = self.index_bits() as i64;
+                let mut wp = vec![0i64; pairs * n];
+                let mut bp = vec![2 * (levels - 1); pairs];
+                for p in 0..pairs {
+                    for j in pairs..n {
+                        wp[p * n + j] = 2 * w[2 * p * n + j];
+                        if w[2 * p * n + j] == 1 {
+                            bp[p] -= 2;
+                        }
+                    }
+                    wp[p * n + p] = 1;
+                }
+                let u = ev
+                    .lwe_matvec(
+                        &WeightMatrix::new(Rows(pairs), Cols(n), wp)?,
+                        Some(&bp),
+                        &c_all,
+                    )?
+                    .with_encoding(Encoding::unsigned(self.index_encoding.width))?;
+                let sides = ev.pbs_many(&u, lut)?;
+                let leaves: Vec<LweVector> = (0..e)
+                    .map(|i| sides[i % 2].slice(i / 2..i / 2 + 1))
+                    .collect::<veilmoe_engine::Result<_>>()?;
+                let refs: Vec<&LweVector> = leaves.iter().collect();
+                LweVector::concat(&refs)?
+            }
+            None => ev.pbs(&t, &self.onehot)?,
+        };
         // Index bit b = sum of the one-hot over the indices with bit b set: exactly one term is
         // 1, so the sum stays a bit (a public fact the interval bound cannot see) and can stay
         // in the small encoding. A sum of more one-hot values than the PBS noise budget covers
