@@ -14,6 +14,12 @@ pub enum ProtocolError {
     /// Model weights that do not match their configuration.
     #[error("model weights do not match the configuration: {0}")]
     Weights(String),
+    /// A model checkpoint that cannot be loaded (files, config.json, tensors).
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    /// A data set file that cannot be read.
+    #[error("data set {origin}: {reason}")]
+    Dataset { origin: String, reason: String },
     /// A strategy that needs something the routing step did not produce.
     #[error("strategy `{strategy}`: {reason}")]
     Strategy {
