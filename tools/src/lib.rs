@@ -1,5 +1,14 @@
-//! veilmoe-tools: the library behind the `veilmoe` binary (benchmark workloads shared with the
-//! criterion benches).
+//! veilmoe-tools: the library behind the `veilmoe` binary: batch and results files, input
+//! readers, encrypted batch jobs (encrypt, infer with checkpoints and shards, merge, decrypt),
+//! and the benchmark workloads shared with the criterion benches.
 
+pub mod batch;
 pub mod bench;
+pub mod input;
+pub mod job;
+pub mod model_source;
 pub mod moe_bench;
+pub mod params;
+pub mod params_check;
+pub mod params_cli;
+pub mod run_demo;

@@ -5,10 +5,16 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use veilmoe_engine::format;
-use veilmoe_engine::{ClientKey, Preset};
+use veilmoe_engine::format::ObjectKind;
+use veilmoe_engine::{ClientKey, Preset, ServerKey};
 use veilmoe_protocols::{Activation, FfnKind};
+use veilmoe_tools::batch::{BatchMeta, ResultsMeta, Shard};
 use veilmoe_tools::bench::{run_primitives, PrimitiveBench};
+use veilmoe_tools::input::read_records;
+use veilmoe_tools::job::{self, InferOptions};
+use veilmoe_tools::model_source::{load_classifier, ModelSource};
 use veilmoe_tools::moe_bench::{run_moe, MoeBench};
+use veilmoe_tools::run_demo::{run_demo, DemoOptions};
 
 #[derive(Parser)]
 #[command(
@@ -43,12 +49,188 @@ enum Command {
         #[arg(long)]
         allow_insecure: bool,
     },
-    /// Says what a veilmoe file is: kind, preset, key-set id, size.
+    /// Client: quantizes and encrypts records (.csv or .npy, one record per row) into a batch.
+    Encrypt {
+        /// The client key (from `keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// Records: .csv (optional header line) or .npy (records x features).
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[arg(long)]
+        allow_insecure: bool,
+    },
+    /// Server: runs the encrypted model over a batch, with checkpoints (--resume) and shards.
+    Infer {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The server key (from `keygen`).
+        #[arg(long)]
+        server_key: PathBuf,
+        /// The encrypted batch (from `encrypt`).
+        #[arg(long)]
+        input: PathBuf,
+        /// The encrypted results (written when the shard is complete; OUT.partial meanwhile).
+        #[arg(long)]
+        out: PathBuf,
+        /// Expert strategy: select (default) or compute-all.
+        #[arg(long, default_value = "select")]
+        strategy: String,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Run only records with index % n == i (`i/n`), e.g. one task of a job array.
+        #[arg(long, value_parser = parse_shard)]
+        shard: Option<Shard>,
+        /// Continue a killed job from OUT.partial.
+        #[arg(long)]
+        resume: bool,
+        /// Print the job summary as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        allow_insecure: bool,
+    },
+    /// Merges the results of all shards of one batch into one results file.
+    Merge {
+        #[arg(long)]
+        out: PathBuf,
+        /// The shards' results files.
+        #[arg(required = true)]
+        parts: Vec<PathBuf>,
+    },
+    /// Client: decrypts results into predictions (CSV: record, class, outputs).
+    Decrypt {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Also print the predictions as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        allow_insecure: bool,
+    },
+    /// Everything locally on the embedded demo model: keygen, encrypt test records, encrypted
+    /// inference, decrypt; prints agreement with the plaintext model, accuracies, time per record.
+    Run {
+        #[arg(long, default_value = "default")]
+        preset: String,
+        /// How many records of the digits test split to run encrypted.
+        #[arg(long, default_value_t = 20)]
+        records: usize,
+        #[arg(long, default_value = "select")]
+        strategy: String,
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Keep the keys, batch and results here (default: a temporary directory).
+        #[arg(long)]
+        workdir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        allow_insecure: bool,
+    },
+    /// Presets: security, precision, failure probability, key sizes, PBS time (as `params`).
+    Params {
+        #[command(subcommand)]
+        command: veilmoe_tools::params_cli::ParamsCommand,
+    },
+    /// Says what a veilmoe file is: kind, preset, key-set id, size (and records for batches).
     Inspect {
         file: PathBuf,
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Which model a batch command uses.
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// A Hugging Face-format model directory (config.json + *.safetensors); default: the
+    /// embedded digits demo model.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Calibration records (.csv/.npy) for quantizing a --model directory (the embedded model
+    /// calibrates on its own training split).
+    #[arg(long)]
+    calibration: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    fn source(&self) -> ModelSource {
+        match &self.model {
+            Some(dir) => ModelSource::Dir {
+                dir: dir.clone(),
+                calibration: self.calibration.clone(),
+            },
+            None => ModelSource::Embedded,
+        }
+    }
+}
+
+fn parse_shard(s: &str) -> std::result::Result<Shard, String> {
+    Shard::parse(s)
+}
+
+/// Runs `f` in a rayon pool of `threads` threads (all cores when `None`).
+fn with_threads<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) -> Result<T> {
+    match threads {
+        None => Ok(f()),
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(n) => Ok(rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .context("cannot start the thread pool")?
+            .install(f)),
+    }
+}
+
+fn read_client_key(path: &std::path::Path, allow_insecure: bool) -> Result<ClientKey> {
+    let bytes = format::read_file(path)?;
+    let key = ClientKey::from_bytes(&bytes, None, allow_insecure)
+        .with_context(|| format!("{}", path.display()))?;
+    Ok(key)
+}
+
+fn read_server_key(path: &std::path::Path, allow_insecure: bool) -> Result<ServerKey> {
+    let bytes = format::read_file(path)?;
+    let key = ServerKey::from_bytes(&bytes, None, allow_insecure)
+        .with_context(|| format!("{}", path.display()))?;
+    Ok(key)
+}
+
+fn fmt_duration(secs: f64) -> String {
+    let s = secs.round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// One progress line per record on stderr: done/total, time per record, ETA.
+fn progress_line(done: u64, total: u64, per_record: f64) {
+    if done == 0 || per_record == 0.0 {
+        eprintln!("[{done}/{total}] starting");
+    } else {
+        let eta = per_record * total.saturating_sub(done) as f64;
+        eprintln!(
+            "[{done}/{total}] {:.1} s/record, ETA {}",
+            per_record,
+            fmt_duration(eta)
+        );
+    }
 }
 
 #[derive(Subcommand)]
@@ -268,18 +450,151 @@ fn run(cli: Cli) -> Result<()> {
             format::write_atomic(&out.join("client.key"), &client.to_bytes()?)?;
             eprintln!("wrote {} (key set {})", out.display(), client.key_set());
         }
+        Command::Encrypt {
+            key,
+            input,
+            out,
+            model,
+            allow_insecure,
+        } => {
+            let client = read_client_key(&key, allow_insecure)?;
+            let model = load_classifier(&model.source(), client.preset().message_bits)?;
+            let records = read_records(&input, model.features())?;
+            let meta = job::encrypt_batch(&client, &model, &records, &out)?;
+            eprintln!(
+                "wrote {}: {} records for model {} (key set {})",
+                out.display(),
+                meta.records,
+                meta.model_id,
+                client.key_set()
+            );
+        }
+        Command::Infer {
+            model,
+            server_key,
+            input,
+            out,
+            strategy,
+            threads,
+            shard,
+            resume,
+            json,
+            allow_insecure,
+        } => {
+            job::strategy_by_name(&strategy)?;
+            let server = read_server_key(&server_key, allow_insecure)?;
+            let model = load_classifier(&model.source(), server.preset().message_bits)?;
+            let opts = InferOptions {
+                strategy: &strategy,
+                shard: shard.unwrap_or(Shard::WHOLE),
+                resume,
+            };
+            let summary = with_threads(threads, || {
+                job::infer(&server, &model, &input, &out, &opts, &mut progress_line)
+            })??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                eprintln!(
+                    "wrote {}: {} records ({} resumed), {:.2} s/record",
+                    out.display(),
+                    summary.records_in_shard,
+                    summary.resumed_records,
+                    summary.seconds_per_record
+                );
+            }
+        }
+        Command::Merge { out, parts } => {
+            let n = job::merge(&parts, &out)?;
+            eprintln!(
+                "wrote {}: {n} records from {} shards",
+                out.display(),
+                parts.len()
+            );
+        }
+        Command::Decrypt {
+            key,
+            input,
+            out,
+            model,
+            json,
+            allow_insecure,
+        } => {
+            let client = read_client_key(&key, allow_insecure)?;
+            let model = load_classifier(&model.source(), client.preset().message_bits)?;
+            let (_, preds) = job::decrypt_results(&client, &model, &input)?;
+            job::write_predictions(&out, &preds)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&preds)?);
+            }
+            eprintln!("wrote {}: {} predictions", out.display(), preds.len());
+        }
+        Command::Run {
+            preset,
+            records,
+            strategy,
+            threads,
+            workdir,
+            json,
+            allow_insecure,
+        } => {
+            let preset = load_preset(&preset, allow_insecure)?;
+            job::strategy_by_name(&strategy)?;
+            if records == 0 {
+                bail!("--records must be at least 1");
+            }
+            let opts = DemoOptions {
+                preset,
+                records,
+                strategy,
+                workdir,
+            };
+            let report = with_threads(threads, || {
+                run_demo(&opts, &mut |line| eprintln!("{line}"), &mut progress_line)
+            })??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+        }
+        Command::Params { command } => veilmoe_tools::params_cli::run_params(command)?,
         Command::Inspect { file, json } => {
             let bytes = format::read_file(&file)?;
-            let (h, payload) = format::read_header(&bytes)?;
+            let mut cursor = std::io::Cursor::new(bytes.as_slice());
+            let first = format::read_envelope(&mut cursor)?.context("empty file")?;
+            let (h, payload) = format::read_header(&first)?;
             format::check_payload(&h, payload, h.kind)?;
+            // Batch and results files: every record envelope is checked too.
+            let mut records = 0u64;
+            while let Some(env) = format::read_envelope(&mut cursor)? {
+                let (rh, p) = format::read_header(&env)?;
+                format::check_payload(&rh, p, rh.kind)
+                    .with_context(|| format!("record {records}"))?;
+                records += 1;
+            }
             let kind = h.kind.name();
+            let detail = match h.kind {
+                ObjectKind::Batch => {
+                    let m: BatchMeta = bincode::deserialize(payload)
+                        .context("the batch header does not decode")?;
+                    Some(serde_json::to_value(m)?)
+                }
+                ObjectKind::Results => {
+                    let m: ResultsMeta = bincode::deserialize(payload)
+                        .context("the results header does not decode")?;
+                    Some(serde_json::to_value(m)?)
+                }
+                _ => None,
+            };
             if json {
                 println!(
                     "{}",
                     serde_json::json!({
                         "kind": kind, "format_version": h.version, "preset": h.preset_name,
                         "preset_fingerprint": h.preset.to_string(), "key_set": h.key_set.to_string(),
-                        "payload_bytes": h.payload_len,
+                        "payload_bytes": h.payload_len, "file_bytes": bytes.len(),
+                        "records": records, "header": detail,
                     })
                 );
             } else {
@@ -291,6 +606,9 @@ fn run(cli: Cli) -> Result<()> {
                     h.key_set,
                     h.payload_len
                 );
+                if let Some(d) = detail {
+                    println!("  {records} records; {d}");
+                }
             }
         }
     }

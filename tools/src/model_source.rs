@@ -1,0 +1,60 @@
+//! Which model a batch command runs, and its quantization: the embedded digits demo model
+//! (calibrated on its own training split) or a Hugging Face-format directory (calibrated on the
+//! records the user gives). Quantization is deterministic, so the client (encrypt, decrypt) and
+//! the server (infer) derive the same model and the same model id from the same inputs.
+
+use crate::input::{read_records, InputError};
+use std::path::PathBuf;
+use thiserror::Error;
+use veilmoe_protocols::checkpoint::{embedded_demo_model, FloatMoeModel};
+use veilmoe_protocols::digits::{digits_split, embedded_digits};
+use veilmoe_protocols::quantize::quantize;
+use veilmoe_protocols::{ProtocolError, QuantizedClassifier};
+
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("--model {0}: quantizing a model directory needs --calibration FILE (sample records)")]
+    NoCalibration(String),
+}
+
+/// Where the model comes from.
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    /// The digits demo model compiled into the binary.
+    Embedded,
+    /// A Hugging Face-format directory and calibration records for its quantization.
+    Dir {
+        dir: PathBuf,
+        calibration: Option<PathBuf>,
+    },
+}
+
+/// Loads the float model of `source`.
+pub fn load_float(source: &ModelSource) -> Result<FloatMoeModel, ModelError> {
+    Ok(match source {
+        ModelSource::Embedded => embedded_demo_model()?,
+        ModelSource::Dir { dir, .. } => FloatMoeModel::load(dir)?,
+    })
+}
+
+/// Loads and quantizes the model of `source` for a preset reading `message_bits` bits per PBS.
+pub fn load_classifier(
+    source: &ModelSource,
+    message_bits: u32,
+) -> Result<QuantizedClassifier, ModelError> {
+    let model = load_float(source)?;
+    let calibration = match source {
+        ModelSource::Embedded => digits_split(&embedded_digits()?).0.features,
+        ModelSource::Dir { dir, calibration } => {
+            let path = calibration
+                .as_ref()
+                .ok_or_else(|| ModelError::NoCalibration(dir.display().to_string()))?;
+            read_records(path, model.features())?
+        }
+    };
+    Ok(quantize(&model, message_bits, &calibration)?)
+}

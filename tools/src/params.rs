@@ -1,0 +1,336 @@
+//! The `params` tool's preset report: security, precision, failure probability, key sizes and
+//! the PBS time measured on this machine (cached after a quick calibration).
+//!
+//! Key sizes follow from the parameters (checked against real keys in the tests). The PBS time
+//! is measured with tfhe's `core_crypto` keyswitch + PBS on a bootstrapping key generated for
+//! the preset alone (not the whole server key: circuit-bootstrapping keys make that slow), and
+//! cached per preset fingerprint and machine in `$XDG_CACHE_HOME/veilmoe/pbs-times.json`
+//! (or `~/.cache/...`).
+
+use crate::bench::{machine_name, median_ms};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use tfhe::core_crypto::prelude::*;
+use veilmoe_engine::{noise, Preset};
+
+/// Sizes in bytes of each key of a preset.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct KeySizes {
+    /// Fourier bootstrapping key.
+    pub bootstrap_key: u64,
+    pub keyswitch_key: u64,
+    /// LWE -> GLWE packing keyswitch key.
+    pub packing_keyswitch_key: u64,
+    /// Circuit bootstrapping's own Fourier bootstrapping key.
+    pub cbs_bootstrap_key: u64,
+    /// Circuit bootstrapping's private functional packing keyswitch keys.
+    pub cbs_pfks_keys: u64,
+    /// Everything the server holds.
+    pub server_key: u64,
+    /// The client's two secret keys.
+    pub client_key: u64,
+}
+
+/// Key sizes from the parameters.
+pub fn key_sizes(p: &Preset) -> KeySizes {
+    let n = p.lwe.dimension as u64;
+    let k = p.glwe.dimension as u64;
+    let big_n = p.glwe.polynomial_size as u64;
+    let big = k * big_n;
+    // A Fourier polynomial is N/2 complex f64 = 8N bytes.
+    let bsk = |levels: usize| n * (k + 1) * (k + 1) * levels as u64 * big_n * 8;
+    let bootstrap_key = bsk(p.pbs.level);
+    let cbs_bootstrap_key = bsk(p.circuit_bootstrap.pbs_level);
+    let keyswitch_key = big * p.keyswitch.level as u64 * (n + 1) * 8;
+    let packing_keyswitch_key = big * p.packing_keyswitch.level as u64 * (k + 1) * big_n * 8;
+    let cbs_pfks_keys =
+        (k + 1) * (big + 1) * p.circuit_bootstrap.pfks_level as u64 * (k + 1) * big_n * 8;
+    KeySizes {
+        bootstrap_key,
+        keyswitch_key,
+        packing_keyswitch_key,
+        cbs_bootstrap_key,
+        cbs_pfks_keys,
+        server_key: bootstrap_key
+            + keyswitch_key
+            + packing_keyswitch_key
+            + cbs_bootstrap_key
+            + cbs_pfks_keys,
+        client_key: (n + big) * 8,
+    }
+}
+
+/// Everything `params show` says about a preset.
+#[derive(Debug, Clone, Serialize)]
+pub struct PresetReport {
+    pub name: String,
+    pub description: String,
+    pub insecure: bool,
+    pub security_bits: u32,
+    pub provenance: String,
+    pub fingerprint: String,
+    /// Bits a PBS reads exactly, not counting the padding bit.
+    pub message_bits: u32,
+    pub lwe_dimension: usize,
+    pub glwe_dimension: usize,
+    pub polynomial_size: usize,
+    /// The preset's declared per-PBS failure probability (log2) at its noise budget.
+    pub log2_p_fail_declared: f64,
+    /// The same from veilmoe's noise model, at the budget.
+    pub log2_p_fail_model: f64,
+    /// Largest input variance (big key) a PBS accepts: `max_norm2^2` x PBS output variance.
+    pub pbs_input_budget: f64,
+    pub pbs_output_variance: f64,
+    /// Variance one CMUX (external product with a circuit-bootstrapped GGSW) adds.
+    pub cmux_variance: f64,
+    /// How many CMUX levels fit the budget on top of one PBS output (E up to 2^levels).
+    pub cmux_levels_in_budget: u32,
+    pub key_sizes: KeySizes,
+    /// Keyswitch + PBS, single thread, median ms on this machine (None: not calibrated).
+    pub pbs_ms: Option<f64>,
+}
+
+/// Builds the report (`pbs_ms` from the cache only).
+pub fn report(p: &Preset) -> PresetReport {
+    let budget = noise::pbs_input_budget(p);
+    let out = noise::pbs_output_variance(p);
+    let ggsw = noise::cbs_pbs_output_variance(p) + noise::pfks_variance(p);
+    let cmux = noise::external_product_variance(p, ggsw);
+    let levels = ((budget - out) / cmux).floor().clamp(0.0, 64.0) as u32;
+    PresetReport {
+        name: p.name.clone(),
+        description: p.description.clone(),
+        insecure: p.insecure,
+        security_bits: p.security_bits,
+        provenance: p.provenance.clone(),
+        fingerprint: p.fingerprint().to_string(),
+        message_bits: p.message_bits,
+        lwe_dimension: p.lwe.dimension,
+        glwe_dimension: p.glwe.dimension,
+        polynomial_size: p.glwe.polynomial_size,
+        log2_p_fail_declared: p.log2_p_fail,
+        log2_p_fail_model: noise::log2_p_fail(p, budget, p.pbs_read_bits()),
+        pbs_input_budget: budget,
+        pbs_output_variance: out,
+        cmux_variance: cmux,
+        cmux_levels_in_budget: levels,
+        key_sizes: key_sizes(p),
+        pbs_ms: cached_pbs_ms(p),
+    }
+}
+
+fn cache_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("veilmoe").join("pbs-times.json"))
+}
+
+fn cache_key(p: &Preset) -> String {
+    format!("{} @ {}", p.fingerprint(), machine_name())
+}
+
+fn read_cache() -> BTreeMap<String, f64> {
+    cache_path()
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// The cached PBS time of `p` on this machine, if calibrated.
+pub fn cached_pbs_ms(p: &Preset) -> Option<f64> {
+    read_cache().get(&cache_key(p)).copied()
+}
+
+/// Measures keyswitch + PBS (single thread, median of `runs`) on a bootstrapping key made for
+/// `p` alone, stores it in the cache (best effort) and returns it.
+pub fn calibrate_pbs_ms(p: &Preset, runs: usize) -> f64 {
+    let mut seeder = new_seeder();
+    let seeder = seeder.as_mut();
+    let mut secret = SecretRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed());
+    let mut enc = EncryptionRandomGenerator::<DefaultRandomGenerator>::new(seeder.seed(), seeder);
+    let small: LweSecretKeyOwned<u64> =
+        allocate_and_generate_new_binary_lwe_secret_key(p.lwe_dimension(), &mut secret);
+    let glwe: GlweSecretKeyOwned<u64> = allocate_and_generate_new_binary_glwe_secret_key(
+        p.glwe_dimension(),
+        p.polynomial_size(),
+        &mut secret,
+    );
+    let big = glwe.clone().into_lwe_secret_key();
+    let modulus = CiphertextModulus::new_native();
+    let bsk = par_allocate_and_generate_new_lwe_bootstrap_key(
+        &small,
+        &glwe,
+        p.pbs.base_log(),
+        p.pbs.level(),
+        p.glwe.noise.distribution(),
+        modulus,
+        &mut enc,
+    );
+    let mut fourier = FourierLweBootstrapKey::new(
+        bsk.input_lwe_dimension(),
+        bsk.glwe_size(),
+        bsk.polynomial_size(),
+        bsk.decomposition_base_log(),
+        bsk.decomposition_level_count(),
+    );
+    par_convert_standard_lwe_bootstrap_key_to_fourier(&bsk, &mut fourier);
+    let ksk = allocate_and_generate_new_lwe_keyswitch_key(
+        &big,
+        &small,
+        p.keyswitch.base_log(),
+        p.keyswitch.level(),
+        p.lwe.noise.distribution(),
+        modulus,
+        &mut enc,
+    );
+    let input = allocate_and_encrypt_new_lwe_ciphertext(
+        &big,
+        Plaintext(1u64 << 59),
+        p.glwe.noise.distribution(),
+        modulus,
+        &mut enc,
+    );
+    let acc = GlweCiphertext::new(
+        0u64,
+        p.glwe_dimension().to_glwe_size(),
+        p.polynomial_size(),
+        modulus,
+    );
+    let fft = Fft::new(p.polynomial_size());
+    let fft = fft.as_view();
+    let mut buffers = ComputationBuffers::new();
+    buffers.resize(
+        programmable_bootstrap_lwe_ciphertext_mem_optimized_requirement::<u64>(
+            fourier.glwe_size(),
+            fourier.polynomial_size(),
+            fft,
+        )
+        .unaligned_bytes_required(),
+    );
+    let buffers = std::cell::RefCell::new(buffers);
+    let ms = median_ms(runs, &|| {
+        let mut ks = LweCiphertext::new(0u64, p.lwe_dimension().to_lwe_size(), modulus);
+        keyswitch_lwe_ciphertext(&ksk, &input, &mut ks);
+        let mut out = LweCiphertext::new(0u64, big.lwe_dimension().to_lwe_size(), modulus);
+        programmable_bootstrap_lwe_ciphertext_mem_optimized(
+            &ks,
+            &mut out,
+            &acc,
+            &fourier,
+            fft,
+            buffers.borrow_mut().stack(),
+        );
+        std::hint::black_box(&out);
+    });
+    if let Some(path) = cache_path() {
+        let mut cache = read_cache();
+        cache.insert(cache_key(p), ms);
+        if let (Some(dir), Ok(bytes)) = (path.parent(), serde_json::to_vec_pretty(&cache)) {
+            let _ = std::fs::create_dir_all(dir);
+            let _ = veilmoe_engine::format::write_atomic(&path, &bytes);
+        }
+    }
+    ms
+}
+
+/// Human size: KiB, MiB or GiB.
+pub fn human_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2} GiB", b / (1024.0 * 1024.0 * 1024.0))
+    } else if b >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    } else {
+        format!("{:.1} KiB", b / 1024.0)
+    }
+}
+
+impl std::fmt::Display for PresetReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "preset {} — {}", self.name, self.description)?;
+        if self.insecure {
+            writeln!(f, "  security        NONE: INSECURE, tests only")?;
+        } else {
+            writeln!(
+                f,
+                "  security        {} bits ({})",
+                self.security_bits, self.provenance
+            )?;
+        }
+        writeln!(f, "  fingerprint     {}", self.fingerprint)?;
+        writeln!(
+            f,
+            "  precision       {} bits per PBS (+1 padding bit)",
+            self.message_bits
+        )?;
+        writeln!(
+            f,
+            "  parameters      n = {}, k = {}, N = {}",
+            self.lwe_dimension, self.glwe_dimension, self.polynomial_size
+        )?;
+        writeln!(
+            f,
+            "  p_fail per PBS  2^{:.1} declared, 2^{:.1} noise model (at the input budget {:.2e})",
+            self.log2_p_fail_declared, self.log2_p_fail_model, self.pbs_input_budget
+        )?;
+        writeln!(
+            f,
+            "  CMUX            adds {:.2e} per level; {} levels fit the budget (up to {} experts)",
+            self.cmux_variance,
+            self.cmux_levels_in_budget,
+            if self.cmux_levels_in_budget >= 20 {
+                "2^20+".to_string()
+            } else {
+                (1u64 << self.cmux_levels_in_budget).to_string()
+            }
+        )?;
+        let k = &self.key_sizes;
+        writeln!(
+            f,
+            "  keys            server {} (bsk {}, ksk {}, packing {}, cbs bsk {}, cbs pfks {}), client {}",
+            human_bytes(k.server_key),
+            human_bytes(k.bootstrap_key),
+            human_bytes(k.keyswitch_key),
+            human_bytes(k.packing_keyswitch_key),
+            human_bytes(k.cbs_bootstrap_key),
+            human_bytes(k.cbs_pfks_keys),
+            human_bytes(k.client_key)
+        )?;
+        match self.pbs_ms {
+            Some(ms) => write!(
+                f,
+                "  PBS             {ms:.2} ms (keyswitch + PBS, 1 thread, this machine)"
+            ),
+            None => write!(
+                f,
+                "  PBS             not calibrated on this machine (`params list --calibrate`)"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use veilmoe_engine::ClientKey;
+
+    #[test]
+    fn key_sizes_match_generated_keys() {
+        let p = Preset::load("test", true).unwrap();
+        let server = ClientKey::generate(&p).server_key();
+        assert_eq!(key_sizes(&p).server_key, server.size_bytes() as u64);
+    }
+
+    #[test]
+    fn report_flags_insecure_presets_and_orders_failure_probabilities() {
+        let test = report(&Preset::load("test", true).unwrap());
+        let default = report(&Preset::load("default", false).unwrap());
+        assert!(test.insecure && !default.insecure);
+        assert!(default.log2_p_fail_model <= -128.0);
+        assert!(test.log2_p_fail_model > default.log2_p_fail_model);
+        // 128 experts (7 CMUX levels) must fit the default budget.
+        assert!(default.cmux_levels_in_budget >= 7);
+    }
+}

@@ -1,0 +1,141 @@
+//! The `params` command line, shared by the `params` binary and `veilmoe params` (binary-edge
+//! code: it parses, calls [`crate::params`], and prints).
+
+use crate::params::{calibrate_pbs_ms, report, PresetReport};
+use anyhow::Result;
+use clap::Subcommand;
+use veilmoe_engine::Preset;
+
+#[derive(Subcommand)]
+pub enum ParamsCommand {
+    /// Every embedded preset: security, precision, failure probability, key sizes, PBS time.
+    List {
+        /// Measure the PBS time of presets not yet calibrated on this machine (cached).
+        #[arg(long)]
+        calibrate: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Will a model run correctly on a preset? Accumulator ranges, the noise of every
+    /// bootstrapped read (one token through the real encrypted layer, keys made in memory),
+    /// failure probability per token and per batch, security, and a verdict with advice.
+    Check {
+        /// A Hugging Face-format model directory (default: the embedded digits model).
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
+        /// Calibration records for quantizing a --model directory.
+        #[arg(long)]
+        calibration: Option<std::path::PathBuf>,
+        #[arg(long, default_value = "default")]
+        preset: String,
+        #[arg(long, default_value = "select")]
+        strategy: String,
+        /// Batch size for the per-batch failure probability.
+        #[arg(long, default_value_t = 1000)]
+        batch: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything about one preset (an embedded name or a preset TOML file).
+    Show {
+        preset: String,
+        #[arg(long)]
+        calibrate: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn reports(presets: Vec<Preset>, calibrate: bool) -> Vec<PresetReport> {
+    presets
+        .into_iter()
+        .map(|p| {
+            let mut r = report(&p);
+            if calibrate && r.pbs_ms.is_none() {
+                eprintln!("calibrating {} (keyswitch + PBS, one thread) ...", p.name);
+                r.pbs_ms = Some(calibrate_pbs_ms(&p, 5));
+            }
+            r
+        })
+        .collect()
+}
+
+pub fn run_params(cmd: ParamsCommand) -> Result<()> {
+    match cmd {
+        ParamsCommand::List { calibrate, json } => {
+            let presets = ["default", "precise", "test"]
+                .iter()
+                .map(|n| Preset::load(n, true))
+                .collect::<veilmoe_engine::Result<Vec<_>>>()?;
+            let rs = reports(presets, calibrate);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rs)?);
+                return Ok(());
+            }
+            println!(
+                "{:<9} {:>9} {:>5} {:>17} {:>11} {:>11} {:>10}",
+                "preset", "security", "bits", "p_fail/PBS", "server key", "client key", "PBS"
+            );
+            for r in &rs {
+                println!(
+                    "{:<9} {:>9} {:>5} {:>17} {:>11} {:>11} {:>10}",
+                    r.name,
+                    if r.insecure {
+                        "INSECURE".to_string()
+                    } else {
+                        format!("{} bits", r.security_bits)
+                    },
+                    r.message_bits,
+                    format!("2^{:.1}", r.log2_p_fail_declared),
+                    crate::params::human_bytes(r.key_sizes.server_key),
+                    crate::params::human_bytes(r.key_sizes.client_key),
+                    r.pbs_ms
+                        .map(|m| format!("{m:.1} ms"))
+                        .unwrap_or_else(|| "-".into())
+                );
+            }
+            if rs.iter().any(|r| r.pbs_ms.is_none()) {
+                println!("(PBS: `params list --calibrate` measures it on this machine)");
+            }
+        }
+        ParamsCommand::Check {
+            model,
+            calibration,
+            preset,
+            strategy,
+            batch,
+            json,
+        } => {
+            let p = Preset::load(&preset, true)?;
+            let source = match model {
+                Some(dir) => crate::model_source::ModelSource::Dir { dir, calibration },
+                None => crate::model_source::ModelSource::Embedded,
+            };
+            let r = crate::params_check::check(&p, &source, &strategy, batch, &mut |l| {
+                eprintln!("{l}")
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{r}");
+            }
+            if !r.pass {
+                anyhow::bail!("the model does not pass on preset `{}`", r.preset);
+            }
+        }
+        ParamsCommand::Show {
+            preset,
+            calibrate,
+            json,
+        } => {
+            let p = Preset::load(&preset, true)?;
+            let r = reports(vec![p], calibrate).remove(0);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{r}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,416 @@
+//! The offline batch workflow through the `veilmoe` binary on the `test` preset and the
+//! embedded digits model: keygen -> encrypt -> infer -> decrypt checked against the plaintext
+//! model; a killed job resumed without losing or duplicating a record; a sharded batch merged
+//! into exactly the unsharded result; and bad input refused in one line with no output file.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use veilmoe_protocols::digits::{digits_split, embedded_digits};
+use veilmoe_protocols::Rounding;
+use veilmoe_tools::model_source::{load_classifier, ModelSource};
+
+fn veilmoe() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_veilmoe"))
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("veilmoe-jobs-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A failure: non-zero exit, exactly one line on stderr containing `needle`.
+fn fails_with(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected a failure, got success");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.starts_with("WARNING: preset"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one-line error expected, got: {err}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(needle),
+        "expected `{needle}` in: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Keys for `preset` (a name or a TOML path) in a fresh directory.
+fn keygen(name: &str, preset: &std::ffi::OsStr) -> PathBuf {
+    let dir = tmpdir(name);
+    ok(&veilmoe()
+        .args(["keygen", "--allow-insecure", "--preset"])
+        .arg(preset)
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .unwrap());
+    dir
+}
+
+/// One key set on the `test` preset for the whole binary.
+fn keys() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| keygen("keys", "test".as_ref()))
+}
+
+/// The first `n` digits test records as CSV (with a header line).
+fn write_records(path: &Path, n: usize) -> Vec<Vec<f32>> {
+    let (_, test) = digits_split(&embedded_digits().unwrap());
+    let recs: Vec<Vec<f32>> = test.features[..n].to_vec();
+    let mut s: String = (0..64).map(|i| format!("p{i},")).collect();
+    s.pop();
+    s.push('\n');
+    for r in &recs {
+        let row: Vec<String> = r.iter().map(|v| v.to_string()).collect();
+        s.push_str(&row.join(","));
+        s.push('\n');
+    }
+    std::fs::write(path, s).unwrap();
+    recs
+}
+
+fn encrypt(dir: &Path, csv: &Path, batch: &Path) {
+    ok(&veilmoe()
+        .args(["encrypt", "--allow-insecure", "--key"])
+        .arg(keys().join("client.key"))
+        .arg("--input")
+        .arg(csv)
+        .arg("--out")
+        .arg(batch)
+        .current_dir(dir)
+        .output()
+        .unwrap());
+}
+
+fn infer_cmd(batch: &Path, out: &Path) -> Command {
+    infer_with(keys(), batch, out)
+}
+
+/// `infer` with the server key in `key_dir`.
+fn infer_with(key_dir: &Path, batch: &Path, out: &Path) -> Command {
+    let mut c = veilmoe();
+    c.args(["infer", "--allow-insecure", "--server-key"])
+        .arg(key_dir.join("server.key"))
+        .arg("--input")
+        .arg(batch)
+        .arg("--out")
+        .arg(out);
+    c
+}
+
+fn decrypt(results: &Path, preds: &Path) -> Vec<(usize, usize)> {
+    ok(&veilmoe()
+        .args(["decrypt", "--allow-insecure", "--key"])
+        .arg(keys().join("client.key"))
+        .arg("--input")
+        .arg(results)
+        .arg("--out")
+        .arg(preds)
+        .output()
+        .unwrap());
+    let text = std::fs::read_to_string(preds).unwrap();
+    text.lines()
+        .skip(1)
+        .map(|l| {
+            let mut f = l.split(',');
+            (
+                f.next().unwrap().parse().unwrap(),
+                f.next().unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn keygen_encrypt_infer_decrypt_matches_the_plaintext_model() {
+    let dir = tmpdir("pipeline");
+    let csv = dir.join("records.csv");
+    let recs = write_records(&csv, 12);
+    let batch = dir.join("batch.vmb");
+    encrypt(&dir, &csv, &batch);
+    let results = dir.join("results.vmb");
+    ok(&infer_cmd(&batch, &results).output().unwrap());
+    assert!(!job_partial(&results).exists());
+    let out = veilmoe()
+        .args(["inspect", "--json"])
+        .arg(&results)
+        .output()
+        .unwrap();
+    ok(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "encrypted results");
+    assert_eq!(v["records"], 12);
+    let preds = decrypt(&results, &dir.join("preds.csv"));
+    assert_eq!(
+        preds.iter().map(|p| p.0).collect::<Vec<_>>(),
+        (0..12).collect::<Vec<_>>()
+    );
+    // The plaintext quantized model on the same records: encrypted predictions agree except
+    // where approximate rounding (one step) changes a near tie.
+    let model = load_classifier(&ModelSource::Embedded, 4).unwrap();
+    let agree = preds
+        .iter()
+        .filter(|(i, c)| {
+            let out = model
+                .reference_outputs(&recs[*i], &mut Rounding::Exact)
+                .unwrap();
+            veilmoe_protocols::predicted_class(&out) == *c
+        })
+        .count();
+    assert!(agree >= 11, "agreement {agree} / 12");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn job_partial(out: &Path) -> PathBuf {
+    veilmoe_tools::job::partial_path(out)
+}
+
+/// Whole result records in a checkpoint (the header excluded).
+fn checkpoint_records(partial: &Path) -> usize {
+    let bytes = match std::fs::read(partial) {
+        Ok(b) => b,
+        Err(_) => return 0,
+    };
+    let mut cur = std::io::Cursor::new(bytes.as_slice());
+    let mut n = 0usize;
+    while let Ok(Some(_)) = veilmoe_engine::format::read_envelope(&mut cur) {
+        n += 1;
+    }
+    n.saturating_sub(1)
+}
+
+#[test]
+fn killed_infer_resumes_without_losing_or_duplicating_records() {
+    let dir = tmpdir("resume");
+    let csv = dir.join("records.csv");
+    write_records(&csv, 10);
+    let batch = dir.join("batch.vmb");
+    encrypt(&dir, &csv, &batch);
+    let results = dir.join("results.vmb");
+    let partial = job_partial(&results);
+    let mut child = infer_cmd(&batch, &results)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while checkpoint_records(&partial) < 3 {
+        assert!(t.elapsed() < Duration::from_secs(600), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = checkpoint_records(&partial);
+    assert!((3..10).contains(&before), "killed after {before} records");
+    assert!(!results.exists(), "no output before the shard is complete");
+
+    // Without --resume the checkpoint is not silently overwritten.
+    fails_with(&infer_cmd(&batch, &results).output().unwrap(), "--resume");
+
+    let out = infer_cmd(&batch, &results)
+        .args(["--resume", "--json"])
+        .output()
+        .unwrap();
+    ok(&out);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["resumed_records"], before as u64);
+    assert_eq!(summary["computed_records"], (10 - before) as u64);
+    let preds = decrypt(&results, &dir.join("preds.csv"));
+    assert_eq!(
+        preds.iter().map(|p| p.0).collect::<Vec<_>>(),
+        (0..10).collect::<Vec<_>>(),
+        "every record exactly once, in order"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sharded_batch_merges_into_the_unsharded_result() {
+    let dir = tmpdir("shards");
+    let csv = dir.join("records.csv");
+    write_records(&csv, 5);
+    let batch = dir.join("batch.vmb");
+    encrypt(&dir, &csv, &batch);
+    let whole = dir.join("whole.vmb");
+    ok(&infer_cmd(&batch, &whole).output().unwrap());
+    let parts: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let p = dir.join(format!("part{i}.vmb"));
+            ok(&infer_cmd(&batch, &p)
+                .args(["--shard", &format!("{i}/2")])
+                .output()
+                .unwrap());
+            p
+        })
+        .collect();
+    let merged = dir.join("merged.vmb");
+    // A missing shard and a repeated shard are refused.
+    let out = veilmoe()
+        .args(["merge", "--out"])
+        .arg(&merged)
+        .arg(&parts[0])
+        .output()
+        .unwrap();
+    fails_with(&out, "missing shards: 1/2");
+    let out = veilmoe()
+        .args(["merge", "--out"])
+        .arg(&merged)
+        .arg(&parts[1])
+        .arg(&parts[1])
+        .output()
+        .unwrap();
+    fails_with(&out, "given twice");
+    assert!(!merged.exists());
+    ok(&veilmoe()
+        .args(["merge", "--out"])
+        .arg(&merged)
+        .arg(&parts[1])
+        .arg(&parts[0])
+        .output()
+        .unwrap());
+    // The server's computation is deterministic: the merge is byte-identical to the whole run.
+    assert_eq!(
+        std::fs::read(&merged).unwrap(),
+        std::fs::read(&whole).unwrap()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_input_fails_in_one_line_without_output() {
+    let dir = tmpdir("bad");
+    let csv = dir.join("records.csv");
+    write_records(&csv, 3);
+    let batch = dir.join("batch.vmb");
+    encrypt(&dir, &csv, &batch);
+    let bytes = std::fs::read(&batch).unwrap();
+    let out_path = dir.join("out.vmb");
+    let check_no_output = || {
+        assert!(!out_path.exists(), "output written");
+        assert!(!job_partial(&out_path).exists(), "checkpoint left behind");
+    };
+
+    // Truncated and corrupted batches.
+    let truncated = dir.join("truncated.vmb");
+    std::fs::write(&truncated, &bytes[..bytes.len() - 100]).unwrap();
+    fails_with(
+        &infer_cmd(&truncated, &out_path).output().unwrap(),
+        "truncated",
+    );
+    check_no_output();
+    let corrupted = dir.join("corrupted.vmb");
+    let mut c = bytes.clone();
+    let at = c.len() - 50;
+    c[at] ^= 0x40;
+    std::fs::write(&corrupted, &c).unwrap();
+    fails_with(
+        &infer_cmd(&corrupted, &out_path).output().unwrap(),
+        "corrupted",
+    );
+    check_no_output();
+
+    // Wrong key: a server key of another key set.
+    let other = keygen("otherkeys", "test".as_ref());
+    fails_with(
+        &infer_with(&other, &batch, &out_path).output().unwrap(),
+        "key set",
+    );
+    check_no_output();
+
+    // Wrong preset: keys of a custom preset (the test preset with another keyswitch).
+    let custom = dir.join("custom.toml");
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../params/test.toml"))
+            .unwrap()
+            .replace("name = \"test\"", "name = \"test-variant\"");
+    let text = text.replacen("level = 5", "level = 6", 1);
+    std::fs::write(&custom, text).unwrap();
+    let variant = keygen("variantkeys", custom.as_os_str());
+    fails_with(
+        &infer_with(&variant, &batch, &out_path).output().unwrap(),
+        "preset",
+    );
+    check_no_output();
+
+    // Wrong input width: records of 63 features.
+    let narrow = dir.join("narrow.csv");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let cut: String = text
+        .lines()
+        .map(|l| l.rsplit_once(',').unwrap().0.to_string() + "\n")
+        .collect();
+    std::fs::write(&narrow, cut).unwrap();
+    let out = veilmoe()
+        .args(["encrypt", "--allow-insecure", "--key"])
+        .arg(keys().join("client.key"))
+        .arg("--input")
+        .arg(&narrow)
+        .arg("--out")
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    fails_with(&out, "63 values, the model takes 64");
+    check_no_output();
+
+    // Missing tensor: the demo model rewritten without expert 3's w3.
+    let model_dir = dir.join("model");
+    let m = veilmoe_protocols::embedded_demo_model().unwrap();
+    m.save_mixtral(&model_dir).unwrap();
+    let p = "model.layers.0.block_sparse_moe";
+    let mat = |a: &veilmoe_protocols::ndarray::Array2<f32>| (a.shape().to_vec(), a.iter().copied().collect());
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let (shape, v) = mat(&m.router);
+    tensors.push((format!("{p}.gate.weight"), shape, v));
+    for (i, x) in m.experts.iter().enumerate() {
+        let (shape, v) = mat(&x.w1);
+        tensors.push((format!("{p}.experts.{i}.w1.weight"), shape, v));
+        let (shape, v) = mat(&x.w2);
+        tensors.push((format!("{p}.experts.{i}.w2.weight"), shape, v));
+        if i != 3 {
+            let (shape, v) = mat(x.w3.as_ref().unwrap());
+            tensors.push((format!("{p}.experts.{i}.w3.weight"), shape, v));
+        }
+    }
+    std::fs::write(
+        model_dir.join("model.safetensors"),
+        veilmoe_protocols::checkpoint::safetensors_bytes(
+            &tensors,
+            veilmoe_protocols::checkpoint::StoredDtype::F32,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let out = infer_cmd(&batch, &out_path)
+        .arg("--model")
+        .arg(&model_dir)
+        .args(["--calibration"])
+        .arg(&csv)
+        .output()
+        .unwrap();
+    fails_with(&out, "experts.3.w3.weight");
+    check_no_output();
+
+    // Unknown strategy.
+    fails_with(
+        &infer_cmd(&batch, &out_path)
+            .args(["--strategy", "fastest"])
+            .output()
+            .unwrap(),
+        "unknown strategy `fastest`",
+    );
+    check_no_output();
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&other).unwrap();
+    std::fs::remove_dir_all(&variant).unwrap();
+}

@@ -1,0 +1,159 @@
+//! The `params` tool: preset listing, a passing check on `default`, failing checks (an
+//! insecure custom preset, a preset whose noise budget the model exceeds), malformed presets.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn params() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_params"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("veilmoe-params-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: stdout {} stderr {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn test_preset_text() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../params/test.toml"))
+        .unwrap()
+}
+
+fn error_line(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success());
+    assert!(!err.contains("panicked"), "{err}");
+    err.lines().last().unwrap_or("").to_string()
+}
+
+#[test]
+fn list_and_show_report_every_preset() {
+    let out = params().args(["list", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let v = json(&out);
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["default", "precise", "test"]);
+    let out = params()
+        .args(["show", "default", "--json"])
+        .output()
+        .unwrap();
+    let v = json(&out);
+    assert_eq!(v["security_bits"], 128);
+    assert_eq!(v["insecure"], false);
+    assert!(v["log2_p_fail_declared"].as_f64().unwrap() <= -128.0);
+    assert!(v["key_sizes"]["server_key"].as_u64().unwrap() > 100 << 20);
+}
+
+#[test]
+fn check_passes_on_default() {
+    let out = params().args(["check", "--json"]).output().unwrap();
+    let v = json(&out);
+    assert!(out.status.success(), "{v}");
+    assert_eq!(v["pass"], true);
+    assert!(v["log2_p_fail_token"].as_f64().unwrap() < -100.0);
+    for s in v["stages"].as_array().unwrap() {
+        assert_eq!(s["within_budget"], true, "{s}");
+    }
+    assert!(v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["stage"] == "index-ggsw"));
+}
+
+#[test]
+fn check_fails_on_an_insecure_custom_preset() {
+    let dir = tmp("weak");
+    let path = dir.join("weak.toml");
+    let text = test_preset_text().replace("name = \"test\"", "name = \"weak80\"");
+    std::fs::write(&path, text).unwrap();
+    let out = params()
+        .args(["check", "--json", "--preset"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let v = json(&out);
+    assert!(!out.status.success());
+    assert_eq!(v["pass"], false);
+    assert!(v["advice"][0]
+        .as_str()
+        .unwrap()
+        .contains("below 128-bit security"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn check_fails_when_the_model_exceeds_the_noise_budget() {
+    // The test preset with its failure probability claimed only for single PBS outputs
+    // (max_norm2 = 1): every read of a sum of PBS outputs exceeds the budget.
+    let dir = tmp("tight");
+    let path = dir.join("tight.toml");
+    let text = test_preset_text()
+        .replace("name = \"test\"", "name = \"tight\"")
+        .replace("max_norm2 = ", "max_norm2 = 1 # was ");
+    std::fs::write(&path, text).unwrap();
+    let out = params()
+        .args(["check", "--json", "--preset"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let v = json(&out);
+    assert_eq!(v["pass"], false);
+    let advice: Vec<&str> = v["advice"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        advice.iter().any(|a| a.contains("exceeds the budget")),
+        "{advice:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn malformed_presets_fail_in_one_line() {
+    let dir = tmp("malformed");
+    for (name, text) in [
+        ("garbage.toml", "this is = = not toml".to_string()),
+        (
+            "missing.toml",
+            test_preset_text().replace("message_bits = 4\n", ""),
+        ),
+        (
+            "zero.toml",
+            test_preset_text().replace("polynomial_size = 1024", "polynomial_size = 1000"),
+        ),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = params().arg("show").arg(&path).output().unwrap();
+        let line = error_line(&out);
+        assert!(line.starts_with("error: "), "{name}: {line}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr).trim().lines().count(),
+            1,
+            "{name}"
+        );
+    }
+    let out = params().args(["show", "no-such-preset"]).output().unwrap();
+    assert!(error_line(&out).contains("unknown preset"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
