@@ -32,6 +32,8 @@ pub struct MoeCase {
     pub runs_ms: Vec<f64>,
     /// Operation counts of one token, by kind.
     pub ops: BTreeMap<String, u64>,
+    /// Wall time of the median token's stages (router, top-k, index-ggsw, select, expert, ...).
+    pub stage_ms: BTreeMap<String, f64>,
 }
 
 #[derive(Serialize)]
@@ -111,6 +113,7 @@ pub fn run_moe(
             };
             let mut runs = Vec::with_capacity(b.runs);
             let mut ops = BTreeMap::new();
+            let mut stages: Vec<BTreeMap<String, f64>> = Vec::new();
             for r in 0..b.runs {
                 let x: Vec<i64> = (0..b.d)
                     .map(|i| ((i * 7 + r * 3 + e) % 16) as i64 - 8)
@@ -121,8 +124,14 @@ pub fn run_moe(
                 layer.forward(&ev, &ct, strategy).map_err(err)?;
                 runs.push(t.elapsed().as_secs_f64() * 1e3);
                 ops = ops_of(&ev);
+                stages.push(ev.ops().stage_ms());
             }
             let median = median(&runs);
+            let stage_ms = runs
+                .iter()
+                .position(|r| *r == median)
+                .and_then(|i| stages.get(i).cloned())
+                .unwrap_or_default();
             progress(&format!("{name} E={e}: {median:.0} ms/token"));
             cases.push(MoeCase {
                 strategy: name.clone(),
@@ -131,6 +140,7 @@ pub fn run_moe(
                 median_ms_per_token: median,
                 runs_ms: runs,
                 ops,
+                stage_ms,
             });
         }
     }
