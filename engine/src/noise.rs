@@ -19,12 +19,24 @@ use tfhe::core_crypto::prelude::LweDimension;
 
 const TWO_POW_64: f64 = 18446744073709551616.0;
 
+/// Variance added by a gadget keyswitch from an input key of dimension `m`, decomposed in base
+/// `2^base_log` over `level` levels, with key encryptions of variance `key_var`: every one of the
+/// `m * level` key ciphertexts is scaled by a decomposition digit of variance (B^2 + 2) / 12,
+/// plus the rounding of the inputs to the decomposition's precision (binary input key).
+fn gadget_keyswitch_variance(m: f64, base_log: usize, level: usize, key_var: f64) -> f64 {
+    let b = 2f64.powi(base_log as i32);
+    let l = level as f64;
+    m * l * (b * b + 2.0) / 12.0 * key_var + m / (24.0 * b.powf(2.0 * l))
+}
+
 /// Variance added by a keyswitch from dimension `input_dim`.
 pub fn keyswitch_variance(p: &Preset, input_dim: usize) -> f64 {
-    let m = input_dim as f64;
-    let b = 2f64.powi(p.keyswitch.base_log as i32);
-    let l = p.keyswitch.level as f64;
-    m * l * p.lwe.noise.variance() + m / (24.0 * b.powf(2.0 * l))
+    gadget_keyswitch_variance(
+        input_dim as f64,
+        p.keyswitch.base_log,
+        p.keyswitch.level,
+        p.lwe.noise.variance(),
+    )
 }
 
 /// Variance of a PBS output (independent of the input's noise).
@@ -143,18 +155,22 @@ fn erfc_small(x: f64) -> f64 {
 
 /// Variance added by a private functional packing keyswitch (circuit bootstrapping).
 pub fn pfks_variance(p: &Preset) -> f64 {
-    let m = (p.glwe.dimension * p.glwe.polynomial_size) as f64;
-    let b = 2f64.powi(p.circuit_bootstrap.pfks_base_log as i32);
-    let l = p.circuit_bootstrap.pfks_level as f64;
-    m * l * p.glwe.noise.variance() + m / (24.0 * b.powf(2.0 * l))
+    gadget_keyswitch_variance(
+        (p.glwe.dimension * p.glwe.polynomial_size) as f64,
+        p.circuit_bootstrap.pfks_base_log,
+        p.circuit_bootstrap.pfks_level,
+        p.glwe.noise.variance(),
+    )
 }
 
 /// Variance added by a packing keyswitch of one LWE into a GLWE.
 pub fn packing_keyswitch_variance(p: &Preset) -> f64 {
-    let m = (p.glwe.dimension * p.glwe.polynomial_size) as f64;
-    let b = 2f64.powi(p.packing_keyswitch.base_log as i32);
-    let l = p.packing_keyswitch.level as f64;
-    m * l * p.glwe.noise.variance() + m / (24.0 * b.powf(2.0 * l))
+    gadget_keyswitch_variance(
+        (p.glwe.dimension * p.glwe.polynomial_size) as f64,
+        p.packing_keyswitch.base_log,
+        p.packing_keyswitch.level,
+        p.glwe.noise.variance(),
+    )
 }
 
 /// Variance added by an external product with a GGSW of noise variance `ggsw_var`, decomposed

@@ -157,3 +157,49 @@ fn malformed_presets_fail_in_one_line() {
     assert!(error_line(&out).contains("unknown preset"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The noise model against reality: on a deliberately noisy custom preset (the test preset
+/// with its LWE noise raised so that a PBS fails a few percent of the time), the predicted
+/// per-PBS failure probability matches the error rate measured over 8,192 PBS within a factor
+/// of 3 (the expected count is in the hundreds, so sampling error is a few percent).
+#[test]
+fn predicted_failure_probability_matches_the_measured_rate() {
+    use veilmoe_engine::{noise, ClientKey, Encoding, Evaluator, Lut, Preset};
+    let text = test_preset_text()
+        .replace("name = \"test\"", "name = \"noisy\"")
+        .replace("log2_p_fail = -57.0", "log2_p_fail = -4.5")
+        .replace(
+            "noise = { gaussian_std = 9.313225746154785e-10 }",
+            "noise = { gaussian_std = 2.4e-5 }",
+        );
+    let p = Preset::from_toml("noisy", &text).unwrap();
+    let client = ClientKey::generate(&p);
+    let server = client.server_key();
+    let ev = Evaluator::new(&server);
+    let enc = Encoding::unsigned(p.message_bits);
+    let lut = Lut::univariate(&p, enc, enc, |v| v).unwrap();
+    let n = 8192usize;
+    let mut seed = 0x9E37_79B9u64;
+    let values: Vec<i64> = (0..n)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % 16) as i64
+        })
+        .collect();
+    let ct = client.encrypt_lwe(&values, enc).unwrap();
+    let predicted = noise::log2_p_fail(&p, ct.variance(), p.pbs_read_bits()).exp2();
+    assert!(
+        (1e-3..0.3).contains(&predicted),
+        "the preset should fail a few percent of the time, model says {predicted}"
+    );
+    let out = client.decrypt_lwe(&ev.pbs(&ct, &lut).unwrap()).unwrap();
+    let errors = out.iter().zip(&values).filter(|(a, b)| a != b).count();
+    let measured = errors as f64 / n as f64;
+    assert!(
+        measured <= 3.0 * predicted && measured >= predicted / 3.0,
+        "measured {measured:.4} ({errors} / {n}), predicted {predicted:.4}"
+    );
+    eprintln!("measured {measured:.4} ({errors} / {n}), predicted {predicted:.4}");
+}
