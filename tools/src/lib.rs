@@ -11,4 +11,5 @@ pub mod moe_bench;
 pub mod params;
 pub mod params_check;
 pub mod params_cli;
+pub mod params_estimate;
 pub mod run_demo;

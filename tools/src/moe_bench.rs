@@ -34,6 +34,10 @@ pub struct MoeCase {
     pub ops: BTreeMap<String, u64>,
     /// Wall time of the median token's stages (router, top-k, index-ggsw, select, expert, ...).
     pub stage_ms: BTreeMap<String, f64>,
+    /// The cost model's estimate from the token's operation trace (`params estimate`'s method)
+    /// and its ratio to the measured median.
+    pub estimated_ms_per_token: f64,
+    pub estimate_over_measured: f64,
 }
 
 #[derive(Serialize)]
@@ -51,6 +55,8 @@ pub struct MoeReport {
     pub argmax8_pbs: u64,
     /// Ratios the issue sets targets for (absent when a needed case was not measured).
     pub ratios: BTreeMap<String, f64>,
+    /// Single-thread cost of each recorded operation kind, measured before the cases.
+    pub unit_costs_ms: BTreeMap<String, f64>,
 }
 
 fn ops_of(ev: &Evaluator) -> BTreeMap<String, u64> {
@@ -80,6 +86,9 @@ pub fn run_moe(
     progress("generating keys");
     let client = ClientKey::generate(preset);
     let server = client.server_key();
+    progress("calibrating unit costs");
+    let units = crate::params_estimate::calibrate_units(&client, &server, 5).map_err(err)?;
+    let threads = rayon::current_num_threads();
     let quant = QuantParams::for_message_bits(preset.message_bits);
     let mut cases = Vec::new();
     let reveal = |bits: &veilmoe_engine::LweVector| -> Result<usize, ProtocolError> {
@@ -114,6 +123,7 @@ pub fn run_moe(
             let mut runs = Vec::with_capacity(b.runs);
             let mut ops = BTreeMap::new();
             let mut stages: Vec<BTreeMap<String, f64>> = Vec::new();
+            let mut traces = Vec::new();
             for r in 0..b.runs {
                 let x: Vec<i64> = (0..b.d)
                     .map(|i| ((i * 7 + r * 3 + e) % 16) as i64 - 8)
@@ -125,13 +135,16 @@ pub fn run_moe(
                 runs.push(t.elapsed().as_secs_f64() * 1e3);
                 ops = ops_of(&ev);
                 stages.push(ev.ops().stage_ms());
+                traces.push(ev.ops().trace());
             }
             let median = median(&runs);
-            let stage_ms = runs
-                .iter()
-                .position(|r| *r == median)
-                .and_then(|i| stages.get(i).cloned())
-                .unwrap_or_default();
+            let at = runs.iter().position(|r| *r == median).unwrap_or(0);
+            let stage_ms = stages.get(at).cloned().unwrap_or_default();
+            let (estimated, _) = crate::params_estimate::estimate_ms(
+                traces.get(at).map(Vec::as_slice).unwrap_or(&[]),
+                &units,
+                threads,
+            );
             progress(&format!("{name} E={e}: {median:.0} ms/token"));
             cases.push(MoeCase {
                 strategy: name.clone(),
@@ -141,6 +154,8 @@ pub fn run_moe(
                 runs_ms: runs,
                 ops,
                 stage_ms,
+                estimated_ms_per_token: estimated,
+                estimate_over_measured: estimated / median,
             });
         }
     }
@@ -211,5 +226,6 @@ pub fn run_moe(
         argmax8_ms: median(&times),
         argmax8_pbs: pbs,
         ratios,
+        unit_costs_ms: units.0,
     })
 }

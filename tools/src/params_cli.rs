@@ -36,6 +36,25 @@ pub enum ParamsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Op counts per stage, estimated time per token and per batch (unit costs measured on
+    /// this machine), key sizes, upload and download bytes per token.
+    Estimate {
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
+        #[arg(long)]
+        calibration: Option<std::path::PathBuf>,
+        #[arg(long, default_value = "default")]
+        preset: String,
+        #[arg(long, default_value = "select")]
+        strategy: String,
+        /// Threads the estimate assumes (default: this machine's cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long, default_value_t = 1000)]
+        batch: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Everything about one preset (an embedded name or a preset TOML file).
     Show {
         preset: String,
@@ -121,6 +140,38 @@ pub fn run_params(cmd: ParamsCommand) -> Result<()> {
             }
             if !r.pass {
                 anyhow::bail!("the model does not pass on preset `{}`", r.preset);
+            }
+        }
+        ParamsCommand::Estimate {
+            model,
+            calibration,
+            preset,
+            strategy,
+            threads,
+            batch,
+            json,
+        } => {
+            let p = Preset::load(&preset, true)?;
+            let source = match model {
+                Some(dir) => crate::model_source::ModelSource::Dir { dir, calibration },
+                None => crate::model_source::ModelSource::Embedded,
+            };
+            let threads = threads.unwrap_or_else(rayon::current_num_threads);
+            if threads == 0 {
+                anyhow::bail!("--threads must be at least 1");
+            }
+            let r = crate::params_estimate::estimate(
+                &p,
+                &source,
+                &strategy,
+                threads,
+                batch,
+                &mut |l| eprintln!("{l}"),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{r}");
             }
         }
         ParamsCommand::Show {

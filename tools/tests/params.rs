@@ -203,3 +203,34 @@ fn predicted_failure_probability_matches_the_measured_rate() {
     );
     eprintln!("measured {measured:.4} ({errors} / {n}), predicted {predicted:.4}");
 }
+
+#[test]
+fn estimate_reports_counts_time_and_sizes() {
+    let out = params()
+        .args([
+            "estimate",
+            "--preset",
+            "test",
+            "--threads",
+            "2",
+            "--batch",
+            "100",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let v = json(&out);
+    assert!(out.status.success());
+    let expert = &v["ops_per_stage"]["expert"];
+    // The demo model: gated FFN, h = 16, d = 64: 4h + d = 128 PBS for the one selected expert.
+    assert_eq!(expert["pbs"], 128);
+    assert_eq!(v["ops_per_stage"]["index-ggsw"]["circuit_bootstrap"], 2);
+    let per_token = v["estimated_ms_per_token"].as_f64().unwrap();
+    assert!(per_token > 0.0);
+    let batch = v["estimated_seconds_per_batch"].as_f64().unwrap();
+    assert!((batch - per_token * 100.0 / 1e3).abs() < 1e-6);
+    assert!(
+        v["download_bytes_per_token"].as_u64().unwrap()
+            > v["upload_bytes_per_token"].as_u64().unwrap()
+    );
+}
