@@ -200,10 +200,7 @@ fn moe_layer_on_default() {
             }
             outs.push(o);
         }
-        assert_eq!(
-            out.decrypt_y(client).unwrap(),
-            model.combine(&gates, &outs)
-        );
+        assert_eq!(out.decrypt_y(client).unwrap(), model.combine(&gates, &outs));
     }
     assert!(
         off * 100 <= 20 * 20 * 2 * 16,

@@ -368,7 +368,9 @@ fn bad_input_fails_in_one_line_without_output() {
     let m = veilmoe_protocols::embedded_demo_model().unwrap();
     m.save_mixtral(&model_dir).unwrap();
     let p = "model.layers.0.block_sparse_moe";
-    let mat = |a: &veilmoe_protocols::ndarray::Array2<f32>| (a.shape().to_vec(), a.iter().copied().collect());
+    let mat = |a: &veilmoe_protocols::ndarray::Array2<f32>| {
+        (a.shape().to_vec(), a.iter().copied().collect())
+    };
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     let (shape, v) = mat(&m.router);
     tensors.push((format!("{p}.gate.weight"), shape, v));
