@@ -971,6 +971,29 @@ pub fn quantized_predictions(
         .collect()
 }
 
+/// Agreement of the simulated encrypted path with the exact integer reference: for each seed,
+/// the number of records of `features` whose prediction under
+/// [`Rounding::simulate`]`(preset, seed)` (the encrypted path's floor-or-ceil reads near box
+/// edges) equals the prediction under [`Rounding::Exact`]. Each seed's rounding runs over the
+/// records in order, as [`quantized_predictions`] does, so the counts are reproducible; the
+/// seeds run in parallel. `features.len()` minus a count is the number of records that would
+/// decrypt, in that simulation, to a class other than the plaintext reference's.
+pub fn rounding_agreement(
+    q: &QuantizedClassifier,
+    features: &[Vec<f32>],
+    preset: &veilmoe_engine::Preset,
+    seeds: &[u64],
+) -> Result<Vec<usize>> {
+    let exact = quantized_predictions(q, features, &mut Rounding::Exact)?;
+    seeds
+        .par_iter()
+        .map(|&seed| {
+            let sim = quantized_predictions(q, features, &mut Rounding::simulate(preset, seed))?;
+            Ok(exact.iter().zip(&sim).filter(|(a, b)| a == b).count())
+        })
+        .collect()
+}
+
 /// Float accuracy, quantized accuracy (under `rounding`: exact, or the simulation of a
 /// preset's approximate reads) and their agreement on a labelled data set.
 pub fn evaluate_accuracy(

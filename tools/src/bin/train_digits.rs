@@ -16,7 +16,25 @@
 //!    `veilmoe_protocols::quantize` (a fixed choice found once by its search), and the loss is
 //!    the float loss plus twice the loss of the exact integer reference (routing by the integer
 //!    router, integer reads, 4-bit expert outputs), gradients passing straight through the
-//!    roundings to the float weights; the router also learns from the integer logits.
+//!    roundings to the float weights; the router also learns from the integer logits. Every
+//!    expert whose integer logit is within one step of the top one (one router read rounding
+//!    the other way under encryption would select it) also learns the record, at the weight
+//!    of `--router-alt`.
+//!
+//! Robustness to the encrypted path's approximate reads: a requantizing PBS read returns the
+//! floor or the ceiling of the exact quotient near a box edge (`Rounding::simulate`). The
+//! expert-output reads (shift 3 of a 7-bit accumulator) dominate: about one in six of them
+//! is *exactly* at a half step (accumulator = 4 mod 8), where the encrypted path flips a coin
+//! while the exact reference rounds up, so a record typically carries several -1 errors of
+//! its 4-bit expert outputs; they reach the logits as `y_scale * head weight`.
+//! Noise injection (simulated reads in the quantization-aware forward), worst-case losses over
+//! the edge reads and over one hidden read, margins on the quantized logits and a head
+//! fine-tuned on simulated reads all made the *training* records robust without helping the
+//! test records (the flips come from the test records near the decision boundary), and some
+//! made them worse. What helps is a smaller step `y_scale` next to the exact residual input:
+//! `y_scale` follows the largest W2 weight, so W2 gets an extra decoupled weight decay
+//! (`--w2-decay`, both phases); the classifier then leans on the exact residual input and
+//! uses the expert outputs as a correction, at a cost of about 1.5 points of accuracy.
 //!
 //! What makes the block quantize well: veilmoe's reads are scaled from *worst-case*
 //! accumulator ranges (L1 norms of the rows), so after each step every W1/W3 row is projected
@@ -25,8 +43,10 @@
 //! read's shift follows the worst W2 row). The written config.json declares the quantization
 //! the model was trained for (`"veilmoe": {"quantization": ...}`), which the quantizer uses.
 //!
-//! Measured (2-core machine, release build): about 35 s. Test split: float 98.06 %, quantized
-//! exact reference 97.78 %, simulated `default`-preset reads 96.67 %.
+//! Measured (2-core machine, release build): about 36 s of CPU. Test split: float 96.67 %,
+//! quantized exact reference 96.11 %; predictions of the simulated `default`-preset reads
+//! (`rounding_agreement`, seeds 0-4) equal the exact reference's on 360, 360, 359, 360 and
+//! 360 of the 360 records (before the W2 decay: 98.06 % / 97.78 %, 356-357 of 360).
 //!
 //! Usage: `cargo run --release -p veilmoe-tools --bin train_digits [-- --out models/digits-moe]`
 
@@ -38,7 +58,9 @@ use veilmoe_protocols::checkpoint::{FloatExpert, FloatHead};
 use veilmoe_protocols::model::SplitMix;
 use veilmoe_protocols::ndarray::{Array1, Array2};
 use veilmoe_protocols::quant::round_shift;
-use veilmoe_protocols::quantize::{quantize_fixed, quantize_with, QuantChoice, QuantizeOptions};
+use veilmoe_protocols::quantize::{
+    quantize_fixed, quantize_with, rounding_agreement, QuantChoice, QuantizeOptions,
+};
 use veilmoe_protocols::reference::top_k;
 use veilmoe_protocols::{
     digits_split, embedded_digits, evaluate_accuracy, load_digits, Dataset, ExpertCount, Family,
@@ -109,6 +131,19 @@ struct Args {
     /// Weight of the quantized loss next to the float loss in the quantization-aware phase.
     #[arg(long, default_value_t = 2.0)]
     quant_weight: f64,
+    /// Extra decoupled weight decay on W2 (both phases): the encrypted path's +-1 errors of
+    /// the expert-output reads reach the logits as `y_scale * head weight`, and `y_scale`
+    /// follows the largest W2 weight; this sets how much the classifier leans on the noisy
+    /// expert output rather than on the exact residual input.
+    #[arg(long, default_value_t = 30.0)]
+    w2_decay: f64,
+    /// Weight of the quantized loss of every expert that one router read rounding the other
+    /// way could select instead of the top one (its logit within one step of the top).
+    #[arg(long, default_value_t = 1.0)]
+    router_alt: f64,
+    /// Seeds of the final simulated-vs-exact agreement measurement (`0..agreement_seeds`).
+    #[arg(long, default_value_t = 5)]
+    agreement_seeds: u64,
 }
 
 // Flat parameter layout.
@@ -161,7 +196,8 @@ impl Adam {
             t: 0,
         }
     }
-    fn step(&mut self, p: &mut [f64], g: &[f64], lr: f64, wd: f64) {
+    /// One AdamW step: decoupled weight decay `wd` on every weight, `wd + wd_w2` on W2.
+    fn step(&mut self, p: &mut [f64], g: &[f64], lr: f64, (wd, wd_w2): (f64, f64)) {
         self.t += 1;
         let (b1, b2) = (0.9f64, 0.999f64);
         let c1 = 1.0 - b1.powi(self.t);
@@ -169,7 +205,12 @@ impl Adam {
         for i in 0..TOTAL {
             self.m[i] = b1 * self.m[i] + (1.0 - b1) * g[i];
             self.v[i] = b2 * self.v[i] + (1.0 - b2) * g[i] * g[i];
-            p[i] -= lr * ((self.m[i] / c1) / ((self.v[i] / c2).sqrt() + 1e-8) + wd * p[i]);
+            let decay = if (W2..HW).contains(&i) {
+                wd + wd_w2
+            } else {
+                wd
+            };
+            p[i] -= lr * ((self.m[i] / c1) / ((self.v[i] / c2).sqrt() + 1e-8) + decay * p[i]);
         }
     }
 }
@@ -431,7 +472,11 @@ struct Steps {
 }
 
 /// One QAT record: the quantized (integer, hard-routed) loss with weight `w`, gradients to
-/// the selected expert and the head; returns whether the quantized prediction was right.
+/// the selected expert and the head, and with weight `w * router_alt` the same for every
+/// expert that the encrypted path could select instead (one router read rounding the other
+/// way: its logit is within one step of the top); returns whether the quantized prediction
+/// was right.
+#[allow(clippy::too_many_arguments)]
 fn qat_record(
     p: &[f64],
     g: &mut [f64],
@@ -440,6 +485,7 @@ fn qat_record(
     (raw, label): (&[f32], usize),
     w: f64,
     router_weight: f64,
+    router_alt: f64,
 ) -> Result<bool> {
     let xq = qc.quantize_input(raw)?;
     let zp = qc.input.input_zero_point;
@@ -472,18 +518,29 @@ fn qat_record(
             }
         }
     }
-    let g_a = back_head_w2(p, g, sel, (&t.q, label), &t.z, &t.a, w);
-    let g_u: Vec<f64> = (0..H).map(|j| g_a[j] * t.v_real[j] * t.ds_du[j]).collect();
-    let g_v: Vec<f64> = (0..H)
-        .map(|j| {
-            if t.v_pass[j] {
-                g_a[j] * t.s_real[j]
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    first_stage_grad(g, sel, &x_hat, &g_u, &g_v);
+    for (e, te) in traces.iter().enumerate() {
+        let we = if e == sel {
+            w
+        } else if router_alt > 0.0 && logits[e] + 1 >= logits[sel] {
+            w * router_alt
+        } else {
+            continue;
+        };
+        let g_a = back_head_w2(p, g, e, (&te.q, label), &te.z, &te.a, we);
+        let g_u: Vec<f64> = (0..H)
+            .map(|j| g_a[j] * te.v_real[j] * te.ds_du[j])
+            .collect();
+        let g_v: Vec<f64> = (0..H)
+            .map(|j| {
+                if te.v_pass[j] {
+                    g_a[j] * te.s_real[j]
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        first_stage_grad(g, e, &x_hat, &g_u, &g_v);
+    }
     Ok(correct)
 }
 
@@ -604,7 +661,7 @@ fn main() -> Result<()> {
             }
             l1_grad(&p, &mut g, args.l1, args.l1_w2, chunk.len());
             g.iter_mut().for_each(|v| *v /= chunk.len() as f64);
-            adam.step(&mut p, &g, lr, args.weight_decay);
+            adam.step(&mut p, &g, lr, (args.weight_decay, args.w2_decay));
             project_first_stage(&mut p, args.l1_radius, args.router_radius);
             if epoch >= args.float_epochs / 2 {
                 project_w2(&mut p, args.w2_keep);
@@ -613,11 +670,12 @@ fn main() -> Result<()> {
         if epoch % 20 == 19 || epoch + 1 == args.float_epochs {
             let m = to_model(&p);
             println!(
-                "float epoch {:3}: train {:.2}%, test {:.2}%, routes {:?}",
+                "float epoch {:3}: train {:.2}%, test {:.2}%, routes {:?}, max |W2| {:.3}",
                 epoch + 1,
                 100.0 * float_accuracy(&m, &train),
                 100.0 * float_accuracy(&m, &test),
-                route_counts(&m, &train)
+                route_counts(&m, &train),
+                p[W2..HW].iter().fold(0f64, |a, &b| a.max(b.abs()))
             );
         }
     }
@@ -668,12 +726,13 @@ fn main() -> Result<()> {
                     (&raw, train.labels[i]),
                     args.quant_weight,
                     args.router_qat,
+                    args.router_alt,
                 )?;
                 correct += ok as usize;
             }
             l1_grad(&p, &mut g, args.l1, args.l1_w2, chunk.len());
             g.iter_mut().for_each(|v| *v /= chunk.len() as f64);
-            adam.step(&mut p, &g, lr, args.weight_decay);
+            adam.step(&mut p, &g, lr, (args.weight_decay, args.w2_decay));
             project_first_stage(&mut p, args.l1_radius, args.router_radius);
             project_w2(&mut p, args.w2_keep);
         }
@@ -706,7 +765,12 @@ fn main() -> Result<()> {
     println!("final quantization:\n{rep}");
     let exact = evaluate_accuracy(&loaded, &qc, &test, &mut Rounding::Exact)?;
     let preset = veilmoe_protocols::engine::Preset::load("default", false)?;
-    let sim = evaluate_accuracy(&loaded, &qc, &test, &mut Rounding::simulate(&preset, 1))?;
+    let seeds: Vec<u64> = (0..args.agreement_seeds).collect();
+    let sims = seeds
+        .iter()
+        .map(|&seed| evaluate_accuracy(&loaded, &qc, &test, &mut Rounding::simulate(&preset, seed)))
+        .collect::<veilmoe_protocols::Result<Vec<_>>>()?;
+    let agreement = rounding_agreement(&qc, &test.features, &preset, &seeds)?;
     diagnose(&p, &qc, &loaded, &test, &rep)?;
     let searched = QuantizeOptions {
         use_model_choice: false,
@@ -716,7 +780,20 @@ fn main() -> Result<()> {
     let searched_acc = evaluate_accuracy(&loaded, &qs, &test, &mut Rounding::Exact)?;
     println!("test, searched instead of declared quantization: {searched_acc}");
     println!("test, exact reference:     {exact}");
-    println!("test, simulated (default): {sim}");
+    for ((seed, sim), agree) in seeds.iter().zip(&sims).zip(&agreement) {
+        println!(
+            "test, simulated (default preset, seed {seed}): {sim}; prediction = exact reference's on {agree}/{}",
+            test.len()
+        );
+    }
+    println!(
+        "test, simulated vs exact prediction agreement over {} seeds: min {}/{n}, total {}/{}",
+        seeds.len(),
+        agreement.iter().min().copied().unwrap_or(0),
+        agreement.iter().sum::<usize>(),
+        test.len() * seeds.len(),
+        n = test.len()
+    );
     println!(
         "wrote {} in {:.1} s",
         args.out.display(),
