@@ -21,6 +21,31 @@ pub enum ModelError {
     NoCalibration(String),
 }
 
+/// The `--model` / `--calibration` options every model-using command shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// A Hugging Face-format model directory (config.json + *.safetensors); default: the
+    /// embedded digits demo model.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Calibration records (.csv/.npy) for quantizing a --model directory (the embedded model
+    /// calibrates on its own training split).
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    pub fn source(&self) -> ModelSource {
+        match &self.model {
+            Some(dir) => ModelSource::Dir {
+                dir: dir.clone(),
+                calibration: self.calibration.clone(),
+            },
+            None => ModelSource::Embedded,
+        }
+    }
+}
+
 /// Where the model comes from.
 #[derive(Debug, Clone)]
 pub enum ModelSource {

@@ -20,12 +20,8 @@ pub enum ParamsCommand {
     /// bootstrapped read (one token through the real encrypted layer, keys made in memory),
     /// failure probability per token and per batch, security, and a verdict with advice.
     Check {
-        /// A Hugging Face-format model directory (default: the embedded digits model).
-        #[arg(long)]
-        model: Option<std::path::PathBuf>,
-        /// Calibration records for quantizing a --model directory.
-        #[arg(long)]
-        calibration: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        model: crate::model_source::ModelArgs,
         #[arg(long, default_value = "default")]
         preset: String,
         #[arg(long, default_value = "select")]
@@ -39,10 +35,8 @@ pub enum ParamsCommand {
     /// Op counts per stage, estimated time per token and per batch (unit costs measured on
     /// this machine), key sizes, upload and download bytes per token.
     Estimate {
-        #[arg(long)]
-        model: Option<std::path::PathBuf>,
-        #[arg(long)]
-        calibration: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        model: crate::model_source::ModelArgs,
         #[arg(long, default_value = "default")]
         preset: String,
         #[arg(long, default_value = "select")]
@@ -119,17 +113,13 @@ pub fn run_params(cmd: ParamsCommand) -> Result<()> {
         }
         ParamsCommand::Check {
             model,
-            calibration,
             preset,
             strategy,
             batch,
             json,
         } => {
             let p = Preset::load(&preset, true)?;
-            let source = match model {
-                Some(dir) => crate::model_source::ModelSource::Dir { dir, calibration },
-                None => crate::model_source::ModelSource::Embedded,
-            };
+            let source = model.source();
             let r = crate::params_check::check(&p, &source, &strategy, batch, &mut |l| {
                 eprintln!("{l}")
             })?;
@@ -144,7 +134,6 @@ pub fn run_params(cmd: ParamsCommand) -> Result<()> {
         }
         ParamsCommand::Estimate {
             model,
-            calibration,
             preset,
             strategy,
             threads,
@@ -152,10 +141,7 @@ pub fn run_params(cmd: ParamsCommand) -> Result<()> {
             json,
         } => {
             let p = Preset::load(&preset, true)?;
-            let source = match model {
-                Some(dir) => crate::model_source::ModelSource::Dir { dir, calibration },
-                None => crate::model_source::ModelSource::Embedded,
-            };
+            let source = model.source();
             let threads = threads.unwrap_or_else(rayon::current_num_threads);
             if threads == 0 {
                 anyhow::bail!("--threads must be at least 1");

@@ -12,7 +12,7 @@ use veilmoe_tools::batch::{BatchMeta, ResultsMeta, Shard};
 use veilmoe_tools::bench::{run_primitives, PrimitiveBench};
 use veilmoe_tools::input::read_records;
 use veilmoe_tools::job::{self, InferOptions};
-use veilmoe_tools::model_source::{load_classifier, ModelSource};
+use veilmoe_tools::model_source::{load_classifier, ModelArgs};
 use veilmoe_tools::moe_bench::{run_moe, MoeBench};
 use veilmoe_tools::run_demo::{run_demo, DemoOptions};
 
@@ -150,31 +150,6 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// Which model a batch command uses.
-#[derive(clap::Args)]
-struct ModelArgs {
-    /// A Hugging Face-format model directory (config.json + *.safetensors); default: the
-    /// embedded digits demo model.
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// Calibration records (.csv/.npy) for quantizing a --model directory (the embedded model
-    /// calibrates on its own training split).
-    #[arg(long)]
-    calibration: Option<PathBuf>,
-}
-
-impl ModelArgs {
-    fn source(&self) -> ModelSource {
-        match &self.model {
-            Some(dir) => ModelSource::Dir {
-                dir: dir.clone(),
-                calibration: self.calibration.clone(),
-            },
-            None => ModelSource::Embedded,
-        }
-    }
 }
 
 fn parse_shard(s: &str) -> std::result::Result<Shard, String> {
