@@ -648,12 +648,7 @@ fn main() -> Result<()> {
         let lr = 3e-3 * cosine(epoch, args.float_epochs);
         for chunk in order.chunks(batch) {
             let mut g = vec![0.0; TOTAL];
-            // balance term from the batch's mean routing probabilities (previous pass)
-            let pbar = mean_probs(&p, chunk.iter().map(|&i| &xs[i]));
-            let g_p: Vec<f64> = pbar
-                .iter()
-                .map(|&v| args.balance * 2.0 * E as f64 * v)
-                .collect();
+            let g_p = balance_grad(&p, chunk, &xs, args.balance);
             for &i in chunk {
                 let raw = augment(&train.features[i], args.augment, &mut rng);
                 let x: Vec<f64> = raw.iter().map(|&v| v as f64 * INPUT_SCALE).collect();
@@ -708,11 +703,7 @@ fn main() -> Result<()> {
                 w3: rep.w3_steps.clone(),
             };
             let mut g = vec![0.0; TOTAL];
-            let pbar = mean_probs(&p, chunk.iter().map(|&i| &xs[i]));
-            let g_p: Vec<f64> = pbar
-                .iter()
-                .map(|&v| args.balance * 2.0 * E as f64 * v)
-                .collect();
+            let g_p = balance_grad(&p, chunk, &xs, args.balance);
             for &i in chunk {
                 let raw = augment(&train.features[i], args.augment, &mut rng);
                 let x: Vec<f64> = raw.iter().map(|&v| v as f64 * INPUT_SCALE).collect();
@@ -857,6 +848,15 @@ fn diagnose(
         100.0 * q_float as f64 / n
     );
     Ok(())
+}
+
+/// The load-balancing term's gradient for a batch, from the batch's mean routing
+/// probabilities (shared by the float and quantization-aware phases).
+fn balance_grad(p: &[f64], chunk: &[usize], xs: &[Vec<f64>], balance: f64) -> Vec<f64> {
+    mean_probs(p, chunk.iter().map(|&i| &xs[i]))
+        .iter()
+        .map(|&v| balance * 2.0 * E as f64 * v)
+        .collect()
 }
 
 fn mean_probs<'a>(p: &[f64], xs: impl Iterator<Item = &'a Vec<f64>>) -> Vec<f64> {
