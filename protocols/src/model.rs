@@ -61,7 +61,7 @@ pub struct MoeConfig {
 /// Public quantization parameters (see [`crate::quant`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct QuantParams {
-    /// Bits a PBS reads exactly (the preset's message bits).
+    /// Bits a PBS reads exactly (at most the preset's message bits; fewer leaves wider boxes).
     pub message_bits: u32,
     /// Zero point added to the requantized router output before clipping to the logit range.
     pub logit_zero_point: i64,

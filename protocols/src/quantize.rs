@@ -988,7 +988,11 @@ pub fn rounding_agreement(
     seeds
         .par_iter()
         .map(|&seed| {
-            let sim = quantized_predictions(q, features, &mut Rounding::simulate(preset, seed))?;
+            let sim = quantized_predictions(
+                q,
+                features,
+                &mut Rounding::simulate_reads(preset, q.moe.quant.message_bits, seed),
+            )?;
             Ok(exact.iter().zip(&sim).filter(|(a, b)| a == b).count())
         })
         .collect()

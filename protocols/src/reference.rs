@@ -27,8 +27,14 @@ impl Rounding {
     /// The simulation of `preset`: its noise at the blind rotation for a worst-budget input,
     /// in units of one box of an `m`-bit read.
     pub fn simulate(preset: &Preset, seed: u64) -> Rounding {
+        Rounding::simulate_reads(preset, preset.message_bits, seed)
+    }
+
+    /// The simulation of a model quantized for `read_bits` (at most the preset's message bits)
+    /// on `preset`: the same noise in units of the wider boxes of a `read_bits`-bit read.
+    pub fn simulate_reads(preset: &Preset, read_bits: u32, seed: u64) -> Rounding {
         let var = noise::variance_at_blind_rotation(preset, noise::pbs_input_budget(preset) / 4.0);
-        let sigma = var.sqrt() * 2f64.powi(preset.message_bits as i32 + 1);
+        let sigma = var.sqrt() * 2f64.powi(read_bits as i32 + 1);
         Rounding::Simulated {
             sigma,
             rng: SplitMix(seed),

@@ -126,9 +126,12 @@ impl RouterTables {
         let p = ev.preset();
         let q = &model.quant;
         let m = q.message_bits;
-        if p.message_bits != m {
+        // A model quantized for fewer bits than the preset reads runs on it unchanged: its
+        // tables have fewer, wider boxes, so every read has more noise margin than the preset's
+        // budget (which the engine still enforces) assumes.
+        if m > p.message_bits {
             return Err(config(format!(
-                "the model is quantized for {m}-bit PBS reads, the preset `{}` reads {}",
+                "the model is quantized for {m}-bit PBS reads, the preset `{}` reads only {}",
                 p.name, p.message_bits
             )));
         }

@@ -12,4 +12,6 @@ pub mod params;
 pub mod params_check;
 pub mod params_cli;
 pub mod params_estimate;
+pub mod params_sweep;
+pub mod probe;
 pub mod run_demo;

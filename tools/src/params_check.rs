@@ -12,8 +12,8 @@
 use crate::model_source::{load_classifier, ModelError, ModelSource};
 use serde::Serialize;
 use thiserror::Error;
-use veilmoe_engine::{noise, ClientKey, EngineError, Evaluator, Preset};
-use veilmoe_protocols::{MoeLayer, ProtocolError};
+use veilmoe_engine::{noise, EngineError, Preset};
+use veilmoe_protocols::ProtocolError;
 
 #[derive(Debug, Error)]
 pub enum CheckError {
@@ -114,16 +114,6 @@ pub fn calibrated_log2_p_fail(preset: &Preset, var: f64) -> f64 {
     noise::log2_erfc(kappa * ratio.sqrt() / std::f64::consts::SQRT_2)
 }
 
-/// log2(sum 2^x) without overflow.
-fn log2_sum(xs: impl Iterator<Item = f64>) -> f64 {
-    let v: Vec<f64> = xs.collect();
-    let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if !m.is_finite() {
-        return m;
-    }
-    m + v.iter().map(|x| (x - m).exp2()).sum::<f64>().log2()
-}
-
 /// Runs the check; `status` gets one line per phase.
 pub fn check(
     preset: &Preset,
@@ -170,65 +160,19 @@ pub fn check(
         ));
     }
     status(&format!("generating keys ({preset}) ..."));
-    let client = ClientKey::generate(preset);
-    let server = client.server_key();
+    let keys = crate::probe::ProbeKeys::generate(preset);
     status("running one token through the encrypted layer ...");
-    let ev = Evaluator::new(&server);
-    let budget = noise::pbs_input_budget(preset);
-    let outcome = (|| -> Result<(), ProtocolError> {
-        let layer = MoeLayer::new(&ev, moe.clone())?;
-        let x = vec![0i64; moe.config.d.0];
-        let ct = layer.encrypt(&client, &x)?;
-        layer.forward(&ev, &ct, strat)?;
-        Ok(())
-    })();
-    if let Err(e) = outcome {
-        match e {
-            ProtocolError::Engine(EngineError::NoiseBudget {
-                context, variance, ..
-            }) => advice.push(format!(
-                "stage `{}`: {context} variance {variance:.2e} exceeds the budget {budget:.2e}: \
-                 use smaller weights (a lower 2-norm per output row), fewer experts (a shallower \
-                 CMUX tree) or fewer bits, or a preset with a larger budget",
-                ev.ops().stage()
-            )),
-            ProtocolError::Engine(EngineError::OutOfRange { context, detail }) => {
-                advice.push(format!(
-                    "{context}: {detail}: the accumulator does not fit the encoding; use fewer \
-                     weight bits or a preset with more precision"
-                ))
-            }
-            other => return Err(other.into()),
-        }
-    }
-    let stages: Vec<StageCheck> = ev
-        .ops()
-        .reads()
-        .into_iter()
-        .map(|(stage, r)| StageCheck {
-            stage,
-            reads: r.count,
-            max_variance: r.max_variance,
-            budget,
-            within_budget: r.max_variance <= budget,
-            log2_p_fail_per_read: calibrated_log2_p_fail(preset, r.max_variance),
-        })
-        .collect();
-    let token = log2_sum(
-        stages
-            .iter()
-            .map(|s| s.log2_p_fail_per_read + (s.reads as f64).log2()),
-    );
+    let probe = crate::probe::probe_token(&keys.client, &keys.server, moe, strat)?;
+    advice.extend(probe.refusal.clone());
+    let token = probe.log2_p_fail_token();
+    let stages = probe.stages;
     let pass = advice.is_empty() && stages.iter().all(|s| s.within_budget);
     Ok(CheckReport {
         preset: preset.name.clone(),
         security_bits: preset.security_bits,
         insecure: preset.insecure,
         message_bits: m,
-        model: match source {
-            ModelSource::Embedded => "embedded digits-moe".into(),
-            ModelSource::Dir { dir, .. } => dir.display().to_string(),
-        },
+        model: source.label(),
         experts: moe.config.experts.0,
         top_k: moe.config.top_k.0,
         d: moe.config.d.0,

@@ -49,6 +49,43 @@ pub enum ParamsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A grid over quantization bits, presets, top-k and strategies: accuracy from the
+    /// simulation mode on labelled test records, estimated time per token, failure probability,
+    /// and the accuracy/time Pareto front. Writes CSV or JSON (--out) and an SVG plot (--plot).
+    Sweep {
+        #[command(flatten)]
+        model: crate::model_source::ModelArgs,
+        /// Labelled test records: CSV (optionally .gz), features then an integer label per line
+        /// (default for the embedded model: its 360-record test split).
+        #[arg(long)]
+        test: Option<std::path::PathBuf>,
+        /// Quantization bits: a range `3..6` (inclusive) or a list `3,4` (default: 3 up to the
+        /// most bits a swept preset reads).
+        #[arg(long)]
+        bits: Option<String>,
+        /// Presets (embedded names or preset TOML files), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "default")]
+        presets: Vec<String>,
+        /// Experts per token, comma-separated (default: the model's own).
+        #[arg(long = "top-k", value_delimiter = ',')]
+        top_k: Vec<usize>,
+        #[arg(long, value_delimiter = ',', default_value = "select,compute-all")]
+        strategies: Vec<String>,
+        /// Threads the time estimate assumes (default: this machine's cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Simulation seeds averaged for each accuracy.
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+        /// Write every cell to this file (.csv or .json).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Write an SVG plot of accuracy against time, the Pareto front highlighted.
+        #[arg(long)]
+        plot: Option<std::path::PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Everything about one preset (an embedded name or a preset TOML file).
     Show {
         preset: String,
@@ -154,6 +191,70 @@ pub fn run_params(cmd: ParamsCommand) -> Result<()> {
                 batch,
                 &mut |l| eprintln!("{l}"),
             )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{r}");
+            }
+        }
+        ParamsCommand::Sweep {
+            model,
+            test,
+            bits,
+            presets,
+            top_k,
+            strategies,
+            threads,
+            seeds,
+            out,
+            plot,
+            json,
+        } => {
+            use crate::params_sweep::{output_kind, parse_bits, OutputKind, SweepSpec};
+            // Everything the user typed is checked before the first key is made.
+            if let Some(p) = &out {
+                if output_kind(p).map_err(anyhow::Error::msg)? == OutputKind::Svg {
+                    anyhow::bail!(
+                        "{}: --out writes .csv or .json (--plot writes .svg)",
+                        p.display()
+                    );
+                }
+            }
+            if let Some(p) = &plot {
+                if output_kind(p).map_err(anyhow::Error::msg)? != OutputKind::Svg {
+                    anyhow::bail!("{}: --plot writes an .svg file", p.display());
+                }
+            }
+            let presets = presets
+                .iter()
+                .map(|n| Preset::load(n, true))
+                .collect::<veilmoe_engine::Result<Vec<_>>>()?;
+            let bits = match bits {
+                Some(b) => parse_bits(&b).map_err(anyhow::Error::msg)?,
+                None => (3..=presets.iter().map(|p| p.message_bits).max().unwrap_or(4)).collect(),
+            };
+            for s in &strategies {
+                crate::job::strategy_by_name(s)?;
+            }
+            let threads = threads.unwrap_or_else(rayon::current_num_threads);
+            if threads == 0 {
+                anyhow::bail!("--threads must be at least 1");
+            }
+            let source = model.source();
+            let test = crate::model_source::test_records(&source, test.as_deref())?;
+            let spec = SweepSpec {
+                bits,
+                presets,
+                top_k,
+                strategies,
+                threads,
+                seeds,
+            };
+            let r = crate::params_sweep::sweep(&source, &test, &spec, &mut |l| eprintln!("{l}"))?;
+            for p in out.iter().chain(&plot) {
+                crate::params_sweep::write_report(&r, p).map_err(anyhow::Error::msg)?;
+                eprintln!("wrote {}", p.display());
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {

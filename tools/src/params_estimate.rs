@@ -189,25 +189,30 @@ pub fn estimate(
     batch: u64,
     status: &mut dyn FnMut(&str),
 ) -> std::result::Result<EstimateReport, crate::params_check::CheckError> {
-    use veilmoe_protocols::{MoeLayer, ProtocolError};
+    use veilmoe_protocols::ProtocolError;
     let strat =
         crate::job::strategy_by_name(strategy).map_err(|e| ProtocolError::Config(e.to_string()))?;
     let model = crate::model_source::load_classifier(source, preset.message_bits)?;
     status(&format!("generating keys ({preset}) ..."));
-    let client = ClientKey::generate(preset);
-    let server = client.server_key();
+    let keys = crate::probe::ProbeKeys::generate(preset);
     status("calibrating unit costs (one thread) ...");
-    let units = calibrate_units(&client, &server, 5)?;
+    let units = calibrate_units(&keys.client, &keys.server, 5)?;
     status("tracing one token ...");
-    let ev = Evaluator::new(&server);
-    let layer = MoeLayer::new(&ev, model.moe.clone())?;
-    let ct = layer.encrypt(&client, &vec![0i64; model.features()])?;
-    let out = layer.forward(&ev, &ct, strat)?;
-    let trace = ev.ops().trace();
-    let (total, per_stage) = estimate_ms(&trace, &units, threads);
-    let ops_per_stage = ev
-        .ops()
-        .counts()
+    let probe = crate::probe::probe_token(&keys.client, &keys.server, &model.moe, strat)?;
+    let y_terms = match (&probe.y_terms, &probe.refusal) {
+        (Some(n), _) => *n,
+        (None, reason) => {
+            return Err(ProtocolError::Config(format!(
+                "the model cannot run on preset `{}`: {}",
+                preset.name,
+                reason.as_deref().unwrap_or("refused")
+            ))
+            .into())
+        }
+    };
+    let (total, per_stage) = estimate_ms(&probe.trace, &units, threads);
+    let ops_per_stage = probe
+        .counts
         .into_iter()
         .map(|(s, m)| {
             (
@@ -224,13 +229,10 @@ pub fn estimate(
     let glwes = d.div_ceil(n);
     let upload = glwes * n * 8 + 64;
     let lwe = (preset.glwe.dimension as u64 * n + 1) * 8;
-    let download = out.y_terms.len() as u64 * d * lwe + upload;
+    let download = y_terms as u64 * d * lwe + upload;
     Ok(EstimateReport {
         preset: preset.name.clone(),
-        model: match source {
-            crate::model_source::ModelSource::Embedded => "embedded digits-moe".into(),
-            crate::model_source::ModelSource::Dir { dir, .. } => dir.display().to_string(),
-        },
+        model: source.label(),
         strategy: strategy.to_string(),
         threads,
         ops_per_stage,

@@ -1,0 +1,599 @@
+//! `params sweep`: which quantization bits, preset, top-k and strategy make a model both
+//! accurate and fast, at what failure probability.
+//!
+//! Every cell of the grid is scored the way the other `params` commands score one
+//! configuration, with nothing analytic standing in for the protocol:
+//! - **accuracy** from the simulation mode ([`Rounding::simulate_reads`]): the plaintext
+//!   integer reference with the preset's read noise, averaged over `seeds` seeds, on labelled
+//!   test records (and the exact-rounding accuracy next to it);
+//! - **time** from one token's real operation trace on the preset's keys (made in memory once
+//!   per preset) times unit costs calibrated through the engine on this machine
+//!   ([`crate::params_estimate`]);
+//! - **failure probability** from the same token's bootstrapped reads ([`crate::probe`]).
+//!
+//! A model quantized for fewer bits than a preset reads runs on it with wider boxes (more
+//! margin than the budget the engine enforces); more bits than the preset reads do not fit.
+//! The Pareto front (higher simulated accuracy, lower time) is taken over the cells that run
+//! within their preset's limits on a preset of at least 128-bit security: an insecure preset
+//! is never a recommendation.
+
+use crate::model_source::{calibration_records, load_float, ModelSource};
+use crate::params_check::CheckError;
+use crate::params_estimate::{calibrate_units, estimate_ms, UnitCosts};
+use crate::probe::{probe_token, ProbeKeys};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use veilmoe_engine::{OpKind, Preset};
+use veilmoe_protocols::quantize::{evaluate_accuracy, quantize};
+use veilmoe_protocols::{Dataset, FloatMoeModel, ProtocolError, QuantizedClassifier, Rounding};
+
+/// The grid.
+#[derive(Debug, Clone)]
+pub struct SweepSpec {
+    /// Quantization bits (weights' requantized reads and activations), each >= 3.
+    pub bits: Vec<u32>,
+    pub presets: Vec<Preset>,
+    /// Experts per token; empty: the model's own.
+    pub top_k: Vec<usize>,
+    /// Strategy names (see [`crate::job::strategy_by_name`]).
+    pub strategies: Vec<String>,
+    /// Threads the time estimate assumes.
+    pub threads: usize,
+    /// Simulation seeds averaged for the accuracy.
+    pub seeds: u64,
+}
+
+/// One configuration of the grid.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SweepCell {
+    pub preset: String,
+    /// Claimed security of the preset (0 when insecure).
+    pub security_bits: u32,
+    pub insecure: bool,
+    pub bits: u32,
+    pub top_k: usize,
+    pub strategy: String,
+    /// Runs on the preset within its noise budget and encodings.
+    pub runnable: bool,
+    /// Why not (or `None`).
+    pub reason: Option<String>,
+    /// Float model with this top-k (`None` when the model cannot take this top-k).
+    pub float_accuracy: Option<f64>,
+    /// Quantized, reads rounded to nearest.
+    pub quantized_accuracy: Option<f64>,
+    /// Quantized, reads with the preset's noise (mean over the seeds): what decryption gives.
+    pub simulated_accuracy: Option<f64>,
+    pub estimated_ms_per_token: Option<f64>,
+    pub pbs_per_token: Option<u64>,
+    /// Union bound over the token's bootstrapped reads (log2).
+    pub log2_p_fail_token: Option<f64>,
+    /// On the accuracy/time Pareto front.
+    pub pareto: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepReport {
+    pub model: String,
+    pub test_data: String,
+    pub test_records: usize,
+    pub threads: usize,
+    pub seeds: u64,
+    pub cells: Vec<SweepCell>,
+}
+
+impl SweepReport {
+    /// The Pareto cells, fastest first.
+    pub fn front(&self) -> Vec<&SweepCell> {
+        let mut f: Vec<&SweepCell> = self.cells.iter().filter(|c| c.pareto).collect();
+        f.sort_by(|a, b| {
+            a.estimated_ms_per_token
+                .partial_cmp(&b.estimated_ms_per_token)
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        f
+    }
+}
+
+/// Parses `3..6` (inclusive), `3,4,5` or `4`.
+pub fn parse_bits(s: &str) -> Result<Vec<u32>, String> {
+    let num = |t: &str| {
+        t.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("--bits: `{t}` is not a number (use e.g. 3..6 or 3,4)"))
+    };
+    let bits: Vec<u32> = match s.split_once("..") {
+        Some((a, b)) => {
+            let (a, b) = (num(a)?, num(b.trim_start_matches('='))?);
+            if a > b {
+                return Err(format!("--bits: empty range {s}"));
+            }
+            (a..=b).collect()
+        }
+        None => s.split(',').map(num).collect::<Result<_, _>>()?,
+    };
+    if let Some(b) = bits.iter().find(|b| !(3..=16).contains(*b)) {
+        return Err(format!("--bits: {b} is outside 3..16"));
+    }
+    Ok(bits)
+}
+
+/// A quantized model of one (top-k, bits) pair with its exact-rounding accuracy, or why there
+/// is none.
+type Quantized = Result<(QuantizedClassifier, f64), String>;
+
+fn float_accuracy(m: &FloatMoeModel, test: &Dataset) -> f64 {
+    use rayon::prelude::*;
+    let correct = test
+        .features
+        .par_iter()
+        .zip(&test.labels)
+        .filter(|(r, &l)| m.predict(r) == l)
+        .count();
+    correct as f64 / test.len().max(1) as f64
+}
+
+fn with_top_k(model: &FloatMoeModel, k: usize) -> Result<FloatMoeModel, String> {
+    let e = model.config.experts.0;
+    if k == 0 || k > 2 || k > e {
+        return Err(format!("top-k {k}: 1 or 2 and at most E = {e}"));
+    }
+    let mut m = model.clone();
+    m.config.top_k = veilmoe_protocols::TopK(k);
+    Ok(m)
+}
+
+/// Runs the sweep; `status` gets one line per phase and per cell.
+pub fn sweep(
+    source: &ModelSource,
+    test: &Dataset,
+    spec: &SweepSpec,
+    status: &mut dyn FnMut(&str),
+) -> Result<SweepReport, CheckError> {
+    let strategies = spec
+        .strategies
+        .iter()
+        .map(|s| {
+            crate::job::strategy_by_name(s)
+                .map(|st| (s.clone(), st))
+                .map_err(|e| ProtocolError::Config(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let float = load_float(source)?;
+    if test.feature_count() != float.features() {
+        return Err(ProtocolError::Config(format!(
+            "{}: records have {} features, the model takes {}",
+            test.origin,
+            test.feature_count(),
+            float.features()
+        ))
+        .into());
+    }
+    let calibration = calibration_records(source, &float)?;
+    let ks: Vec<usize> = if spec.top_k.is_empty() {
+        vec![float.config.top_k.0]
+    } else {
+        spec.top_k.clone()
+    };
+    // Quantize each (k, bits) once: the quantization does not depend on the preset.
+    let mut quantized: BTreeMap<(usize, u32), Quantized> = BTreeMap::new();
+    let mut floats: BTreeMap<usize, (Result<FloatMoeModel, String>, Option<f64>)> = BTreeMap::new();
+    for &k in &ks {
+        let float_k = with_top_k(&float, k);
+        let acc = float_k.as_ref().ok().map(|m| float_accuracy(m, test));
+        for &b in &spec.bits {
+            status(&format!("quantizing for {b} bits, top-{k} ..."));
+            let q = float_k.clone().and_then(|m| {
+                let q = quantize(&m, b, &calibration).map_err(|e| e.to_string())?;
+                let exact = evaluate_accuracy(&m, &q, test, &mut Rounding::Exact)
+                    .map_err(|e| e.to_string())?;
+                Ok((q, exact.quantized_accuracy()))
+            });
+            quantized.insert((k, b), q);
+        }
+        floats.insert(k, (float_k, acc));
+    }
+    let total = spec.presets.len() * ks.len() * spec.bits.len() * strategies.len();
+    let mut cells = Vec::with_capacity(total);
+    for preset in &spec.presets {
+        // Keys and unit costs, made when the first cell that fits the preset needs them.
+        let mut keys_units: Option<(ProbeKeys, UnitCosts)> = None;
+        for &k in &ks {
+            for &b in &spec.bits {
+                let (float_k, float_accuracy) = &floats[&k];
+                let q = &quantized[&(k, b)];
+                for (name, strat) in &strategies {
+                    let mut cell = SweepCell {
+                        preset: preset.name.clone(),
+                        security_bits: preset.security_bits,
+                        insecure: preset.insecure,
+                        bits: b,
+                        top_k: k,
+                        strategy: name.clone(),
+                        runnable: false,
+                        reason: None,
+                        float_accuracy: *float_accuracy,
+                        quantized_accuracy: None,
+                        simulated_accuracy: None,
+                        estimated_ms_per_token: None,
+                        pbs_per_token: None,
+                        log2_p_fail_token: None,
+                        pareto: false,
+                    };
+                    match (q, float_k) {
+                        (Err(e), _) | (_, Err(e)) => cell.reason = Some(e.clone()),
+                        (Ok(_), _) if b > preset.message_bits => {
+                            cell.reason = Some(format!(
+                                "the preset reads only {} bits",
+                                preset.message_bits
+                            ))
+                        }
+                        (Ok((qc, exact)), Ok(float_k)) => {
+                            cell.quantized_accuracy = Some(*exact);
+                            cell.simulated_accuracy = Some(simulated_accuracy(
+                                float_k, qc, test, preset, b, spec.seeds,
+                            )?);
+                            if keys_units.is_none() {
+                                status(&format!("generating keys ({preset}) ..."));
+                                let keys = ProbeKeys::generate(preset);
+                                status("calibrating unit costs (one thread) ...");
+                                let units = calibrate_units(&keys.client, &keys.server, 5)?;
+                                keys_units = Some((keys, units));
+                            }
+                            let Some((keys, units)) = &keys_units else {
+                                continue;
+                            };
+                            let probe = probe_token(&keys.client, &keys.server, &qc.moe, *strat)?;
+                            let (ms, _) = estimate_ms(&probe.trace, units, spec.threads);
+                            cell.estimated_ms_per_token = Some(ms);
+                            cell.pbs_per_token = Some(
+                                probe
+                                    .counts
+                                    .values()
+                                    .filter_map(|m| m.get(&OpKind::Pbs))
+                                    .sum(),
+                            );
+                            cell.log2_p_fail_token = Some(probe.log2_p_fail_token());
+                            cell.runnable = probe.within_limits();
+                            cell.reason = probe.refusal.clone().or_else(|| {
+                                (!cell.runnable)
+                                    .then(|| "a read exceeds the preset's noise budget".into())
+                            });
+                        }
+                    }
+                    status(&format!(
+                        "[{}/{total}] {}",
+                        cells.len() + 1,
+                        cell_line(&cell)
+                    ));
+                    cells.push(cell);
+                }
+            }
+        }
+    }
+    mark_pareto(&mut cells);
+    Ok(SweepReport {
+        model: source.label(),
+        test_data: test.origin.clone(),
+        test_records: test.len(),
+        threads: spec.threads,
+        seeds: spec.seeds,
+        cells,
+    })
+}
+
+fn simulated_accuracy(
+    float: &FloatMoeModel,
+    q: &QuantizedClassifier,
+    test: &Dataset,
+    preset: &Preset,
+    bits: u32,
+    seeds: u64,
+) -> Result<f64, ProtocolError> {
+    let mut sum = 0.0;
+    for seed in 0..seeds.max(1) {
+        let mut r = Rounding::simulate_reads(preset, bits, seed);
+        sum += evaluate_accuracy(float, q, test, &mut r)?.quantized_accuracy();
+    }
+    Ok(sum / seeds.max(1) as f64)
+}
+
+/// Marks the cells no other eligible cell beats on both simulated accuracy and time.
+fn mark_pareto(cells: &mut [SweepCell]) {
+    let point = |c: &SweepCell| -> Option<(f64, f64)> {
+        if !c.runnable || c.insecure || c.security_bits < 128 {
+            return None;
+        }
+        Some((c.simulated_accuracy?, c.estimated_ms_per_token?))
+    };
+    let points: Vec<Option<(f64, f64)>> = cells.iter().map(point).collect();
+    for (i, c) in cells.iter_mut().enumerate() {
+        let Some((a, t)) = points[i] else { continue };
+        c.pareto = !points.iter().enumerate().any(|(j, o)| {
+            o.is_some_and(|(oa, ot)| j != i && oa >= a && ot <= t && (oa > a || ot < t || j < i))
+        });
+    }
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{:.1}%", 100.0 * v))
+}
+
+fn cell_line(c: &SweepCell) -> String {
+    let head = format!("{} bits={} k={} {}", c.preset, c.bits, c.top_k, c.strategy);
+    match (&c.reason, c.estimated_ms_per_token) {
+        (Some(r), None) => format!("{head}: not runnable: {r}"),
+        _ => format!(
+            "{head}: simulated {} (exact {}), {:.2} s/token, p_fail 2^{:.1}/token{}",
+            pct(c.simulated_accuracy),
+            pct(c.quantized_accuracy),
+            c.estimated_ms_per_token.unwrap_or(f64::NAN) / 1e3,
+            c.log2_p_fail_token.unwrap_or(f64::NAN),
+            c.reason
+                .as_ref()
+                .map(|r| format!(" — NOT RUNNABLE: {r}"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+impl std::fmt::Display for SweepReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "params sweep: {} on {} ({} records), {} threads, accuracy averaged over {} simulation seeds",
+            self.model, self.test_data, self.test_records, self.threads, self.seeds
+        )?;
+        writeln!(
+            f,
+            "  {:<9} {:>4} {:>2} {:<12} {:>7} {:>7} {:>9} {:>9} {:>6} {:>9}  note",
+            "preset",
+            "bits",
+            "k",
+            "strategy",
+            "float",
+            "exact",
+            "simulated",
+            "s/token",
+            "PBS",
+            "p_fail"
+        )?;
+        for c in &self.cells {
+            let note = if c.pareto {
+                "PARETO".to_string()
+            } else if c.insecure {
+                format!(
+                    "INSECURE preset{}",
+                    c.reason
+                        .as_ref()
+                        .map(|r| format!("; {r}"))
+                        .unwrap_or_default()
+                )
+            } else {
+                c.reason.clone().unwrap_or_default()
+            };
+            writeln!(
+                f,
+                "  {:<9} {:>4} {:>2} {:<12} {:>7} {:>7} {:>9} {:>9} {:>6} {:>9}  {}",
+                c.preset,
+                c.bits,
+                c.top_k,
+                c.strategy,
+                pct(c.float_accuracy),
+                pct(c.quantized_accuracy),
+                pct(c.simulated_accuracy),
+                c.estimated_ms_per_token
+                    .map_or("-".into(), |m| format!("{:.2}", m / 1e3)),
+                c.pbs_per_token.map_or("-".into(), |p| p.to_string()),
+                c.log2_p_fail_token
+                    .map_or("-".into(), |p| format!("2^{p:.1}")),
+                note
+            )?;
+        }
+        let front = self.front();
+        if front.is_empty() {
+            write!(
+                f,
+                "  Pareto front: empty (no cell runs within its limits on a preset of >= 128-bit security)"
+            )
+        } else {
+            writeln!(f, "  Pareto front (accuracy vs time, fastest first):")?;
+            for (i, c) in front.iter().enumerate() {
+                write!(f, "    {}", cell_line(c))?;
+                if i + 1 < front.len() {
+                    writeln!(f)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Quotes a CSV field when it needs it.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The cells as CSV, one row per cell (empty fields where a value does not exist).
+pub fn to_csv(r: &SweepReport) -> String {
+    let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v}"));
+    let mut out = String::from(
+        "preset,security_bits,insecure,bits,top_k,strategy,runnable,float_accuracy,\
+         quantized_accuracy,simulated_accuracy,estimated_ms_per_token,pbs_per_token,\
+         log2_p_fail_token,pareto,reason\n",
+    );
+    for c in &r.cells {
+        out += &[
+            csv_field(&c.preset),
+            c.security_bits.to_string(),
+            c.insecure.to_string(),
+            c.bits.to_string(),
+            c.top_k.to_string(),
+            csv_field(&c.strategy),
+            c.runnable.to_string(),
+            opt(c.float_accuracy),
+            opt(c.quantized_accuracy),
+            opt(c.simulated_accuracy),
+            opt(c.estimated_ms_per_token),
+            c.pbs_per_token.map_or(String::new(), |p| p.to_string()),
+            opt(c.log2_p_fail_token),
+            c.pareto.to_string(),
+            csv_field(c.reason.as_deref().unwrap_or("")),
+        ]
+        .join(",");
+        out.push('\n');
+    }
+    out
+}
+
+/// Writes the report as `.csv` or `.json` (by extension), atomically.
+pub fn write_report(r: &SweepReport, path: &Path) -> Result<(), String> {
+    let text = match output_kind(path)? {
+        OutputKind::Csv => to_csv(r),
+        OutputKind::Json => serde_json::to_string_pretty(r).map_err(|e| e.to_string())?,
+        OutputKind::Svg => svg_plot(r),
+    };
+    veilmoe_engine::format::write_atomic(path, text.as_bytes()).map_err(|e| e.to_string())
+}
+
+/// What a file extension asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputKind {
+    Csv,
+    Json,
+    Svg,
+}
+
+/// The kind of `path` by extension (checked before a sweep starts).
+pub fn output_kind(path: &Path) -> Result<OutputKind, String> {
+    match path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("csv") => Ok(OutputKind::Csv),
+        Some("json") => Ok(OutputKind::Json),
+        Some("svg") => Ok(OutputKind::Svg),
+        _ => Err(format!(
+            "{}: unsupported output type (use .csv or .json, or .svg for --plot)",
+            path.display()
+        )),
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A scatter plot of simulated accuracy against estimated time per token: every cell that ran,
+/// the Pareto front joined by a line, cells outside their preset's limits hollow and grey.
+pub fn svg_plot(r: &SweepReport) -> String {
+    let pts: Vec<(&SweepCell, f64, f64)> = r
+        .cells
+        .iter()
+        .filter_map(|c| {
+            Some((
+                c,
+                c.estimated_ms_per_token? / 1e3,
+                c.simulated_accuracy? * 100.0,
+            ))
+        })
+        .collect();
+    let (w, h, ml, mr, mt, mb) = (720.0, 480.0, 70.0, 30.0, 40.0, 60.0);
+    let span = |vals: &mut dyn Iterator<Item = f64>| {
+        let v: Vec<f64> = vals.collect();
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if !lo.is_finite() {
+            (0.0, 1.0)
+        } else {
+            let pad = ((hi - lo) * 0.08).max(hi.abs() * 0.02).max(1e-3);
+            (lo - pad, hi + pad)
+        }
+    };
+    let (x0, x1) = span(&mut pts.iter().map(|p| p.1));
+    let (y0, y1) = span(&mut pts.iter().map(|p| p.2));
+    let px = |x: f64| ml + (x - x0) / (x1 - x0) * (w - ml - mr);
+    let py = |y: f64| h - mb - (y - y0) / (y1 - y0) * (h - mt - mb);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"11\">\n\
+         <rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">{} — accuracy vs time per token ({} threads)</text>\n",
+        w / 2.0,
+        xml_escape(&r.model),
+        r.threads
+    );
+    s += &format!(
+        "<line x1=\"{ml}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{ml}\" y1=\"{mt}\" x2=\"{ml}\" y2=\"{}\" stroke=\"black\"/>\n",
+        h - mb,
+        w - mr,
+        h - mb,
+        h - mb
+    );
+    for i in 0..=5 {
+        let (xv, yv) = (
+            x0 + (x1 - x0) * i as f64 / 5.0,
+            y0 + (y1 - y0) * i as f64 / 5.0,
+        );
+        s += &format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{xv:.2}</text>\n<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{yv:.1}</text>\n",
+            px(xv),
+            h - mb + 16.0,
+            ml - 6.0,
+            py(yv) + 4.0
+        );
+    }
+    s += &format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">estimated seconds per token</text>\n<text x=\"16\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {})\">simulated accuracy (%)</text>\n",
+        (ml + w - mr) / 2.0,
+        h - 18.0,
+        (mt + h - mb) / 2.0,
+        (mt + h - mb) / 2.0
+    );
+    let mut front: Vec<&(&SweepCell, f64, f64)> = pts.iter().filter(|p| p.0.pareto).collect();
+    front.sort_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal));
+    if front.len() > 1 {
+        let path: Vec<String> = front
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", px(p.1), py(p.2)))
+            .collect();
+        s += &format!(
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\"/>\n",
+            path.join(" ")
+        );
+    }
+    for (c, x, y) in &pts {
+        let (fill, stroke) = if c.pareto {
+            ("#1f77b4", "#1f77b4")
+        } else if c.runnable {
+            ("#ff7f0e", "#ff7f0e")
+        } else {
+            ("none", "#999999")
+        };
+        let label = format!(
+            "{} b{} k{} {}{}",
+            c.preset,
+            c.bits,
+            c.top_k,
+            c.strategy,
+            if c.insecure { " INSECURE" } else { "" }
+        );
+        s += &format!(
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"{fill}\" stroke=\"{stroke}\"><title>{}</title></circle>\n<text x=\"{:.1}\" y=\"{:.1}\" fill=\"#444\" font-size=\"9\">{}</text>\n",
+            px(*x),
+            py(*y),
+            xml_escape(&label),
+            px(*x) + 6.0,
+            py(*y) - 5.0,
+            xml_escape(&label)
+        );
+    }
+    s += "</svg>\n";
+    s
+}
