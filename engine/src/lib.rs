@@ -8,6 +8,7 @@
 //!   [`linear`] (leveled plaintext-weight products), [`pbs`] with [`lut`] (programmable
 //!   bootstrapping), [`select`] (circuit bootstrapping, CMUX), [`packing`];
 //! - [`noise`]: variance bookkeeping and failure probabilities;
+//! - [`security`]: presets' estimated security from Concrete's lattice-estimator-fitted curves;
 //! - [`format`]: the versioned file envelope.
 
 pub mod accounting;
@@ -25,6 +26,7 @@ pub mod packing;
 pub mod pbs;
 pub mod preset;
 mod random;
+pub mod security;
 pub mod select;
 
 pub use accounting::{NoisyReads, OpKind, OpLog};
@@ -37,4 +39,5 @@ pub use keys::{ClientKey, CompressedServerKey, ServerKey};
 pub use linear::{Cols, PackedRows, PackedWeights, Rows, WeightMatrix};
 pub use lut::{BivariateLut, Lut};
 pub use preset::{Preset, PresetFingerprint};
+pub use security::SecurityEstimate;
 pub use select::GgswBit;

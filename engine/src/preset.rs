@@ -7,6 +7,7 @@
 //! parameters made them and are refused elsewhere.
 
 use crate::error::{EngineError, Result};
+use crate::security::{KeySecurity, SecretKeyKind, SecurityEstimate};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -146,7 +147,8 @@ pub struct Preset {
     pub description: String,
     /// Test-only parameters; refused without an explicit opt-in.
     pub insecure: bool,
-    /// Claimed security level in bits (0 for insecure presets).
+    /// Claimed security level in bits (0 for insecure presets). Checked on load against
+    /// [`Preset::estimated_security`] unless the preset is insecure.
     pub security_bits: u32,
     /// Where the security claim comes from.
     pub provenance: String,
@@ -291,8 +293,39 @@ impl Preset {
                     self.log2_p_fail
                 ));
             }
+            // The claim is checked, not trusted: a custom preset can say 128 bits over any noise.
+            // Each key must meet the fitted curve of the highest fitted level at or below the
+            // claim (the curves certify only 80/112/128/192 bits; the claim is >= 128 here).
+            if let Some(reason) = self
+                .key_security()
+                .iter()
+                .find_map(|k| k.shortfall(self.security_bits))
+            {
+                return Err(reason);
+            }
         }
         Ok(())
+    }
+
+    /// The estimated security of each secret key, LWE then GLWE (the GLWE key as an LWE key of
+    /// dimension k·N), from Concrete's lattice-estimator-fitted curves; see [`crate::security`].
+    pub fn key_security(&self) -> [KeySecurity; 2] {
+        [
+            KeySecurity::new(SecretKeyKind::Lwe, self.lwe.dimension, &self.lwe.noise),
+            KeySecurity::new(
+                SecretKeyKind::Glwe,
+                self.glwe.dimension * self.glwe.polynomial_size,
+                &self.glwe.noise,
+            ),
+        ]
+    }
+
+    /// The estimated security of the key set: that of its weaker key. Only
+    /// [`SecurityEstimate::certified_bits`] is backed by the fit; a preset not marked insecure
+    /// has it at least at the fitted level of its claim (checked when it is loaded).
+    pub fn estimated_security(&self) -> SecurityEstimate {
+        let [lwe, glwe] = self.key_security();
+        lwe.estimate.weakest(glwe.estimate)
     }
 
     /// Hash of the cryptographic parameters.

@@ -55,6 +55,8 @@ pub struct StageCheck {
 pub struct CheckReport {
     pub preset: String,
     pub security_bits: u32,
+    /// Certified by Concrete's lattice-estimator-fitted curves (see `veilmoe_engine::security`).
+    pub estimated_security_bits: u32,
     pub insecure: bool,
     pub message_bits: u32,
     pub model: String,
@@ -148,14 +150,16 @@ pub fn check(
         },
     ];
     let mut advice = Vec::new();
-    if preset.insecure || preset.security_bits < 128 {
+    let estimate = preset.estimated_security();
+    if preset.insecure || preset.security_bits < 128 || estimate.certified_bits < 128 {
         advice.push(format!(
-            "preset `{}` is below 128-bit security ({}): tests only, never real data",
+            "preset `{}` is below 128-bit security ({}; estimated {estimate} from Concrete's \
+             lattice-estimator curves): tests only, never real data",
             preset.name,
             if preset.insecure {
                 "marked insecure".to_string()
             } else {
-                format!("{} bits", preset.security_bits)
+                format!("claims {} bits", preset.security_bits)
             }
         ));
     }
@@ -170,6 +174,7 @@ pub fn check(
     Ok(CheckReport {
         preset: preset.name.clone(),
         security_bits: preset.security_bits,
+        estimated_security_bits: estimate.certified_bits,
         insecure: preset.insecure,
         message_bits: m,
         model: source.label(),

@@ -123,17 +123,29 @@ pub fn run_params(cmd: ParamsCommand) -> Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<9} {:>9} {:>5} {:>17} {:>11} {:>11} {:>10}",
-                "preset", "security", "bits", "p_fail/PBS", "server key", "client key", "PBS"
+                "{:<9} {:>9} {:>10} {:>5} {:>17} {:>11} {:>11} {:>10}",
+                "preset",
+                "security",
+                "estimated",
+                "bits",
+                "p_fail/PBS",
+                "server key",
+                "client key",
+                "PBS"
             );
             for r in &rs {
                 println!(
-                    "{:<9} {:>9} {:>5} {:>17} {:>11} {:>11} {:>10}",
+                    "{:<9} {:>9} {:>10} {:>5} {:>17} {:>11} {:>11} {:>10}",
                     r.name,
                     if r.insecure {
                         "INSECURE".to_string()
                     } else {
                         format!("{} bits", r.security_bits)
+                    },
+                    if r.estimated_security_bits == 0 {
+                        "< 80".to_string()
+                    } else {
+                        format!(">= {}", r.estimated_security_bits)
                     },
                     r.message_bits,
                     format!("2^{:.1}", r.log2_p_fail_declared),
@@ -144,6 +156,10 @@ pub fn run_params(cmd: ParamsCommand) -> Result<()> {
                         .unwrap_or_else(|| "-".into())
                 );
             }
+            println!(
+                "(estimated: certified by Concrete's lattice-estimator-fitted curves for the \
+                 weaker of the LWE and GLWE keys)"
+            );
             if rs.iter().any(|r| r.pbs_ms.is_none()) {
                 println!("(PBS: `params list --calibrate` measures it on this machine)");
             }

@@ -1,33 +1,13 @@
 //! The `params` tool: preset listing, a passing check on `default`, failing checks (an
 //! insecure custom preset, a preset whose noise budget the model exceeds), malformed presets.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+use common::*;
 
-fn params() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_params"))
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("veilmoe-params-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: stdout {} stderr {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
+use std::process::Output;
 
 fn test_preset_text() -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../params/test.toml"))
-        .unwrap()
+    preset_text("test")
 }
 
 fn error_line(out: &Output) -> String {
@@ -79,7 +59,7 @@ fn check_passes_on_default() {
 
 #[test]
 fn check_fails_on_an_insecure_custom_preset() {
-    let dir = tmp("weak");
+    let dir = tmp("params", "weak");
     let path = dir.join("weak.toml");
     let text = test_preset_text().replace("name = \"test\"", "name = \"weak80\"");
     std::fs::write(&path, text).unwrap();
@@ -102,7 +82,7 @@ fn check_fails_on_an_insecure_custom_preset() {
 fn check_fails_when_the_model_exceeds_the_noise_budget() {
     // The test preset with its failure probability claimed only for single PBS outputs
     // (max_norm2 = 1): every read of a sum of PBS outputs exceeds the budget.
-    let dir = tmp("tight");
+    let dir = tmp("params", "tight");
     let path = dir.join("tight.toml");
     let text = test_preset_text()
         .replace("name = \"test\"", "name = \"tight\"")
@@ -130,7 +110,7 @@ fn check_fails_when_the_model_exceeds_the_noise_budget() {
 
 #[test]
 fn malformed_presets_fail_in_one_line() {
-    let dir = tmp("malformed");
+    let dir = tmp("params", "malformed");
     for (name, text) in [
         ("garbage.toml", "this is = = not toml".to_string()),
         (

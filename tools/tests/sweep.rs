@@ -4,34 +4,16 @@
 //! the encrypted layer on a model quantized for fewer bits than its preset reads (what makes
 //! the bits axis of the grid runnable).
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use veilmoe_engine::{ClientKey, Evaluator, Preset};
 use veilmoe_protocols::quantize::quantize;
 use veilmoe_protocols::{
     digits_split, embedded_demo_model, embedded_digits, predicted_class, MoeLayer, Rounding, Select,
 };
-
-fn params() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_params"))
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("veilmoe-sweep-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: stdout {} stderr {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
 
 fn ok(out: &Output) {
     assert!(
@@ -71,7 +53,7 @@ fn a_model_quantized_for_fewer_bits_runs_on_a_wider_preset() {
 
 #[test]
 fn sweep_on_the_test_preset_writes_every_format() {
-    let dir = tmp("grid");
+    let dir = tmp("sweep", "grid");
     let (csv, svg) = (dir.join("sweep.csv"), dir.join("sweep.svg"));
     let out = params()
         .args([
@@ -147,7 +129,7 @@ fn sweep_on_the_test_preset_writes_every_format() {
 
 #[test]
 fn bad_sweep_arguments_fail_in_one_line_and_write_nothing() {
-    let dir = tmp("bad");
+    let dir = tmp("sweep", "bad");
     let out_csv = dir.join("out.csv");
     for args in [
         vec!["--bits", "2..4"],
@@ -228,7 +210,7 @@ fn mixtral_checkpoint(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 #[test]
 fn check_estimate_and_sweep_read_a_mixtral_checkpoint() {
-    let dir = tmp("mixtral");
+    let dir = tmp("sweep", "mixtral");
     let (model, calib, test) = mixtral_checkpoint(&dir);
     assert!(model.join("config.json").exists());
     let with_model = |cmd: &str| {

@@ -1,0 +1,37 @@
+//! Helpers shared by the `params` CLI test binaries.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `params` binary of this build.
+pub fn params() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_params"))
+}
+
+/// A fresh, empty temporary directory named after the test binary's `prefix` and `name`.
+pub fn tmp(prefix: &str, name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("veilmoe-{prefix}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The command's stdout as JSON (panics with both streams when it is not).
+pub fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: stdout {} stderr {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// The text of an embedded preset's TOML file.
+pub fn preset_text(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../params/{name}.toml")),
+    )
+    .unwrap()
+}
