@@ -11,8 +11,8 @@ use common::{test_keys, Rng};
 use rayon::prelude::*;
 use veilmoe::engine::{ClientKey, Evaluator, LweVector};
 use veilmoe::protocols::{
-    reference::Rounding, Activation, ComputeAll, ExpertCount, ExpertStrategy, FfnKind, Gating,
-    HiddenDim, ModelDim, MoeConfig, MoeLayer, QuantParams, QuantizedMoe, Select, TopK,
+    reference::Rounding, Activation, ComputeAll, ExpertCount, ExpertStrategy, FfnKind, Gates,
+    Gating, HiddenDim, ModelDim, MoeConfig, MoeLayer, QuantParams, QuantizedMoe, Select, TopK,
 };
 
 #[derive(Default, Debug)]
@@ -101,6 +101,20 @@ fn run_config(config: MoeConfig, tokens: usize, seed: u64, strategy: &dyn Expert
                 ),
                 Gating::SoftmaxThenTopK => {
                     let s = model.partition_shift();
+                    // What the gate was read from, for the failure message: each slot's gate
+                    // bits and its encrypted partition sum, decrypted.
+                    let slot_bits: Vec<Vec<i64>> = match &out.routing.gates {
+                        Gates::PerSlot(bits) => {
+                            bits.iter().map(|b| decrypt(&k.client, b)).collect()
+                        }
+                        _ => Vec::new(),
+                    };
+                    let enc_sums: Vec<Vec<i64>> = out
+                        .routing
+                        .slots
+                        .iter()
+                        .filter_map(|sl| sl.partition_sum.as_ref().map(|z| decrypt(&k.client, z)))
+                        .collect();
                     for (g, &z) in gates.iter().zip(&sums) {
                         let ok: Vec<i64> = [-1i64, 0, 1]
                             .iter()
@@ -110,7 +124,9 @@ fn run_config(config: MoeConfig, tokens: usize, seed: u64, strategy: &dyn Expert
                             .collect();
                         assert!(
                             ok.contains(g),
-                            "switch gate {g} for sum {z}: expected one of {ok:?}"
+                            "switch gate {g} for sum {z}: expected one of {ok:?} (shift {s}; \
+                             gate bits per slot {slot_bits:?}, encrypted sums {enc_sums:?}, \
+                             logits {logits:?}, selected {selected:?})"
                         );
                     }
                 }

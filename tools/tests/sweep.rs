@@ -178,6 +178,39 @@ fn bad_sweep_arguments_fail_in_one_line_and_write_nothing() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn a_cell_over_the_noise_budget_is_not_runnable() {
+    // The test preset with its failure probability claimed only for single PBS outputs
+    // (max_norm2 = 1): the model's reads of sums of PBS outputs exceed the budget.
+    let dir = tmp("sweep", "tight");
+    let path = dir.join("tight.toml");
+    let text = preset_text("test")
+        .replace("name = \"test\"", "name = \"tight\"")
+        .replace("max_norm2 = ", "max_norm2 = 1 # was ");
+    std::fs::write(&path, text).unwrap();
+    let out = params()
+        .args([
+            "sweep",
+            "--bits",
+            "4",
+            "--strategies",
+            "select",
+            "--json",
+            "--presets",
+        ])
+        .arg(&path)
+        .output()
+        .unwrap();
+    ok(&out);
+    let v = json(&out);
+    let c = &v["cells"][0];
+    assert_eq!(c["preset"], "tight");
+    assert_eq!(c["runnable"], false, "{c}");
+    assert!(c["reason"].as_str().unwrap().contains("budget"), "{c}");
+    assert_eq!(c["pareto"], false);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Writes the demo model as a Mixtral-format directory (config.json + safetensors) with a
 /// calibration file (training features) and a labelled test file.
 fn mixtral_checkpoint(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
