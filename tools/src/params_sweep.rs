@@ -233,18 +233,19 @@ pub fn sweep(
                             cell.simulated_accuracy = Some(simulated_accuracy(
                                 float_k, qc, test, preset, b, spec.seeds,
                             )?);
-                            if keys_units.is_none() {
-                                status(&format!("generating keys ({preset}) ..."));
-                                let keys = ProbeKeys::generate(preset);
-                                status("calibrating unit costs (one thread) ...");
-                                let units = calibrate_units(&keys.client, &keys.server, 5)?;
-                                keys_units = Some((keys, units));
-                            }
-                            let Some((keys, units)) = &keys_units else {
-                                continue;
+                            let (keys, units) = match keys_units.take() {
+                                Some(ku) => ku,
+                                None => {
+                                    status(&format!("generating keys ({preset}) ..."));
+                                    let keys = ProbeKeys::generate(preset);
+                                    status("calibrating unit costs (one thread) ...");
+                                    let units = calibrate_units(&keys.client, &keys.server, 5)?;
+                                    (keys, units)
+                                }
                             };
                             let probe = probe_token(&keys.client, &keys.server, &qc.moe, *strat)?;
-                            let (ms, _) = estimate_ms(&probe.trace, units, spec.threads);
+                            let (ms, _) = estimate_ms(&probe.trace, &units, spec.threads);
+                            keys_units = Some((keys, units));
                             cell.estimated_ms_per_token = Some(ms);
                             cell.pbs_per_token = Some(
                                 probe
