@@ -279,10 +279,15 @@ fn sharded_batch_merges_into_the_unsharded_result() {
         .arg(&parts[0])
         .output()
         .unwrap());
-    // The server's computation is deterministic: the merge is byte-identical to the whole run.
+    // The merge holds the whole run's records, in order, with the same sizes, and decrypts to
+    // the same classes. Not necessarily the same bytes: tfhe picks its FFT algorithm in each
+    // process by timing the candidates, so the lowest (noise) bits of the ciphertexts may
+    // differ between two processes running the same computation.
+    let len = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert_eq!(len(&merged), len(&whole));
     assert_eq!(
-        std::fs::read(&merged).unwrap(),
-        std::fs::read(&whole).unwrap()
+        decrypt(&merged, &dir.join("merged.csv")),
+        decrypt(&whole, &dir.join("whole.csv"))
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
