@@ -96,6 +96,15 @@ pub enum ParamsCommand {
     },
 }
 
+/// `--threads`, or this machine's cores when not given.
+fn threads_or_cores(threads: Option<usize>) -> Result<usize> {
+    let t = threads.unwrap_or_else(rayon::current_num_threads);
+    if t == 0 {
+        anyhow::bail!("--threads must be at least 1");
+    }
+    Ok(t)
+}
+
 fn reports(presets: Vec<Preset>, calibrate: bool) -> Vec<PresetReport> {
     presets
         .into_iter()
@@ -195,10 +204,7 @@ pub fn run_params(cmd: ParamsCommand) -> Result<()> {
         } => {
             let p = Preset::load(&preset, true)?;
             let source = model.source();
-            let threads = threads.unwrap_or_else(rayon::current_num_threads);
-            if threads == 0 {
-                anyhow::bail!("--threads must be at least 1");
-            }
+            let threads = threads_or_cores(threads)?;
             let r = crate::params_estimate::estimate(
                 &p,
                 &source,
@@ -252,10 +258,7 @@ pub fn run_params(cmd: ParamsCommand) -> Result<()> {
             for s in &strategies {
                 crate::job::strategy_by_name(s)?;
             }
-            let threads = threads.unwrap_or_else(rayon::current_num_threads);
-            if threads == 0 {
-                anyhow::bail!("--threads must be at least 1");
-            }
+            let threads = threads_or_cores(threads)?;
             let source = model.source();
             let test = crate::model_source::test_records(&source, test.as_deref())?;
             let spec = SweepSpec {

@@ -83,11 +83,7 @@ fn check_fails_when_the_model_exceeds_the_noise_budget() {
     // The test preset with its failure probability claimed only for single PBS outputs
     // (max_norm2 = 1): every read of a sum of PBS outputs exceeds the budget.
     let dir = tmp("params", "tight");
-    let path = dir.join("tight.toml");
-    let text = test_preset_text()
-        .replace("name = \"test\"", "name = \"tight\"")
-        .replace("max_norm2 = ", "max_norm2 = 1 # was ");
-    std::fs::write(&path, text).unwrap();
+    let path = tight_preset(&dir);
     let out = params()
         .args(["check", "--json", "--preset"])
         .arg(&path)

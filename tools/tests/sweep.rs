@@ -183,11 +183,7 @@ fn a_cell_over_the_noise_budget_is_not_runnable() {
     // The test preset with its failure probability claimed only for single PBS outputs
     // (max_norm2 = 1): the model's reads of sums of PBS outputs exceed the budget.
     let dir = tmp("sweep", "tight");
-    let path = dir.join("tight.toml");
-    let text = preset_text("test")
-        .replace("name = \"test\"", "name = \"tight\"")
-        .replace("max_norm2 = ", "max_norm2 = 1 # was ");
-    std::fs::write(&path, text).unwrap();
+    let path = tight_preset(&dir);
     let out = params()
         .args([
             "sweep",

@@ -35,3 +35,15 @@ pub fn preset_text(name: &str) -> String {
     )
     .unwrap()
 }
+
+/// Writes, under `dir`, the test preset renamed `tight` with its failure probability claimed
+/// only for single PBS outputs (max_norm2 = 1): every read of a sum of PBS outputs exceeds its
+/// budget. Returns the file's path.
+pub fn tight_preset(dir: &Path) -> PathBuf {
+    let path = dir.join("tight.toml");
+    let text = preset_text("test")
+        .replace("name = \"test\"", "name = \"tight\"")
+        .replace("max_norm2 = ", "max_norm2 = 1 # was ");
+    std::fs::write(&path, text).unwrap();
+    path
+}
