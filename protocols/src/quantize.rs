@@ -998,6 +998,17 @@ pub fn rounding_agreement(
         .collect()
 }
 
+/// Accuracy of the float model on a labelled data set (0 on an empty one).
+pub fn float_accuracy(model: &FloatMoeModel, data: &Dataset) -> f64 {
+    let correct = data
+        .features
+        .par_iter()
+        .zip(&data.labels)
+        .filter(|(r, &l)| model.predict(r) == l)
+        .count();
+    correct as f64 / data.len().max(1) as f64
+}
+
 /// Float accuracy, quantized accuracy (under `rounding`: exact, or the simulation of a
 /// preset's approximate reads) and their agreement on a labelled data set.
 pub fn evaluate_accuracy(

@@ -25,7 +25,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::Path;
 use veilmoe_engine::{OpKind, Preset};
-use veilmoe_protocols::quantize::{evaluate_accuracy, quantize};
+use veilmoe_protocols::quantize::{evaluate_accuracy, float_accuracy, quantize};
 use veilmoe_protocols::{Dataset, FloatMoeModel, ProtocolError, QuantizedClassifier, Rounding};
 
 /// The grid.
@@ -121,17 +121,6 @@ pub fn parse_bits(s: &str) -> Result<Vec<u32>, String> {
 /// A quantized model of one (top-k, bits) pair with its exact-rounding accuracy, or why there
 /// is none.
 type Quantized = Result<(QuantizedClassifier, f64), String>;
-
-fn float_accuracy(m: &FloatMoeModel, test: &Dataset) -> f64 {
-    use rayon::prelude::*;
-    let correct = test
-        .features
-        .par_iter()
-        .zip(&test.labels)
-        .filter(|(r, &l)| m.predict(r) == l)
-        .count();
-    correct as f64 / test.len().max(1) as f64
-}
 
 fn with_top_k(model: &FloatMoeModel, k: usize) -> Result<FloatMoeModel, String> {
     let e = model.config.experts.0;

@@ -59,7 +59,7 @@ use veilmoe_protocols::model::SplitMix;
 use veilmoe_protocols::ndarray::{Array1, Array2};
 use veilmoe_protocols::quant::round_shift;
 use veilmoe_protocols::quantize::{
-    quantize_fixed, quantize_with, rounding_agreement, QuantChoice, QuantizeOptions,
+    float_accuracy, quantize_fixed, quantize_with, rounding_agreement, QuantChoice, QuantizeOptions,
 };
 use veilmoe_protocols::reference::top_k;
 use veilmoe_protocols::{
@@ -604,16 +604,6 @@ fn project_w2(p: &mut [f64], keep: usize) {
             row[j] = 0.0;
         }
     }
-}
-
-fn float_accuracy(model: &FloatMoeModel, data: &Dataset) -> f64 {
-    let ok = data
-        .features
-        .iter()
-        .zip(&data.labels)
-        .filter(|(r, &l)| model.predict(r) == l)
-        .count();
-    ok as f64 / data.len() as f64
 }
 
 fn main() -> Result<()> {
