@@ -5,10 +5,10 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use veilmoe::engine::{ClientKey, Evaluator, Preset};
-use veilmoe::protocols::{
-    ComputeAll, ExpertCount, ExpertStrategy, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig,
-    MoeLayer, QuantParams, QuantizedMoe, Select, TopK,
+use veilmoe::model::{
+    ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig, QuantParams, QuantizedMoe, TopK,
 };
+use veilmoe::protocols::{ComputeAll, ExpertStrategy, MoeLayer, Select};
 
 fn moe(c: &mut Criterion) {
     let name = std::env::var("VEILMOE_BENCH_PRESET").unwrap_or_else(|_| "default".into());

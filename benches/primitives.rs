@@ -4,7 +4,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use veilmoe::engine::Preset;
-use veilmoe_tools::bench::PrimitiveBench;
+use veilmoe_tools::bench::primitives::PrimitiveBench;
 
 fn primitives(c: &mut Criterion) {
     let name = std::env::var("VEILMOE_BENCH_PRESET").unwrap_or_else(|_| "default".into());

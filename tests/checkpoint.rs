@@ -3,13 +3,14 @@
 //! directory, forward passes compared with hand computations.
 
 use std::path::PathBuf;
-use veilmoe::protocols::checkpoint::{
+use veilmoe::engine::Preset;
+use veilmoe::model::checkpoint::{
     embedded_demo_model, safetensors_bytes, CheckpointError, Family, FloatMoeModel, StoredDtype,
 };
-use veilmoe::protocols::digits::{digits_split, embedded_digits};
-use veilmoe::protocols::engine::Preset;
-use veilmoe::protocols::quantize::{evaluate_accuracy, quantize_with, QuantizeOptions};
-use veilmoe::protocols::{Activation, FfnKind, Gating, ProtocolError, Rounding};
+use veilmoe::model::data::{digits_split, embedded_digits};
+use veilmoe::model::quantize::{evaluate_accuracy, quantize_with, QuantizeOptions};
+use veilmoe::model::{Activation, FfnKind, Gating, ModelError, Rounding};
+use veilmoe::protocols::simulated_rounding;
 
 type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
 
@@ -219,7 +220,7 @@ fn layer_selection() {
     assert_eq!(FloatMoeModel::load(&dir).unwrap().layer, 1);
     assert_eq!(FloatMoeModel::load_layer(&dir, Some(3)).unwrap().layer, 3);
     match FloatMoeModel::load_layer(&dir, Some(2)) {
-        Err(ProtocolError::Checkpoint(CheckpointError::MissingLayer {
+        Err(ModelError::Checkpoint(CheckpointError::MissingLayer {
             layer, available, ..
         })) => {
             assert_eq!((layer, available), (2, vec![1, 3]));
@@ -389,7 +390,7 @@ fn switch_f16_top1_relu() {
 
 fn load_err(dir: &PathBuf) -> CheckpointError {
     match FloatMoeModel::load(dir) {
-        Err(ProtocolError::Checkpoint(e)) => e,
+        Err(ModelError::Checkpoint(e)) => e,
         other => panic!("expected a checkpoint error, got {other:?}"),
     }
 }
@@ -560,7 +561,13 @@ fn embedded_digits_model_quantizes_within_two_points() {
     );
     // the encrypted path's approximate reads, simulated on the default preset
     let preset = Preset::load("default", false).unwrap();
-    let sim = evaluate_accuracy(&m, &q, &test, &mut Rounding::simulate(&preset, 1)).unwrap();
+    let sim = evaluate_accuracy(
+        &m,
+        &q,
+        &test,
+        &mut simulated_rounding(&preset, preset.message_bits, 1),
+    )
+    .unwrap();
     println!("simulated: {sim}");
     assert!(
         sim.quantized_accuracy() >= exact.float_accuracy() - 0.03,

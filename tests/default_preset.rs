@@ -135,10 +135,11 @@ fn default_preset_end_to_end() {
 /// Select-Then-Compute; routing exact from the decrypted logits, outputs within one step.
 #[test]
 fn moe_layer_on_default() {
-    use veilmoe::protocols::{
-        reference::Rounding, ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig,
-        MoeLayer, QuantParams, QuantizedMoe, Select, TopK,
+    use veilmoe::model::{
+        ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig, QuantParams, QuantizedMoe,
+        Rounding, TopK,
     };
+    use veilmoe::protocols::{MoeLayer, Select};
     let (preset, client, server) = default_keys();
     let ev = Evaluator::new(server);
     let cfg = MoeConfig {

@@ -281,7 +281,7 @@ fn atomic_write_leaves_no_partial_file() {
     let bad = dir.join("missing").join("x.bin");
     assert!(matches!(
         format::write_atomic(&bad, b"x"),
-        Err(EngineError::Io { .. })
+        Err(format::FormatError::Io { .. })
     ));
     assert!(!bad.exists());
     let leftovers: Vec<_> = std::fs::read_dir(&dir)

@@ -10,10 +10,11 @@ mod common;
 use common::{test_keys, Rng};
 use rayon::prelude::*;
 use veilmoe::engine::{ClientKey, Evaluator, LweVector};
-use veilmoe::protocols::{
-    reference::Rounding, Activation, ComputeAll, ExpertCount, ExpertStrategy, FfnKind, Gates,
-    Gating, HiddenDim, ModelDim, MoeConfig, MoeLayer, QuantParams, QuantizedMoe, Select, TopK,
+use veilmoe::model::{
+    Activation, ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig, QuantParams,
+    QuantizedMoe, Rounding, TopK,
 };
+use veilmoe::protocols::{ComputeAll, ExpertStrategy, Gates, MoeLayer, Select};
 
 #[derive(Default, Debug)]
 struct Tally {
@@ -334,7 +335,7 @@ fn check_argmax(e: usize, rounds: usize) {
             .with_range(ValueRange::new(0, quant.logit_max()).unwrap())
             .unwrap();
         let slot = tables.argmax_logits(&ev, &ct).unwrap();
-        let want = veilmoe::protocols::reference::top_k(&vals, 1)[0];
+        let want = veilmoe::model::argmax(&vals);
         let onehot = decrypt(&k.client, &slot.onehot);
         let mut expect = vec![0i64; e];
         expect[want] = 1;

@@ -7,6 +7,7 @@
 use crate::encoding::{Encoding, ValueRange};
 use crate::error::{EngineError, Result};
 use crate::format::KeySetId;
+use crate::preset::Preset;
 use serde::{Deserialize, Serialize};
 use tfhe::core_crypto::prelude::*;
 
@@ -332,5 +333,116 @@ impl SeededPackedGlwe {
             len: self.len,
             list: self.list.clone().decompress_into_glwe_ciphertext_list(),
         }
+    }
+}
+
+/// Checks the metadata every received ciphertext carries: a valid encoding, a value range
+/// inside it, and a finite, non-negative noise variance.
+fn check_metadata(
+    what: &'static str,
+    encoding: Encoding,
+    range: ValueRange,
+    variance: f64,
+) -> Result<()> {
+    encoding.validate()?;
+    if range.min > range.max || !range.fits(encoding) {
+        return Err(EngineError::Format {
+            what,
+            reason: format!("value range {range:?} does not fit {encoding:?}"),
+        });
+    }
+    if !(variance.is_finite() && variance >= 0.0) {
+        return Err(EngineError::Format {
+            what,
+            reason: format!("noise variance {variance} is not a finite non-negative number"),
+        });
+    }
+    Ok(())
+}
+
+fn malformed(what: &'static str, reason: String) -> EngineError {
+    EngineError::Format { what, reason }
+}
+
+impl LweVector {
+    /// Checks a received vector against `preset` before any use: every dimension (checked
+    /// before anything divides by it), the data length, the modulus and the metadata. A vector
+    /// decoded from a file is used only after this.
+    pub fn validate(&self, preset: &Preset) -> Result<()> {
+        let what = "LWE ciphertext vector";
+        let dim = match self.key {
+            LweKeyKind::Big => preset.big_lwe_dimension(),
+            LweKeyKind::Small => preset.lwe_dimension(),
+        };
+        let size = self.list.lwe_size();
+        if size != dim.to_lwe_size() {
+            return Err(malformed(
+                what,
+                format!(
+                    "LWE size {} where the preset's {:?} key gives {}",
+                    size.0,
+                    self.key,
+                    dim.to_lwe_size().0
+                ),
+            ));
+        }
+        if self.list.as_ref().is_empty() || self.list.as_ref().len() % size.0 != 0 {
+            return Err(malformed(
+                what,
+                format!(
+                    "{} coefficients do not form whole ciphertexts of size {}",
+                    self.list.as_ref().len(),
+                    size.0
+                ),
+            ));
+        }
+        if !self.list.ciphertext_modulus().is_native_modulus() {
+            return Err(malformed(what, "not the native 2^64 modulus".into()));
+        }
+        check_metadata(what, self.encoding, self.range, self.variance)
+    }
+}
+
+impl SeededPackedGlwe {
+    /// Checks a received seeded vector against `preset` before it is expanded: GLWE size,
+    /// polynomial size (before anything divides by it), the number of GLWEs its length needs,
+    /// the modulus and the metadata.
+    pub fn validate(&self, preset: &Preset) -> Result<()> {
+        let what = "seeded packed GLWE ciphertext";
+        let n = preset.polynomial_size();
+        if self.list.polynomial_size() != n
+            || self.list.glwe_size() != preset.glwe_dimension().to_glwe_size()
+        {
+            return Err(malformed(
+                what,
+                format!(
+                    "GLWE size {} and polynomial size {} where the preset has {} and {}",
+                    self.list.glwe_size().0,
+                    self.list.polynomial_size().0,
+                    preset.glwe_dimension().to_glwe_size().0,
+                    n.0
+                ),
+            ));
+        }
+        let data = self.list.as_ref().len();
+        let glwes = self.len.div_ceil(n.0);
+        if self.len == 0 || data % n.0 != 0 || data / n.0 != glwes {
+            return Err(malformed(
+                what,
+                format!(
+                    "{} values need {glwes} GLWEs, the data holds {} coefficients",
+                    self.len, data
+                ),
+            ));
+        }
+        if !self.list.ciphertext_modulus().is_native_modulus() {
+            return Err(malformed(what, "not the native 2^64 modulus".into()));
+        }
+        check_metadata(what, self.encoding, self.range, self.variance)
+    }
+
+    /// The encoding of the values.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
     }
 }

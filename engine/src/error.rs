@@ -74,6 +74,34 @@ pub enum EngineError {
     },
 }
 
+impl From<veilmoe_format::FormatError> for EngineError {
+    fn from(e: veilmoe_format::FormatError) -> Self {
+        use veilmoe_format::FormatError as F;
+        match e {
+            F::Malformed { what, reason } => EngineError::Format { what, reason },
+            F::PresetMismatch {
+                what,
+                expected,
+                found,
+            } => EngineError::PresetMismatch {
+                what,
+                expected,
+                found,
+            },
+            F::KeySetMismatch {
+                what,
+                expected,
+                found,
+            } => EngineError::KeySetMismatch {
+                what,
+                expected,
+                found,
+            },
+            F::Io { path, source } => EngineError::Io { path, source },
+        }
+    }
+}
+
 /// Result alias of the engine.
 pub type Result<T> = std::result::Result<T, EngineError>;
 

@@ -25,7 +25,7 @@ pub mod noise;
 pub mod packing;
 pub mod pbs;
 pub mod preset;
-mod random;
+pub mod random;
 pub mod security;
 pub mod select;
 

@@ -15,9 +15,9 @@ use tfhe::core_crypto::prelude::*;
 
 /// The presets shipped with veilmoe, embedded at build time.
 pub const EMBEDDED_PRESETS: [(&str, &str); 3] = [
-    ("default", include_str!("../../params/default.toml")),
-    ("precise", include_str!("../../params/precise.toml")),
-    ("test", include_str!("../../params/test.toml")),
+    ("default", include_str!("../params/default.toml")),
+    ("precise", include_str!("../params/precise.toml")),
+    ("test", include_str!("../params/test.toml")),
 ];
 
 /// A noise distribution of secret-key encryptions, as in tfhe's `DynamicDistribution`.
@@ -166,18 +166,7 @@ pub struct Preset {
     pub circuit_bootstrap: CircuitBootstrapSection,
 }
 
-/// A hash of a preset's cryptographic parameters (not of its name or description).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct PresetFingerprint(pub [u8; 16]);
-
-impl fmt::Display for PresetFingerprint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in &self.0[..8] {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
-    }
-}
+pub use veilmoe_format::PresetFingerprint;
 
 impl Preset {
     /// Loads an embedded preset by name, or a preset file by path.
@@ -217,6 +206,17 @@ impl Preset {
                 reason,
             })?;
         Ok(preset)
+    }
+
+    /// Re-checks a preset that arrived inside a file (a key file carries its preset): the same
+    /// validation and security estimate as a preset TOML, so a key file cannot claim 128-bit
+    /// security over weak parameters.
+    pub fn revalidate(&self, origin: &str) -> Result<()> {
+        self.validate()
+            .map_err(|reason| EngineError::InvalidPreset {
+                name: format!("{} (in {origin})", self.name),
+                reason,
+            })
     }
 
     /// Checks internal consistency and the security rules.

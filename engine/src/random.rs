@@ -21,7 +21,7 @@ pub(crate) fn encryption_generator() -> EncryptionRandomGenerator<DefaultRandomG
 }
 
 /// `N` random bytes from the CSPRNG (used for key-set identifiers).
-pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut gen = DefaultRandomGenerator::new(seeder().seed());
     let mut out = [0u8; N];
     for b in out.iter_mut() {

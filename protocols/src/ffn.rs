@@ -5,12 +5,12 @@
 //! squares), plus d for the output read.
 
 use crate::error::Result;
-use crate::model::{FfnKind, QuantizedMoe};
-use crate::quant;
 use veilmoe_engine::{
     Cols, Encoding, Evaluator, Lut, LweVector, PackedGlwe, PackedRows, PackedWeights, Rows,
     ValueRange, WeightMatrix,
 };
+use veilmoe_model::quant;
+use veilmoe_model::{FfnKind, QuantizedMoe};
 
 /// One expert's weights, laid out for the engine.
 pub struct ExpertTables {
@@ -66,7 +66,7 @@ impl FfnTables {
             p,
             hidden,
             model.expert_output_shift(),
-            model.output_encoding(),
+            Encoding::signed(model.output_bits()),
             |v| v,
         )?;
         let experts = model

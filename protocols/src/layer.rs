@@ -2,10 +2,10 @@
 
 use crate::error::{config, Result};
 use crate::ffn::FfnTables;
-use crate::model::QuantizedMoe;
 use crate::router::{Gates, RouterTables, Routing};
 use crate::strategy::{ExpertStrategy, SlotInput};
 use veilmoe_engine::{ClientKey, Encoding, Evaluator, GgswBit, LweVector, PackedGlwe, ValueRange};
+use veilmoe_model::QuantizedMoe;
 
 /// A model prepared for one server key: weights laid out and tables filled once.
 pub struct MoeLayer {
@@ -132,19 +132,50 @@ impl MoeLayer {
     }
 }
 
+/// The public coefficients `c` of the layer output's terms `y = sum c * term`, in the order
+/// [`MoeLayer::forward`] returns them: they follow from the model alone, so the client checks a
+/// response against them before it decrypts anything.
+pub fn output_coefficients(model: &QuantizedMoe) -> Vec<i64> {
+    let bits = model.quant.gate_bits;
+    let powers = (0..bits).map(|b| 1i64 << b);
+    if model.constant_gates() {
+        vec![1]
+    } else if model.config.gating == veilmoe_model::Gating::SoftmaxSelected {
+        std::iter::once(model.quant.gate_max())
+            .chain(powers)
+            .collect()
+    } else {
+        (0..model.config.top_k.0)
+            .flat_map(|_| powers.clone())
+            .collect()
+    }
+}
+
 impl MoeOutput {
     /// Client side: decrypts the layer output `y = sum_terms c * term`.
     pub fn decrypt_y(&self, client: &ClientKey) -> Result<Vec<i64>> {
-        let mut y: Vec<i64> = Vec::new();
-        for (c, term) in &self.y_terms {
-            let v = client.decrypt_lwe(term)?;
-            if y.is_empty() {
-                y = vec![0; v.len()];
-            }
-            for (a, b) in y.iter_mut().zip(v) {
-                *a += c * b;
-            }
-        }
-        Ok(y)
+        decrypt_terms(client, &self.y_terms)
     }
+}
+
+/// Client side: decrypts weighted terms `y = sum c * term` (the one place the sum is done).
+pub fn decrypt_terms(client: &ClientKey, terms: &[(i64, LweVector)]) -> Result<Vec<i64>> {
+    let mut y: Vec<i64> = Vec::new();
+    for (c, term) in terms {
+        let v = client.decrypt_lwe(term)?;
+        if y.is_empty() {
+            y = vec![0; v.len()];
+        }
+        if v.len() != y.len() {
+            return Err(config(format!(
+                "output terms of {} and {} values",
+                y.len(),
+                v.len()
+            )));
+        }
+        for (a, b) in y.iter_mut().zip(v) {
+            *a = a.saturating_add(c.saturating_mul(b));
+        }
+    }
+    Ok(y)
 }

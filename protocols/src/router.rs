@@ -13,12 +13,12 @@
 //!   complement), plus E term reads per slot for Switch gating.
 
 use crate::error::{config, Result};
-use crate::model::{Gating, QuantizedMoe};
-use crate::quant;
 use veilmoe_engine::{
     Cols, Encoding, Evaluator, Lut, LweVector, PackedGlwe, PackedWeights, Rows, ValueRange,
     WeightMatrix,
 };
+use veilmoe_model::quant;
+use veilmoe_model::{Gating, QuantizedMoe};
 
 /// Lookup tables and weights of the router, built once per model and preset.
 pub struct RouterTables {

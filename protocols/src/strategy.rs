@@ -184,3 +184,71 @@ impl ExpertStrategy for PublicRouting<'_> {
             .collect()
     }
 }
+
+/// The strategy a job or benchmark names: parsed once (from the command line or a results
+/// header), carried as this enum, and turned into an evaluator where the work happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Select-Then-Compute (the default).
+    Select,
+    /// Every expert computed, the chosen output selected.
+    ComputeAll,
+    /// INSECURE: reveals each token's expert to the server. Benchmarks only.
+    PublicRouting,
+}
+
+impl Strategy {
+    /// The strategies that hide the routing.
+    pub const OBLIVIOUS: [Strategy; 2] = [Strategy::Select, Strategy::ComputeAll];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Select => "select",
+            Strategy::ComputeAll => "compute-all",
+            Strategy::PublicRouting => "public-routing",
+        }
+    }
+
+    /// Whether the strategy reveals the routing to the server.
+    pub fn leaks_routing(self) -> bool {
+        self == Strategy::PublicRouting
+    }
+
+    /// The evaluator of an oblivious strategy. `public-routing` is refused: it needs the
+    /// client online to reveal each token's routing (an INSECURE benchmark reference, built
+    /// with [`PublicRouting`] by the benchmark itself).
+    pub fn oblivious(self) -> Result<&'static dyn ExpertStrategy> {
+        match self {
+            Strategy::Select => Ok(&Select),
+            Strategy::ComputeAll => Ok(&ComputeAll),
+            Strategy::PublicRouting => Err(ProtocolError::Strategy {
+                strategy: "public-routing",
+                reason: "it reveals the routing to the server (INSECURE) and needs the client \
+                         online; it exists only in `veilmoe bench moe`"
+                    .into(),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Strategy, String> {
+        [
+            Strategy::Select,
+            Strategy::ComputeAll,
+            Strategy::PublicRouting,
+        ]
+        .into_iter()
+        .find(|k| k.name() == s)
+        .ok_or_else(|| format!("unknown strategy `{s}` (select, compute-all, public-routing)"))
+    }
+}

@@ -1,17 +1,24 @@
-//! veilmoe-tools: the library behind the `veilmoe` binary: batch and results files, input
-//! readers, encrypted batch jobs (encrypt, infer with checkpoints and shards, merge, decrypt),
-//! and the benchmark workloads shared with the criterion benches.
+//! veilmoe-tools: the library behind the `veilmoe`, `params` and `train_digits` binaries.
+//!
+//! - [`cli`]: argument structs and the code that calls the libraries and prints (the binaries
+//!   only dispatch);
+//! - [`jobs`]: offline batch jobs over the protocol's session API (encrypt, infer with
+//!   checkpoints and shards, merge, decrypt, and `run` on the demo model);
+//! - [`files`]: key files and record streams, every read bounded;
+//! - [`model_source`]: which model a command runs (model file, checkpoint directory, demo);
+//! - [`params`]: preset reports and the analyses `params` runs (probe, check, estimate, sweep);
+//! - [`bench`]: benchmark workloads shared with the criterion benches;
+//! - [`report`], [`progress`]: text-or-JSON output and progress of long work.
 
-pub mod batch;
 pub mod bench;
-pub mod input;
-pub mod job;
+pub mod cli;
+pub mod files;
+pub mod jobs;
 pub mod model_source;
-pub mod moe_bench;
 pub mod params;
-pub mod params_check;
-pub mod params_cli;
-pub mod params_estimate;
-pub mod params_sweep;
-pub mod probe;
-pub mod run_demo;
+pub mod progress;
+pub mod report;
+
+pub use veilmoe_engine as engine;
+pub use veilmoe_model as model;
+pub use veilmoe_protocols as protocols;

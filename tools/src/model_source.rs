@@ -1,33 +1,39 @@
-//! Which model a batch command runs, and its quantization: the embedded digits demo model
-//! (calibrated on its own training split) or a Hugging Face-format directory (calibrated on the
-//! records the user gives). Quantization is deterministic, so the client (encrypt, decrypt) and
-//! the server (infer) derive the same model and the same model id from the same inputs.
+//! Which model a command runs: a quantized-model file (what `veilmoe quantize` writes and the
+//! client keeps), a Hugging Face-format directory quantized on the fly (calibrated on the
+//! records the user gives), or the embedded digits demo (quantized for the preset's bits,
+//! calibrated on its own training split). A model file fixes the model by its id; quantizing on
+//! the fly is deterministic, but client and server then agree only if they quantize alike.
 
-use crate::input::{read_records, InputError};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
-use veilmoe_protocols::checkpoint::{embedded_demo_model, FloatMoeModel};
-use veilmoe_protocols::digits::{digits_split, embedded_digits, load_digits, Dataset};
-use veilmoe_protocols::quantize::quantize;
-use veilmoe_protocols::{ProtocolError, QuantizedClassifier};
+use veilmoe_model::checkpoint::{embedded_demo_model, FloatMoeModel};
+use veilmoe_model::data::{digits_split, embedded_digits, load_labelled, read_records, Dataset};
+use veilmoe_model::model_file::read_model_file;
+use veilmoe_model::quantize::quantize;
+use veilmoe_model::{ModelError, QuantizedClassifier};
 
 #[derive(Debug, Error)]
-pub enum ModelError {
+pub enum SourceError {
     #[error(transparent)]
-    Protocol(#[from] ProtocolError),
-    #[error(transparent)]
-    Input(#[from] InputError),
+    Model(#[from] ModelError),
     #[error("--model {0}: quantizing a model directory needs --calibration FILE (sample records)")]
     NoCalibration(String),
     #[error("--model {0}: scoring accuracy needs --test FILE (labelled records: features, then the label)")]
     NoTestData(String),
+    #[error("--model {0}: a quantized-model file holds no float model; give the checkpoint directory it was made from")]
+    NoFloatModel(String),
+    #[error("--calibration is for quantizing a model directory; {0} is a quantized-model file")]
+    CalibrationForFile(String),
+    #[error("--model {0}: no such file or directory")]
+    Missing(String),
 }
 
 /// The `--model` / `--calibration` options every model-using command shares.
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct ModelArgs {
-    /// A Hugging Face-format model directory (config.json + *.safetensors); default: the
-    /// embedded digits demo model.
+    /// A quantized-model file (from `veilmoe quantize`), or a Hugging Face-format model
+    /// directory (config.json + *.safetensors) to quantize on the fly; default: the embedded
+    /// digits demo model.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Calibration records (.csv/.npy) for quantizing a --model directory (the embedded model
@@ -37,13 +43,22 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    pub fn source(&self) -> ModelSource {
-        match &self.model {
-            Some(dir) => ModelSource::Dir {
-                dir: dir.clone(),
+    pub fn source(&self) -> Result<ModelSource, SourceError> {
+        let Some(path) = &self.model else {
+            return Ok(ModelSource::Embedded);
+        };
+        if path.is_dir() {
+            Ok(ModelSource::Dir {
+                dir: path.clone(),
                 calibration: self.calibration.clone(),
-            },
-            None => ModelSource::Embedded,
+            })
+        } else if path.is_file() {
+            if self.calibration.is_some() {
+                return Err(SourceError::CalibrationForFile(path.display().to_string()));
+            }
+            Ok(ModelSource::File(path.clone()))
+        } else {
+            Err(SourceError::Missing(path.display().to_string()))
         }
     }
 }
@@ -53,6 +68,8 @@ impl ModelArgs {
 pub enum ModelSource {
     /// The digits demo model compiled into the binary.
     Embedded,
+    /// A quantized-model file.
+    File(PathBuf),
     /// A Hugging Face-format directory and calibration records for its quantization.
     Dir {
         dir: PathBuf,
@@ -60,58 +77,58 @@ pub enum ModelSource {
     },
 }
 
-/// Loads the float model of `source`.
-pub fn load_float(source: &ModelSource) -> Result<FloatMoeModel, ModelError> {
-    Ok(match source {
-        ModelSource::Embedded => embedded_demo_model()?,
-        ModelSource::Dir { dir, .. } => FloatMoeModel::load(dir)?,
-    })
-}
-
-/// The records that calibrate the quantization of `model` (loaded from `source`).
-pub fn calibration_records(
-    source: &ModelSource,
-    model: &FloatMoeModel,
-) -> Result<Vec<Vec<f32>>, ModelError> {
-    Ok(match source {
-        ModelSource::Embedded => digits_split(&embedded_digits()?).0.features,
-        ModelSource::Dir { dir, calibration } => {
-            let path = calibration
-                .as_ref()
-                .ok_or_else(|| ModelError::NoCalibration(dir.display().to_string()))?;
-            read_records(path, model.features())?
-        }
-    })
-}
-
-/// Loads and quantizes the model of `source` for a preset reading `message_bits` bits per PBS.
-pub fn load_classifier(
-    source: &ModelSource,
-    message_bits: u32,
-) -> Result<QuantizedClassifier, ModelError> {
-    let model = load_float(source)?;
-    let calibration = calibration_records(source, &model)?;
-    Ok(quantize(&model, message_bits, &calibration)?)
-}
-
-/// The labelled records that score a model's accuracy: `--test FILE` (a CSV, optionally
-/// gzip'd, of features then an integer label per line), or the embedded model's own test split.
-pub fn test_records(source: &ModelSource, test: Option<&Path>) -> Result<Dataset, ModelError> {
-    match (test, source) {
-        (Some(path), _) => Ok(load_digits(path)?),
-        (None, ModelSource::Embedded) => Ok(digits_split(&embedded_digits()?).1),
-        (None, ModelSource::Dir { dir, .. }) => {
-            Err(ModelError::NoTestData(dir.display().to_string()))
-        }
-    }
-}
-
 impl ModelSource {
     /// How reports name the model.
     pub fn label(&self) -> String {
         match self {
             ModelSource::Embedded => "embedded digits-moe".into(),
+            ModelSource::File(p) => p.display().to_string(),
             ModelSource::Dir { dir, .. } => dir.display().to_string(),
+        }
+    }
+
+    /// The float model (not for a model file, which holds only the quantized one).
+    pub fn load_float(&self) -> Result<FloatMoeModel, SourceError> {
+        Ok(match self {
+            ModelSource::Embedded => embedded_demo_model()?,
+            ModelSource::Dir { dir, .. } => FloatMoeModel::load(dir)?,
+            ModelSource::File(p) => return Err(SourceError::NoFloatModel(p.display().to_string())),
+        })
+    }
+
+    /// The records that calibrate the quantization of `model` (loaded from this source).
+    pub fn calibration_records(&self, model: &FloatMoeModel) -> Result<Vec<Vec<f32>>, SourceError> {
+        Ok(match self {
+            ModelSource::Embedded => digits_split(&embedded_digits()?).0.features,
+            ModelSource::Dir { dir, calibration } => {
+                let path = calibration
+                    .as_ref()
+                    .ok_or_else(|| SourceError::NoCalibration(dir.display().to_string()))?;
+                read_records(path, model.features())?
+            }
+            ModelSource::File(p) => return Err(SourceError::NoFloatModel(p.display().to_string())),
+        })
+    }
+
+    /// The quantized model: read from a model file, or quantized for a preset reading
+    /// `message_bits` bits per PBS.
+    pub fn load_classifier(&self, message_bits: u32) -> Result<QuantizedClassifier, SourceError> {
+        if let ModelSource::File(path) = self {
+            return Ok(read_model_file(path)?.model);
+        }
+        let model = self.load_float()?;
+        let calibration = self.calibration_records(&model)?;
+        Ok(quantize(&model, message_bits, &calibration)?)
+    }
+
+    /// The labelled records that score a model's accuracy: `--test FILE` (a CSV, optionally
+    /// gzip'd, of features then an integer label per line), or the embedded model's own test
+    /// split.
+    pub fn test_records(&self, test: Option<&Path>) -> Result<Dataset, SourceError> {
+        match (test, self) {
+            (Some(path), _) => Ok(load_labelled(path)?),
+            (None, ModelSource::Embedded) => Ok(digits_split(&embedded_digits()?).1),
+            (None, other) => Err(SourceError::NoTestData(other.label())),
         }
     }
 }

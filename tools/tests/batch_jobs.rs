@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-use veilmoe_protocols::digits::{digits_split, embedded_digits};
-use veilmoe_protocols::Rounding;
-use veilmoe_tools::model_source::{load_classifier, ModelSource};
+use veilmoe_model::data::{digits_split, embedded_digits};
+use veilmoe_model::Rounding;
+use veilmoe_tools::model_source::ModelSource;
 
 fn veilmoe() -> Command {
     Command::new(env!("CARGO_BIN_EXE_veilmoe"))
@@ -159,14 +159,14 @@ fn keygen_encrypt_infer_decrypt_matches_the_plaintext_model() {
     );
     // The plaintext quantized model on the same records: encrypted predictions agree except
     // where approximate rounding (one step) changes a near tie.
-    let model = load_classifier(&ModelSource::Embedded, 4).unwrap();
+    let model = ModelSource::Embedded.load_classifier(4).unwrap();
     let agree = preds
         .iter()
         .filter(|(i, c)| {
             let out = model
                 .reference_outputs(&recs[*i], &mut Rounding::Exact)
                 .unwrap();
-            veilmoe_protocols::predicted_class(&out) == *c
+            veilmoe_model::argmax(&out) == *c
         })
         .count();
     assert!(agree >= 11, "agreement {agree} / 12");
@@ -174,7 +174,7 @@ fn keygen_encrypt_infer_decrypt_matches_the_plaintext_model() {
 }
 
 fn job_partial(out: &Path) -> PathBuf {
-    veilmoe_tools::job::partial_path(out)
+    veilmoe_tools::jobs::infer::partial_path(out)
 }
 
 /// Whole result records in a checkpoint (the header excluded).
@@ -185,7 +185,7 @@ fn checkpoint_records(partial: &Path) -> usize {
     };
     let mut cur = std::io::Cursor::new(bytes.as_slice());
     let mut n = 0usize;
-    while let Ok(Some(_)) = veilmoe_engine::format::read_envelope(&mut cur) {
+    while let Ok(Some(_)) = veilmoe_engine::format::read_envelope(&mut cur, u64::MAX) {
         n += 1;
     }
     n.saturating_sub(1)
@@ -335,10 +335,11 @@ fn bad_input_fails_in_one_line_without_output() {
 
     // Wrong preset: keys of a custom preset (the test preset with another keyswitch).
     let custom = dir.join("custom.toml");
-    let text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../params/test.toml"))
-            .unwrap()
-            .replace("name = \"test\"", "name = \"test-variant\"");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/params/test.toml"),
+    )
+    .unwrap()
+    .replace("name = \"test\"", "name = \"test-variant\"");
     let text = text.replacen("level = 5", "level = 6", 1);
     std::fs::write(&custom, text).unwrap();
     let variant = keygen("variantkeys", custom.as_os_str());
@@ -370,12 +371,11 @@ fn bad_input_fails_in_one_line_without_output() {
 
     // Missing tensor: the demo model rewritten without expert 3's w3.
     let model_dir = dir.join("model");
-    let m = veilmoe_protocols::embedded_demo_model().unwrap();
+    let m = veilmoe_model::embedded_demo_model().unwrap();
     m.save_mixtral(&model_dir).unwrap();
     let p = "model.layers.0.block_sparse_moe";
-    let mat = |a: &veilmoe_protocols::ndarray::Array2<f32>| {
-        (a.shape().to_vec(), a.iter().copied().collect())
-    };
+    let mat =
+        |a: &veilmoe_model::ndarray::Array2<f32>| (a.shape().to_vec(), a.iter().copied().collect());
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     let (shape, v) = mat(&m.router);
     tensors.push((format!("{p}.gate.weight"), shape, v));
@@ -391,9 +391,9 @@ fn bad_input_fails_in_one_line_without_output() {
     }
     std::fs::write(
         model_dir.join("model.safetensors"),
-        veilmoe_protocols::checkpoint::safetensors_bytes(
+        veilmoe_model::checkpoint::safetensors_bytes(
             &tensors,
-            veilmoe_protocols::checkpoint::StoredDtype::F32,
+            veilmoe_model::checkpoint::StoredDtype::F32,
         )
         .unwrap(),
     )
@@ -414,10 +414,173 @@ fn bad_input_fails_in_one_line_without_output() {
             .args(["--strategy", "fastest"])
             .output()
             .unwrap(),
-        "unknown strategy `fastest`",
+        "invalid value 'fastest'",
     );
     check_no_output();
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&other).unwrap();
     std::fs::remove_dir_all(&variant).unwrap();
+}
+
+/// `veilmoe quantize` writes a model file once; encrypt, infer and decrypt take it, decrypt
+/// needs nothing else (no model directory, no calibration records); the id is the same in
+/// every process that reads the file; a corrupted or truncated model file is refused in one
+/// line and nothing is written.
+#[test]
+fn a_model_file_from_quantize_serves_encrypt_infer_and_decrypt() {
+    let dir = tmpdir("modelfile");
+    // A checkpoint directory (the demo model saved in Mixtral format) and calibration records.
+    // The demo model with a retuned head: another model than the embedded one.
+    let model_dir = dir.join("checkpoint");
+    let mut m = veilmoe_model::embedded_demo_model().unwrap();
+    m.head.as_mut().unwrap().weight *= 1.25;
+    m.save_mixtral(&model_dir).unwrap();
+    let (train, _) = digits_split(&embedded_digits().unwrap());
+    let calibration = dir.join("calibration.csv");
+    let rows: Vec<String> = train.features[..200]
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    std::fs::write(&calibration, rows.join("\n")).unwrap();
+    let model_file = dir.join("digits.vmm");
+    let out = veilmoe()
+        .args([
+            "quantize",
+            "--allow-insecure",
+            "--preset",
+            "test",
+            "--model",
+        ])
+        .arg(&model_dir)
+        .arg("--calibration")
+        .arg(&calibration)
+        .arg("--out")
+        .arg(&model_file)
+        .output()
+        .unwrap();
+    ok(&out);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    let id = said
+        .split("model ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no model id in: {said}"))
+        .to_string();
+    // Another process (inspect) and this one read the same id.
+    let out = veilmoe()
+        .args(["inspect", "--json"])
+        .arg(&model_file)
+        .output()
+        .unwrap();
+    ok(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "quantized model");
+    assert_eq!(v["header"]["model_id"], id.as_str());
+    let file = veilmoe_model::model_file::read_model_file(&model_file).unwrap();
+    assert_eq!(file.id.to_string(), id);
+
+    let csv = dir.join("records.csv");
+    let recs = write_records(&csv, 4);
+    let batch = dir.join("batch.vmb");
+    ok(&veilmoe()
+        .args(["encrypt", "--allow-insecure", "--key"])
+        .arg(keys().join("client.key"))
+        .args(["--input"])
+        .arg(&csv)
+        .arg("--model")
+        .arg(&model_file)
+        .arg("--out")
+        .arg(&batch)
+        .output()
+        .unwrap());
+    let results = dir.join("results.vmb");
+    ok(&infer_cmd(&batch, &results)
+        .arg("--model")
+        .arg(&model_file)
+        .output()
+        .unwrap());
+    // The embedded model is another model: its decryption refuses these results.
+    let preds_csv = dir.join("preds.csv");
+    fails_with(
+        &veilmoe()
+            .args(["decrypt", "--allow-insecure", "--key"])
+            .arg(keys().join("client.key"))
+            .arg("--input")
+            .arg(&results)
+            .arg("--out")
+            .arg(&preds_csv)
+            .output()
+            .unwrap(),
+        "model",
+    );
+    assert!(!preds_csv.exists());
+    ok(&veilmoe()
+        .args(["decrypt", "--allow-insecure", "--key"])
+        .arg(keys().join("client.key"))
+        .arg("--input")
+        .arg(&results)
+        .arg("--model")
+        .arg(&model_file)
+        .arg("--out")
+        .arg(&preds_csv)
+        .output()
+        .unwrap());
+    let text = std::fs::read_to_string(&preds_csv).unwrap();
+    let classes: Vec<usize> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    let agree = classes
+        .iter()
+        .zip(&recs)
+        .filter(|(c, r)| {
+            let out = file
+                .model
+                .reference_outputs(r, &mut Rounding::Exact)
+                .unwrap();
+            veilmoe_model::argmax(&out) == **c
+        })
+        .count();
+    assert!(
+        agree + 1 >= recs.len(),
+        "agreement {agree} / {}",
+        recs.len()
+    );
+
+    // A corrupted and a truncated model file: one line, nothing written.
+    let bytes = std::fs::read(&model_file).unwrap();
+    let mut corrupted = bytes.clone();
+    let at = corrupted.len() - 10;
+    corrupted[at] ^= 0x01;
+    let truncated = bytes[..bytes.len() / 2].to_vec();
+    for (name, content, needle) in [
+        ("corrupted.vmm", corrupted, "corrupted"),
+        ("truncated.vmm", truncated, "truncated"),
+    ] {
+        let bad = dir.join(name);
+        std::fs::write(&bad, content).unwrap();
+        let out_batch = dir.join(format!("{name}.vmb"));
+        fails_with(
+            &veilmoe()
+                .args(["encrypt", "--allow-insecure", "--key"])
+                .arg(keys().join("client.key"))
+                .arg("--input")
+                .arg(&csv)
+                .arg("--model")
+                .arg(&bad)
+                .arg("--out")
+                .arg(&out_batch)
+                .output()
+                .unwrap(),
+            needle,
+        );
+        assert!(!out_batch.exists());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

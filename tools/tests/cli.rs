@@ -44,6 +44,13 @@ fn keygen_then_inspect() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("client key, preset test"));
+    // The secret key is readable by its owner only, from its creation on.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |f: &str| std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode("client.key"), 0o600);
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -10,10 +10,9 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use veilmoe_engine::{ClientKey, Evaluator, Preset};
-use veilmoe_protocols::quantize::quantize;
-use veilmoe_protocols::{
-    digits_split, embedded_demo_model, embedded_digits, predicted_class, MoeLayer, Rounding, Select,
-};
+use veilmoe_model::quantize::quantize;
+use veilmoe_model::{argmax, digits_split, embedded_demo_model, embedded_digits, Rounding};
+use veilmoe_protocols::{MoeLayer, Select};
 
 fn ok(out: &Output) {
     assert!(
@@ -42,8 +41,8 @@ fn a_model_quantized_for_fewer_bits_runs_on_a_wider_preset() {
             .forward(&ev, &layer.encrypt(&client, &x).unwrap(), &Select)
             .unwrap();
         let y = out.decrypt_y(&client).unwrap();
-        let encrypted = predicted_class(&q.outputs_from(&x, &y));
-        let plain = predicted_class(&q.reference_outputs(r, &mut Rounding::Exact).unwrap());
+        let encrypted = argmax(&q.outputs_from(&x, &y));
+        let plain = argmax(&q.reference_outputs(r, &mut Rounding::Exact).unwrap());
         agree += (encrypted == plain) as usize;
     }
     // A read landing exactly on a half step may round either way (about 1 record in 1,800

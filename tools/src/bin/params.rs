@@ -2,7 +2,7 @@
 //! Also reachable as `veilmoe params`.
 
 use clap::Parser;
-use veilmoe_tools::params_cli::{run_params, ParamsCommand};
+use veilmoe_tools::cli::{self, params::ParamsCommand};
 
 #[derive(Parser)]
 #[command(
@@ -16,9 +16,7 @@ struct Cli {
 }
 
 fn main() {
-    if let Err(e) = run_params(Cli::parse().command) {
-        let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-        eprintln!("error: {}", chain.join(": "));
-        std::process::exit(1);
+    if let Err(e) = cli::params::run_params(cli::parse_or_exit::<Cli>().command) {
+        cli::exit_with(e);
     }
 }

@@ -31,7 +31,7 @@ pub fn json(out: &Output) -> serde_json::Value {
 /// The text of an embedded preset's TOML file.
 pub fn preset_text(name: &str) -> String {
     std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../params/{name}.toml")),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../engine/params/{name}.toml")),
     )
     .unwrap()
 }

@@ -1,0 +1,236 @@
+//! [`FloatMoeModel`]: one MoE block in float, with its optional head, and its forward pass
+//! (routing, experts, residual, head) on raw features.
+
+use super::load::Family;
+use crate::arch::{FfnKind, Gating, MoeConfig};
+use ndarray::{Array1, Array2};
+
+/// One expert's float weights, `[out, in]` as PyTorch's `nn.Linear` stores them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloatExpert {
+    /// `[h, d]`: Mixtral `w1`, Qwen `gate_proj`, Switch `wi`.
+    pub w1: Array2<f32>,
+    pub b1: Option<Array1<f32>>,
+    /// `[h, d]`, gated FFNs only: Mixtral `w3`, Qwen `up_proj`.
+    pub w3: Option<Array2<f32>>,
+    pub b3: Option<Array1<f32>>,
+    /// `[d, h]`: Mixtral `w2`, Qwen `down_proj`, Switch `wo`.
+    pub w2: Array2<f32>,
+    pub b2: Option<Array1<f32>>,
+}
+
+/// The classification head the client applies in the clear.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloatHead {
+    /// `[classes, d]`
+    pub weight: Array2<f32>,
+    pub bias: Option<Array1<f32>>,
+}
+
+/// One MoE block of a checkpoint, in float, with its optional head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloatMoeModel {
+    pub family: Family,
+    /// Where it was loaded from (a directory, or a label for embedded bytes).
+    pub origin: String,
+    /// Layer index of the block in the checkpoint.
+    pub layer: usize,
+    /// Architecture: d, h, E, k, FFN kind, gating.
+    pub config: MoeConfig,
+    /// `[E, d]`
+    pub router: Array2<f32>,
+    pub router_bias: Option<Array1<f32>>,
+    pub experts: Vec<FloatExpert>,
+    pub head: Option<FloatHead>,
+    /// Whether the head reads `x + MoE(x)`.
+    pub residual: bool,
+    /// The block's real input is `raw * input_scale`.
+    pub input_scale: f64,
+    /// The quantization the model was trained for, if it declares one.
+    pub quantization: Option<crate::quantize::QuantChoice>,
+}
+
+/// Softmax in f32, as the float forward pass runs.
+fn softmax(v: &[f32]) -> Vec<f32> {
+    let m = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = v.iter().map(|x| (x - m).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.iter().map(|x| x / s).collect()
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Intermediate values of one expert on one input (for calibration and training).
+#[derive(Debug, Clone)]
+pub struct ExpertTrace {
+    /// `W1 x + b1` (pre-activation).
+    pub u: Array1<f32>,
+    /// `W3 x + b3` (gated FFNs).
+    pub v: Option<Array1<f32>>,
+    /// Hidden activations fed to W2.
+    pub a: Array1<f32>,
+    /// `W2 a + b2`.
+    pub o: Array1<f32>,
+}
+
+impl FloatMoeModel {
+    /// Number of input features (d).
+    pub fn features(&self) -> usize {
+        self.config.d.0
+    }
+
+    /// Number of classes of the head, if there is one.
+    pub fn classes(&self) -> Option<usize> {
+        self.head.as_ref().map(|h| h.weight.nrows())
+    }
+
+    /// The block's real input: `raw * input_scale`.
+    pub fn model_input(&self, raw: &[f32]) -> Array1<f32> {
+        raw.iter()
+            .map(|&v| (v as f64 * self.input_scale) as f32)
+            .collect()
+    }
+
+    /// Router logits `Wr x + br` on the block's real input.
+    pub fn router_logits(&self, x: &Array1<f32>) -> Array1<f32> {
+        let mut r = self.router.dot(x);
+        if let Some(b) = &self.router_bias {
+            r += b;
+        }
+        r
+    }
+
+    /// Selected experts (highest logit first, ties to the lowest index) and their gates.
+    pub fn route(&self, x: &Array1<f32>) -> (Vec<usize>, Vec<f32>) {
+        let logits = self.router_logits(x).to_vec();
+        let sel = crate::math::top_k(&logits, self.config.top_k.0);
+        let gates = match self.config.gating {
+            Gating::SoftmaxSelected => softmax(&sel.iter().map(|&i| logits[i]).collect::<Vec<_>>()),
+            Gating::SoftmaxThenTopK => {
+                let p = softmax(&logits);
+                sel.iter().map(|&i| p[i]).collect()
+            }
+        };
+        (sel, gates)
+    }
+
+    /// Expert `e` on the block's real input, with its intermediates.
+    pub fn expert_trace(&self, e: usize, x: &Array1<f32>) -> ExpertTrace {
+        let w = &self.experts[e];
+        let add = |mut a: Array1<f32>, b: &Option<Array1<f32>>| {
+            if let Some(b) = b {
+                a += b;
+            }
+            a
+        };
+        let u = add(w.w1.dot(x), &w.b1);
+        let (v, a) = match (self.config.ffn, &w.w3) {
+            (FfnKind::GatedSilu, Some(w3)) => {
+                let v = add(w3.dot(x), &w.b3);
+                let a = u.mapv(silu) * &v;
+                (Some(v), a)
+            }
+            (FfnKind::Plain(act), _) => (None, u.mapv(|t| act.apply(t as f64) as f32)),
+            // a gated model always has w3 (checked when loading)
+            (FfnKind::GatedSilu, None) => (None, u.mapv(silu)),
+        };
+        let o = add(w.w2.dot(&a), &w.b2);
+        ExpertTrace { u, v, a, o }
+    }
+
+    /// The block output `y = sum_slots gate * FFN(x)` on raw features.
+    pub fn block_output(&self, raw: &[f32]) -> Vec<f32> {
+        let x = self.model_input(raw);
+        self.block_output_of(&x).to_vec()
+    }
+
+    fn block_output_of(&self, x: &Array1<f32>) -> Array1<f32> {
+        let (sel, gates) = self.route(x);
+        let mut y = Array1::<f32>::zeros(self.config.d.0);
+        for (&e, &g) in sel.iter().zip(&gates) {
+            y.scaled_add(g, &self.expert_trace(e, x).o);
+        }
+        y
+    }
+
+    /// The model's outputs on raw features: class logits with a head, else the block output
+    /// (plus the input when the model is residual).
+    pub fn forward(&self, raw: &[f32]) -> Vec<f32> {
+        let x = self.model_input(raw);
+        let mut hidden = self.block_output_of(&x);
+        if self.residual {
+            hidden += &x;
+        }
+        match &self.head {
+            None => hidden.to_vec(),
+            Some(h) => {
+                let mut out = h.weight.dot(&hidden);
+                if let Some(b) = &h.bias {
+                    out += b;
+                }
+                out.to_vec()
+            }
+        }
+    }
+
+    /// The predicted class (argmax of [`FloatMoeModel::forward`], ties to the lowest index).
+    pub fn predict(&self, raw: &[f32]) -> usize {
+        let out = self.forward(raw);
+        crate::math::argmax(&out)
+    }
+
+    /// Checks that the weights match the configuration (for models built in code).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let c = &self.config;
+        let (d, h, e) = (c.d.0, c.h.0, c.experts.0);
+        let shape = |what: &str, a: &Array2<f32>, r: usize, cc: usize| {
+            if a.dim() != (r, cc) {
+                Err(format!(
+                    "{what}: shape {:?}, expected {:?}",
+                    a.dim(),
+                    (r, cc)
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let len = |what: &str, a: &Option<Array1<f32>>, n: usize| match a {
+            Some(a) if a.len() != n => Err(format!("{what}: {} values, expected {n}", a.len())),
+            _ => Ok(()),
+        };
+        shape("router", &self.router, e, d)?;
+        len("router bias", &self.router_bias, e)?;
+        if self.experts.len() != e {
+            return Err(format!("{} experts, expected {e}", self.experts.len()));
+        }
+        for (i, x) in self.experts.iter().enumerate() {
+            shape(&format!("expert {i} w1"), &x.w1, h, d)?;
+            shape(&format!("expert {i} w2"), &x.w2, d, h)?;
+            len(&format!("expert {i} b1"), &x.b1, h)?;
+            len(&format!("expert {i} b2"), &x.b2, d)?;
+            match (c.ffn, &x.w3) {
+                (FfnKind::GatedSilu, Some(w3)) => {
+                    shape(&format!("expert {i} w3"), w3, h, d)?;
+                    len(&format!("expert {i} b3"), &x.b3, h)?;
+                }
+                (FfnKind::GatedSilu, None) => return Err(format!("expert {i}: no w3")),
+                (FfnKind::Plain(_), Some(_)) => {
+                    return Err(format!("expert {i}: w3 on a plain FFN"))
+                }
+                (FfnKind::Plain(_), None) => {}
+            }
+        }
+        if let Some(hd) = &self.head {
+            if hd.weight.ncols() != d || hd.weight.nrows() == 0 {
+                return Err(format!(
+                    "head: shape {:?}, expected [classes, {d}]",
+                    hd.weight.dim()
+                ));
+            }
+            len("head bias", &hd.bias, hd.weight.nrows())?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,47 @@
+//! veilmoe-model: everything about a model that needs no cryptography.
+//!
+//! - [`checkpoint`]: Hugging Face MoE checkpoints (Mixtral, Qwen2-MoE/OLMoE, Switch) as float
+//!   models with their forward pass, a Mixtral-format writer, and the embedded demo model;
+//! - [`arch`], [`quant`], [`quantized`]: the public architecture, the integer semantics and
+//!   quantization parameters, and the quantized MoE layer;
+//! - [`classifier`]: one quantized block with its input quantizer and client-side head, and its
+//!   [`ModelId`];
+//! - [`model_file`]: the quantized-model file (the project's envelope, kind `QuantizedModel`);
+//! - [`quantize`]: float model -> quantized classifier, calibrated, and accuracy helpers;
+//! - [`reference`]: the plaintext integer reference of the encrypted layer and its simulation
+//!   mode;
+//! - [`data`]: records (.csv/.npy), labelled data sets, the embedded digits and their split;
+//! - [`train`]: the reproducible training of the embedded demo model;
+//! - [`math`], [`random`]: argmax/top-k/median, and a small deterministic generator.
+//!
+//! `cargo tree -p veilmoe-model` has no tfhe: the encrypted path lives in veilmoe-protocols.
+
+pub mod arch;
+pub mod checkpoint;
+pub mod classifier;
+pub mod data;
+pub mod error;
+pub mod math;
+pub mod model_file;
+pub mod quant;
+pub mod quantize;
+pub mod quantized;
+pub mod random;
+pub mod reference;
+pub mod train;
+
+pub use arch::{ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig, TopK};
+pub use checkpoint::{embedded_demo_model, CheckpointError, Family, FloatMoeModel};
+pub use classifier::{Head, InputQuantizer, ModelId, QuantizedClassifier};
+pub use data::{digits_split, embedded_digits, load_labelled, read_records, Dataset};
+pub use error::{ModelError, Result};
+pub use math::{argmax, median, top_k};
+pub use ndarray;
+pub use quant::{Activation, QuantParams};
+pub use quantize::{
+    evaluate_accuracy, quantize, quantize_with, AccuracyReport, QuantizeOptions, QuantizeReport,
+};
+pub use quantized::{ExpertWeights, QuantizedMoe};
+pub use random::SplitMix;
+pub use reference::{RefOutput, Rounding};
+pub use train::{train_digits, TrainOptions, Trained};

@@ -1,0 +1,260 @@
+//! The quantization of one fixed choice ([`Context::build`]): first stage, activation scale,
+//! second stage, router zero point, output scales, in the order each needs the previous.
+
+use super::context::Context;
+use super::first_stage::{center_router, Rows};
+use super::options::QuantChoice;
+use super::report::QuantizeReport;
+use super::second_stage::{act_out_scale, SecondStage};
+use crate::arch::FfnKind;
+use crate::classifier::{Head, QuantizedClassifier};
+use crate::error::{ModelError, Result};
+use crate::quantized::{ExpertWeights, QuantizedMoe};
+
+/// The first-stage groups of one candidate, quantized with the shared shift.
+struct FirstStage {
+    router: Rows,
+    /// W1 of all experts, stacked `[E * h, d]`.
+    w1: Rows,
+    /// W3 of all experts, stacked (gated FFNs).
+    w3: Option<Rows>,
+    /// Whether any expert has a float b1 (then every expert gets an integer b1).
+    float_b1: bool,
+}
+
+impl Context<'_> {
+    /// Builds the classifier for `choice`.
+    pub(super) fn build(
+        &self,
+        choice: &QuantChoice,
+    ) -> Result<(QuantizedClassifier, QuantizeReport)> {
+        let m = self.model;
+        let (d, h, e) = (m.config.d.0, m.config.h.0, m.config.experts.0);
+        let mut quant = self.quant;
+
+        let first = self.first_stages(choice)?;
+        let mut experts = expert_shells(&first, e, h, d);
+        let mut moe = QuantizedMoe {
+            config: m.config,
+            quant,
+            router: first.router.w.clone(),
+            router_bias: first
+                .router
+                .b
+                .iter()
+                .any(|&b| b != 0)
+                .then(|| first.router.b.clone()),
+            experts: experts.clone(),
+        };
+        moe.validate()?;
+        // The real steps of the first-stage reads follow from the shift the integer rows need.
+        let s = moe.input_shift();
+        let p2s = 2f64.powi(s as i32);
+        let router_step = first.router.sigma[0] * p2s;
+        let act_in = first.w1.sigma[0] * p2s;
+        quant.act_in_scale = act_in;
+        quant.logit_scale = router_step;
+        quant.act_out_scale = act_out_scale(m.config.ffn, &quant, act_in, choice.act_clip);
+
+        // Second stage: real value of one unit of the hidden activation, per unit.
+        let w3_steps: Vec<Vec<f64>> = match &first.w3 {
+            Some(w3) => (0..e)
+                .map(|i| (0..h).map(|j| w3.sigma[i * h + j] * p2s).collect())
+                .collect(),
+            None => Vec::new(),
+        };
+        let second = self.second_stage(choice, quant.act_out_scale, &w3_steps, &mut experts);
+
+        moe.quant = quant;
+        moe.experts = experts;
+        let logit_zero_point = match choice.logit_zero_point {
+            Some(z) => z,
+            None => self.placed_logit_zero_point(&moe, s),
+        };
+        quant.logit_zero_point = logit_zero_point;
+        let cap = quant.switch_cap();
+        quant.switch_numerator = choice
+            .switch_numerator
+            .unwrap_or((cap + 1) / 2)
+            .clamp(1, cap);
+        moe.quant = quant;
+        moe.validate()?;
+
+        let output_shift = moe.expert_output_shift();
+        let mut y_scale = second.sigma2 * 2f64.powi(output_shift as i32);
+        if !moe.constant_gates() {
+            y_scale /= quant.gate_max() as f64;
+        }
+        let x_scale = if m.residual { self.input_step } else { 0.0 };
+        let report = self.report(
+            choice,
+            &moe,
+            &first,
+            &second,
+            w3_steps,
+            (s, router_step, act_in),
+            (output_shift, x_scale, y_scale),
+        );
+        let head = m.head.as_ref().map(|hd| Head {
+            weight: hd.weight.iter().copied().collect(),
+            bias: hd
+                .bias
+                .as_ref()
+                .map_or(vec![0.0; hd.weight.nrows()], |b| b.to_vec()),
+        });
+        let q = QuantizedClassifier {
+            moe,
+            input: self.input,
+            x_scale,
+            y_scale,
+            head,
+        };
+        q.validate()?;
+        Ok((q, report))
+    }
+
+    /// Quantizes the router (centred first when the choice says so), W1 and W3 of all experts,
+    /// each stacked into one group. Router and W1 rows share one scale (the argmax must not
+    /// change; W1's scale is the activation's input scale), W3 rows get one each (the scale
+    /// folds into W2's columns).
+    fn first_stages(&self, choice: &QuantChoice) -> Result<FirstStage> {
+        let m = self.model;
+        let (d, h) = (m.config.d.0, m.config.h.0);
+        let (centered, centered_bias) = if choice.router_center {
+            center_router(&m.router, m.router_bias.as_ref())
+        } else {
+            (m.router.clone(), m.router_bias.clone())
+        };
+        let router = self.first_stage(&centered, centered_bias.as_ref(), choice.router_prune, true);
+        // W1 (and W3) of all experts, stacked: `[E * h, d]`.
+        let stack = |w: Vec<ndarray::ArrayView2<'_, f32>>| {
+            ndarray::concatenate(ndarray::Axis(0), &w)
+                .map_err(|e| ModelError::Weights(e.to_string()))
+        };
+        // A missing bias is a zero bias once another expert has one.
+        let stack_b = |b: Vec<Option<&ndarray::Array1<f32>>>| {
+            b.iter().any(|b| b.is_some()).then(|| {
+                b.iter()
+                    .flat_map(|b| b.map_or(vec![0.0; h], |b| b.to_vec()))
+                    .collect::<ndarray::Array1<f32>>()
+            })
+        };
+        let w1_all = stack(m.experts.iter().map(|x| x.w1.view()).collect())?;
+        let b1_all = stack_b(m.experts.iter().map(|x| x.b1.as_ref()).collect());
+        let w1 = self.first_stage(&w1_all, b1_all.as_ref(), choice.w1_prune, true);
+        let w3 = if m.config.ffn == FfnKind::GatedSilu {
+            let zero = ndarray::Array2::<f32>::zeros((h, d));
+            let w3_all = stack(
+                m.experts
+                    .iter()
+                    .map(|x| x.w3.as_ref().unwrap_or(&zero).view())
+                    .collect(),
+            )?;
+            let b3_all = stack_b(m.experts.iter().map(|x| x.b3.as_ref()).collect());
+            Some(self.first_stage(&w3_all, b3_all.as_ref(), choice.w3_prune, false))
+        } else {
+            None
+        };
+        Ok(FirstStage {
+            router,
+            w1,
+            w3,
+            float_b1: b1_all.is_some(),
+        })
+    }
+
+    /// The logit zero point that places the typical top router read (the 90th percentile over
+    /// the scored records of the largest read, whose shift is `s`) at the top of
+    /// `[0, logit_max]`: logits clip at both ends, and only the top ones decide the routing.
+    fn placed_logit_zero_point(&self, moe: &QuantizedMoe, s: u32) -> i64 {
+        let mut tops: Vec<i64> = self
+            .scored
+            .iter()
+            .filter_map(|r| {
+                let xq = self.quantize_record(r);
+                moe.router_accumulators(&xq)
+                    .iter()
+                    .map(|&a| crate::quant::round_shift(a, s))
+                    .max()
+            })
+            .collect();
+        tops.sort_unstable();
+        let p = tops.get(tops.len() * 9 / 10).copied().unwrap_or(0);
+        moe.quant.logit_max() - p
+    }
+
+    /// The report of a built candidate (its calibration scores are filled in by `score`).
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &self,
+        choice: &QuantChoice,
+        moe: &QuantizedMoe,
+        first: &FirstStage,
+        second: &SecondStage,
+        w3_steps: Vec<Vec<f64>>,
+        (input_shift, router_step, act_in): (u32, f64, f64),
+        (output_shift, x_scale, y_scale): (u32, f64, f64),
+    ) -> QuantizeReport {
+        let c = &self.model.config;
+        let (d, h, e) = (c.d.0, c.h.0, c.experts.0);
+        let zeroed_frac = |z: usize, n: usize| z as f64 / n.max(1) as f64;
+        QuantizeReport {
+            choice: *choice,
+            input_range: self.input_range,
+            input: self.input,
+            input_step: self.input_step,
+            input_width: moe.input_width(),
+            input_shift,
+            router_step,
+            router_zeroed: zeroed_frac(first.router.zeroed, e * d),
+            logit_zero_point: moe.quant.logit_zero_point,
+            act_in_scale: act_in,
+            w1_zeroed: zeroed_frac(first.w1.zeroed, e * h * d),
+            w3_zeroed: first
+                .w3
+                .as_ref()
+                .map_or(0.0, |w| zeroed_frac(w.zeroed, e * h * d)),
+            w3_steps,
+            act_out_scale: moe.quant.act_out_scale,
+            w2_scale: second.sigma2,
+            w2_max_abs: second.max_abs,
+            w2_zeroed: zeroed_frac(second.zeroed, e * d * h),
+            w2_norm2_sq: second.norm2_sq,
+            w2_norm2_sq_limit: second.limit,
+            output_width: moe.expert_output_width(),
+            output_shift,
+            x_scale,
+            y_scale,
+            switch_numerator: moe.quant.switch_numerator,
+            scored: 0,
+            agreement: None,
+            routing_agreement: 0.0,
+            relative_error: 0.0,
+            candidates: 0,
+        }
+    }
+}
+
+/// The experts' first-stage weights, cut from the stacked groups, with an empty second stage
+/// (W2 depends on scales that the first stage's shift decides). An expert gets a b1 (b3) when
+/// any expert had one or the input zero point folded into a non-zero one.
+fn expert_shells(first: &FirstStage, e: usize, h: usize, d: usize) -> Vec<ExpertWeights> {
+    let w1 = &first.w1;
+    let w3 = first.w3.as_ref();
+    let has_b1 = w1.b.iter().any(|&b| b != 0) || first.float_b1;
+    let has_b3 = w3.is_some_and(|w3| w3.b.iter().any(|&b| b != 0));
+    (0..e)
+        .map(|i| ExpertWeights {
+            w1: w1.w[i * h * d..(i + 1) * h * d].to_vec(),
+            b1: has_b1.then(|| w1.b[i * h..(i + 1) * h].to_vec()),
+            w3: w3.map(|w3| w3.w[i * h * d..(i + 1) * h * d].to_vec()),
+            b3: if has_b3 {
+                w3.map(|w3| w3.b[i * h..(i + 1) * h].to_vec())
+            } else {
+                None
+            },
+            w2: vec![0; d * h],
+            b2: None,
+        })
+        .collect()
+}

@@ -1,0 +1,221 @@
+//! The search over [`QuantChoice`]s: coordinate descent that maximises the agreement with the
+//! float model on the calibration records (see [`super::context::Context::score`]).
+
+use super::context::Context;
+use super::options::{QuantChoice, QuantizeOptions};
+use super::report::QuantizeReport;
+use crate::arch::{FfnKind, Gating};
+use crate::checkpoint::FloatMoeModel;
+use crate::classifier::QuantizedClassifier;
+use crate::error::Result;
+use crate::quant::QuantParams;
+
+/// Full passes over the coordinates at most: a second pass catches what the later coordinates
+/// changed for the earlier ones, and the search stops as soon as a pass gains nothing.
+const MAX_PASSES: usize = 2;
+/// A candidate must beat the best score by more than this (rounding noise is no gain).
+const MIN_GAIN: f64 = 1e-12;
+/// Logit zero points tried on either side of the best one so far.
+const LOGIT_ZERO_POINT_RADIUS: i64 = 6;
+/// Prune fractions tried for the router, W1 and W3.
+const PRUNES: [f64; 6] = [0.0, 0.02, 0.05, 0.1, 0.2, 0.3];
+/// Activation clipping factors tried.
+const ACT_CLIPS: [f64; 7] = [1.0, 0.85, 0.7, 0.55, 0.45, 0.35, 0.25];
+/// Integer values of the largest W2 weight tried.
+const W2_TOPS: [f64; 10] = [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0];
+/// L1 budgets of an integer W2 row tried (`None`: the noise limit only).
+const W2_L1S: [Option<i64>; 8] = [
+    Some(1),
+    Some(2),
+    Some(3),
+    Some(4),
+    Some(6),
+    Some(8),
+    Some(12),
+    None,
+];
+
+/// One coordinate of the search, in the order they are visited: the router's zero point
+/// first (it moves with every other router choice), the output side last.
+#[derive(Debug, Clone, Copy)]
+enum Coordinate {
+    LogitZeroPoint,
+    RouterPrune,
+    W1Prune,
+    W3Prune,
+    ActClip,
+    W2Top,
+    W2L1,
+    SwitchNumerator,
+    RouterCenter,
+}
+
+const COORDINATES: [Coordinate; 9] = [
+    Coordinate::LogitZeroPoint,
+    Coordinate::RouterPrune,
+    Coordinate::W1Prune,
+    Coordinate::W3Prune,
+    Coordinate::ActClip,
+    Coordinate::W2Top,
+    Coordinate::W2L1,
+    Coordinate::SwitchNumerator,
+    Coordinate::RouterCenter,
+];
+
+/// What of the model decides which coordinates mean anything.
+struct Space {
+    /// More than one expert: the router choices matter.
+    routed: bool,
+    /// Gated FFN: W3 has its own prune.
+    gated: bool,
+    /// Switch/Qwen gating: the softmax numerator is a choice.
+    switch_gating: bool,
+    switch_cap: i64,
+}
+
+impl Space {
+    fn of(model: &FloatMoeModel, opts: &QuantizeOptions) -> Space {
+        Space {
+            routed: model.config.experts.0 > 1,
+            gated: model.config.ffn == FfnKind::GatedSilu,
+            switch_gating: model.config.gating == Gating::SoftmaxThenTopK,
+            switch_cap: QuantParams::for_message_bits(opts.message_bits).switch_cap(),
+        }
+    }
+
+    /// The candidates of `coord` around `c0` (the best choice so far, whose built logit zero
+    /// point is `z0`); none when the coordinate does not apply to the model.
+    fn tries(&self, coord: Coordinate, c0: QuantChoice, z0: i64) -> Vec<QuantChoice> {
+        use Coordinate::*;
+        match coord {
+            LogitZeroPoint if self.routed => (z0 - LOGIT_ZERO_POINT_RADIUS
+                ..=z0 + LOGIT_ZERO_POINT_RADIUS)
+                .map(|z| QuantChoice {
+                    logit_zero_point: Some(z),
+                    ..c0
+                })
+                .collect(),
+            RouterPrune if self.routed => PRUNES
+                .iter()
+                .map(|&p| QuantChoice {
+                    router_prune: p,
+                    ..c0
+                })
+                .collect(),
+            W1Prune => PRUNES
+                .iter()
+                .map(|&p| QuantChoice { w1_prune: p, ..c0 })
+                .collect(),
+            W3Prune if self.gated => PRUNES
+                .iter()
+                .map(|&p| QuantChoice { w3_prune: p, ..c0 })
+                .collect(),
+            ActClip => ACT_CLIPS
+                .iter()
+                .map(|&a| QuantChoice { act_clip: a, ..c0 })
+                .collect(),
+            W2Top => W2_TOPS
+                .iter()
+                .map(|&t| QuantChoice { w2_top: t, ..c0 })
+                .collect(),
+            W2L1 => W2_L1S
+                .iter()
+                .map(|&b| QuantChoice { w2_l1: b, ..c0 })
+                .collect(),
+            SwitchNumerator if self.switch_gating => (1..=self.switch_cap)
+                .map(|n| QuantChoice {
+                    switch_numerator: Some(n),
+                    ..c0
+                })
+                .collect(),
+            RouterCenter if self.routed => [true, false]
+                .iter()
+                .map(|&b| QuantChoice {
+                    router_center: b,
+                    ..c0
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The search's state: the best candidate so far and how many candidates were scored.
+struct Search<'c, 'a> {
+    ctx: &'c Context<'a>,
+    best_choice: QuantChoice,
+    best: (QuantizedClassifier, QuantizeReport),
+    best_score: f64,
+    candidates: usize,
+}
+
+impl<'c, 'a> Search<'c, 'a> {
+    /// Starts from the default choice, scored.
+    fn start(ctx: &'c Context<'a>) -> Result<Self> {
+        let best_choice = QuantChoice::default();
+        let (best, best_score) = ctx.score(&best_choice)?;
+        Ok(Search {
+            ctx,
+            best_choice,
+            best,
+            best_score,
+            candidates: 1,
+        })
+    }
+
+    /// One pass: one coordinate at a time, each from the best choice so far.
+    fn pass(&mut self, space: &Space) -> Result<()> {
+        for coord in COORDINATES {
+            let tries = space.tries(coord, self.best_choice, self.best.1.logit_zero_point);
+            for c in tries {
+                // The best may have changed within this coordinate: skip it, not the start.
+                if c == self.best_choice {
+                    continue;
+                }
+                self.candidates += 1;
+                let (r, s) = self.ctx.score(&c)?;
+                if s > self.best_score + MIN_GAIN {
+                    self.best_score = s;
+                    self.best_choice = c;
+                    self.best = r;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> (QuantizedClassifier, QuantizeReport) {
+        let (q, mut report) = self.best;
+        report.candidates = self.candidates;
+        (q, report)
+    }
+}
+
+/// Quantizes with explicit options; returns the classifier and what was chosen.
+///
+/// A declared choice is used as is when the options allow it (a quantization-aware trained
+/// model is only accurate under its own quantization); without a search, the defaults of
+/// [`QuantChoice`] are used.
+pub fn quantize_with(
+    model: &FloatMoeModel,
+    opts: &QuantizeOptions,
+    calibration: &[Vec<f32>],
+) -> Result<(QuantizedClassifier, QuantizeReport)> {
+    let ctx = Context::new(model, opts, calibration)?;
+    if let (true, Some(c)) = (opts.use_model_choice, &model.quantization) {
+        return ctx.build_scored(c, 1);
+    }
+    if !opts.search {
+        return ctx.build_scored(&QuantChoice::default(), 1);
+    }
+    let space = Space::of(model, opts);
+    let mut search = Search::start(&ctx)?;
+    for _pass in 0..MAX_PASSES {
+        let before = search.best_score;
+        search.pass(&space)?;
+        if search.best_score <= before + MIN_GAIN {
+            break;
+        }
+    }
+    Ok(search.finish())
+}

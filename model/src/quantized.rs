@@ -1,0 +1,268 @@
+//! A quantized MoE layer: integer weights under the public architecture and quantization
+//! parameters that both the encrypted path and the plaintext reference follow.
+
+use crate::arch::{FfnKind, Gating, MoeConfig};
+use crate::error::{config, ModelError, Result};
+use crate::quant::{self, QuantParams};
+use crate::random::SplitMix;
+use serde::{Deserialize, Serialize};
+
+/// Integer weights of one expert (row-major `rows x cols`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExpertWeights {
+    /// h x d
+    pub w1: Vec<i64>,
+    pub b1: Option<Vec<i64>>,
+    /// h x d, gated FFNs only
+    pub w3: Option<Vec<i64>>,
+    pub b3: Option<Vec<i64>>,
+    /// d x h
+    pub w2: Vec<i64>,
+    pub b2: Option<Vec<i64>>,
+}
+
+/// A quantized MoE layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantizedMoe {
+    pub config: MoeConfig,
+    pub quant: QuantParams,
+    /// E x d
+    pub router: Vec<i64>,
+    pub router_bias: Option<Vec<i64>>,
+    pub experts: Vec<ExpertWeights>,
+}
+
+/// Largest model or hidden dimension a quantized model may declare.
+pub const MAX_DIM: usize = 1 << 16;
+/// Largest magnitude of an integer weight or bias (far above what any quantization produces;
+/// keeps every worst-case accumulator range far inside `i128`).
+pub const MAX_WEIGHT: i64 = 1 << 24;
+
+fn check_len(what: &str, v: &[i64], n: usize) -> Result<()> {
+    if v.len() != n {
+        return Err(ModelError::Weights(format!(
+            "{what}: {} values, expected {n}",
+            v.len()
+        )));
+    }
+    Ok(())
+}
+
+fn check_opt(what: &str, v: &Option<Vec<i64>>, n: usize) -> Result<()> {
+    match v {
+        Some(v) => check_len(what, v, n),
+        None => Ok(()),
+    }
+}
+
+/// Worst-case range of `W x + b` for x in [lo, hi] (rows of length `cols`).
+pub fn affine_range(w: &[i64], b: Option<&[i64]>, cols: usize, lo: i64, hi: i64) -> (i128, i128) {
+    let (mut min, mut max) = (0i128, 0i128);
+    for (r, row) in w.chunks(cols).enumerate() {
+        let bias = b.map_or(0, |b| b[r]) as i128;
+        let (mut rl, mut rh) = (bias, bias);
+        for &c in row {
+            let (a, z) = (c as i128 * lo as i128, c as i128 * hi as i128);
+            rl += a.min(z);
+            rh += a.max(z);
+        }
+        min = min.min(rl);
+        max = max.max(rh);
+    }
+    (min, max)
+}
+
+impl QuantizedMoe {
+    /// Checks shapes and limits (E <= 128, 1 <= k <= min(E, 2), 1 <= d, h <= 2^16), the
+    /// quantization parameters, and that every weight is at most [`MAX_WEIGHT`] in magnitude,
+    /// so that no accumulator range computed from them can overflow. A model read from a file
+    /// is used only after this.
+    pub fn validate(&self) -> Result<()> {
+        let c = &self.config;
+        let (d, h, e, k) = (c.d.0, c.h.0, c.experts.0, c.top_k.0);
+        if d == 0 || h == 0 || d > MAX_DIM || h > MAX_DIM {
+            return Err(config(format!(
+                "d and h must be between 1 and {MAX_DIM}, got d = {d}, h = {h}"
+            )));
+        }
+        if e == 0 || e > 128 {
+            return Err(config(format!("1 to 128 experts are supported, got {e}")));
+        }
+        if k == 0 || k > 2 || k > e {
+            return Err(config(format!(
+                "top-k must be 1 or 2 and at most E = {e}, got {k}"
+            )));
+        }
+        self.quant.validate()?;
+        check_len("router", &self.router, e * d)?;
+        check_opt("router bias", &self.router_bias, e)?;
+        if self.experts.len() != e {
+            return Err(ModelError::Weights(format!(
+                "{} experts, expected {e}",
+                self.experts.len()
+            )));
+        }
+        for (i, x) in self.experts.iter().enumerate() {
+            check_len(&format!("expert {i} w1"), &x.w1, h * d)?;
+            check_opt(&format!("expert {i} b1"), &x.b1, h)?;
+            check_len(&format!("expert {i} w2"), &x.w2, d * h)?;
+            check_opt(&format!("expert {i} b2"), &x.b2, d)?;
+            match (c.ffn, &x.w3) {
+                (FfnKind::GatedSilu, Some(w3)) => {
+                    check_len(&format!("expert {i} w3"), w3, h * d)?;
+                    check_opt(&format!("expert {i} b3"), &x.b3, h)?;
+                }
+                (FfnKind::GatedSilu, None) => {
+                    return Err(ModelError::Weights(format!(
+                        "expert {i}: a gated FFN needs w3"
+                    )))
+                }
+                (FfnKind::Plain(_), Some(_)) => {
+                    return Err(ModelError::Weights(format!(
+                        "expert {i}: w3 given for a plain FFN"
+                    )))
+                }
+                (FfnKind::Plain(_), None) => {}
+            }
+        }
+        let all = std::iter::once(&self.router)
+            .chain(&self.router_bias)
+            .chain(self.experts.iter().flat_map(|x| {
+                [
+                    Some(&x.w1),
+                    x.b1.as_ref(),
+                    x.w3.as_ref(),
+                    x.b3.as_ref(),
+                    Some(&x.w2),
+                    x.b2.as_ref(),
+                ]
+                .into_iter()
+                .flatten()
+            }));
+        for v in all {
+            if let Some(w) = v.iter().find(|w| w.unsigned_abs() > MAX_WEIGHT as u64) {
+                return Err(ModelError::Weights(format!(
+                    "integer weight {w} exceeds the largest supported magnitude {MAX_WEIGHT}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Worst-case range of every first-stage accumulator (router, W1 and W3 rows with their
+    /// biases) over inputs in the signed m-bit range.
+    pub fn first_stage_range(&self) -> (i128, i128) {
+        let d = self.config.d.0;
+        let (lo, hi) = (self.quant.input_min(), self.quant.input_max());
+        let mut r = affine_range(&self.router, self.router_bias.as_deref(), d, lo, hi);
+        let mut widen = |w: &[i64], b: Option<&[i64]>| {
+            let (a, z) = affine_range(w, b, d, lo, hi);
+            r = (r.0.min(a), r.1.max(z));
+        };
+        for x in &self.experts {
+            widen(&x.w1, x.b1.as_deref());
+            if let Some(w3) = &x.w3 {
+                widen(w3, x.b3.as_deref());
+            }
+        }
+        r
+    }
+
+    /// Encoding width of the encrypted input: every first-stage accumulator (router, W1, W3)
+    /// must be readable through its top `message_bits` bits.
+    pub fn input_width(&self) -> u32 {
+        let (lo, hi) = self.first_stage_range();
+        quant::read_width(lo, hi, self.quant.message_bits)
+    }
+
+    /// Shift of the first-stage requantization (`input_width - message_bits`).
+    pub fn input_shift(&self) -> u32 {
+        self.input_width() - self.quant.message_bits
+    }
+
+    /// Worst-case range of one expert output `W2 a + b2`.
+    pub fn expert_output_range(&self) -> (i128, i128) {
+        let (lo, hi) = self.quant.hidden_range(self.config.ffn);
+        let h = self.config.h.0;
+        let mut r = (0i128, 0i128);
+        for x in &self.experts {
+            let (a, b) = affine_range(&x.w2, x.b2.as_deref(), h, lo, hi);
+            r = (r.0.min(a), r.1.max(b));
+        }
+        r
+    }
+
+    /// Encoding width of an expert's output accumulator `W2 a + b2`, read back to m bits.
+    pub fn expert_output_width(&self) -> u32 {
+        let (lo, hi) = self.expert_output_range();
+        quant::read_width(lo, hi, self.quant.message_bits)
+    }
+
+    /// Shift of the expert-output requantization.
+    pub fn expert_output_shift(&self) -> u32 {
+        self.expert_output_width() - self.quant.message_bits
+    }
+
+    /// Whether the gates are public constants (Mixtral with k = 1: the gate is 1.0).
+    pub fn constant_gates(&self) -> bool {
+        self.config.top_k.0 == 1 && self.config.gating == Gating::SoftmaxSelected
+    }
+
+    /// Bits of a requantized slot output's encoding: signed m + 1 bits, so that the difference
+    /// of two slot outputs (Mixtral top-2 gate combination) stays representable.
+    pub fn output_bits(&self) -> u32 {
+        self.quant.message_bits + 1
+    }
+
+    /// Random weights for tests and benchmarks: each row has a few non-zero entries so that
+    /// the worst-case accumulator is close to typical ones and requantization keeps resolution.
+    pub fn random(
+        config: MoeConfig,
+        quant: QuantParams,
+        seed: u64,
+        with_bias: bool,
+    ) -> QuantizedMoe {
+        let mut rng = SplitMix(seed);
+        let (d, h, e) = (config.d.0, config.h.0, config.experts.0);
+        let mut sparse = |rows: usize, cols: usize, nz: usize, mag: i64| -> Vec<i64> {
+            let mut w = vec![0i64; rows * cols];
+            for r in 0..rows {
+                for _ in 0..nz.min(cols) {
+                    let c = rng.below(cols as u64) as usize;
+                    w[r * cols + c] = rng.range(-mag, mag);
+                }
+            }
+            w
+        };
+        let router = sparse(e, d, 4, 3);
+        let mut experts = Vec::with_capacity(e);
+        for _ in 0..e {
+            let w1 = sparse(h, d, 4, 3);
+            let w3 = matches!(config.ffn, FfnKind::GatedSilu).then(|| sparse(h, d, 4, 3));
+            let w2 = sparse(d, h, 6, 1);
+            experts.push((w1, w3, w2));
+        }
+        let mut bias = |n: usize, mag: i64| -> Option<Vec<i64>> {
+            with_bias.then(|| (0..n).map(|_| rng.range(-mag, mag)).collect())
+        };
+        let router_bias = bias(e, 4);
+        let experts = experts
+            .into_iter()
+            .map(|(w1, w3, w2)| ExpertWeights {
+                b1: bias(h, 4),
+                b3: w3.as_ref().and_then(|_| bias(h, 4)),
+                w1,
+                w3,
+                b2: bias(d, 4),
+                w2,
+            })
+            .collect();
+        QuantizedMoe {
+            config,
+            quant,
+            router,
+            router_bias,
+            experts,
+        }
+    }
+}

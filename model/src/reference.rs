@@ -1,0 +1,233 @@
+//! Plaintext integer reference of the encrypted MoE layer, step by step, and its simulation
+//! mode.
+//!
+//! The reference mirrors every quantization step of the encrypted path (same tables, from
+//! [`crate::quant`]). Requantizing PBS reads of wide accumulators are the one approximate step:
+//! with [`Rounding::Exact`] the reference rounds to nearest; with [`Rounding::Simulated`] it adds
+//! Gaussian noise of a preset's standard deviation (in box units, see [`Rounding::simulated`];
+//! veilmoe-protocols derives it from a preset) before rounding, which
+//! reproduces the encrypted path's floor-or-ceil errors at their rate, for fast accuracy studies.
+//! Each stage is a public function so that tests can feed it decrypted intermediates and check
+//! every exact stage exactly.
+
+use crate::arch::{FfnKind, Gating};
+use crate::quant::{self, round_shift};
+use crate::quantized::QuantizedMoe;
+use crate::random::SplitMix;
+use ndarray::{Array1, ArrayView2};
+
+/// How requantizing reads round.
+#[derive(Debug, Clone)]
+pub enum Rounding {
+    /// Round to nearest (what the encrypted path does away from box edges).
+    Exact,
+    /// Round after adding Gaussian noise of `sigma` boxes (the encrypted path's behaviour).
+    Simulated { sigma: f64, rng: SplitMix },
+}
+
+impl Rounding {
+    /// The simulation of a read whose phase noise has standard deviation `torus_std` (a
+    /// fraction of the torus; the engine's noise model gives it for a preset), for a model
+    /// quantized for `read_bits`: the noise in units of one box of a `read_bits`-bit read
+    /// (a box is `2^-(read_bits + 1)` of the torus under the padding bit).
+    pub fn simulated(torus_std: f64, read_bits: u32, seed: u64) -> Rounding {
+        Rounding::Simulated {
+            sigma: torus_std * 2f64.powi(read_bits as i32 + 1),
+            rng: SplitMix(seed),
+        }
+    }
+
+    /// `round(a / 2^shift)` as a PBS reads it.
+    pub fn read(&mut self, a: i64, shift: u32) -> i64 {
+        match self {
+            Rounding::Exact => round_shift(a, shift),
+            Rounding::Simulated { sigma, rng } => {
+                let v = a as f64 / 2f64.powi(shift as i32) + *sigma * rng.gaussian();
+                (v + 0.5).floor() as i64
+            }
+        }
+    }
+}
+
+/// Everything the reference computes for one token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefOutput {
+    /// Router logits, in [0, logit_max].
+    pub logits: Vec<i64>,
+    /// Selected experts, one per slot (highest logit first, ties to the lowest index).
+    pub selected: Vec<usize>,
+    /// The selected logits.
+    pub slot_logits: Vec<i64>,
+    /// Switch gating: each slot's partition sum.
+    pub partition_sums: Vec<i64>,
+    /// Gates in [0, G], one per slot.
+    pub gates: Vec<i64>,
+    /// Hidden activations of each slot's expert (h values).
+    pub hidden: Vec<Vec<i64>>,
+    /// Each slot's expert output, requantized to m bits (d values).
+    pub expert_outputs: Vec<Vec<i64>>,
+    /// Layer output `sum_slots gate * expert_output`.
+    pub y: Vec<i64>,
+}
+
+fn matvec(w: &[i64], b: Option<&[i64]>, rows: usize, x: &[i64]) -> Vec<i64> {
+    let cols = x.len();
+    let w = ArrayView2::from_shape((rows, cols), w).expect("validated shape");
+    let mut y: Array1<i64> = w.dot(&Array1::from(x.to_vec()));
+    if let Some(b) = b {
+        y += &Array1::from(b.to_vec());
+    }
+    y.to_vec()
+}
+
+impl QuantizedMoe {
+    /// Router accumulators `Wr x + br` (exact).
+    pub fn router_accumulators(&self, x: &[i64]) -> Vec<i64> {
+        matvec(
+            &self.router,
+            self.router_bias.as_deref(),
+            self.config.experts.0,
+            x,
+        )
+    }
+
+    /// Logits from router accumulators.
+    pub fn logits(&self, acc: &[i64], rounding: &mut Rounding) -> Vec<i64> {
+        let s = self.input_shift();
+        acc.iter()
+            .map(|&a| self.quant.logit(rounding.read(a, s)))
+            .collect()
+    }
+
+    /// Switch gating: the partition sum of a slot whose logit is `v` (exact).
+    pub fn partition_sum(&self, logits: &[i64], v: i64) -> i64 {
+        let q = &self.quant;
+        logits
+            .iter()
+            .map(|&l| quant::switch_term(l - v, q.logit_scale, q.switch_numerator, q.switch_cap()))
+            .sum()
+    }
+
+    /// Shift of the Switch partition-sum read.
+    pub fn partition_shift(&self) -> u32 {
+        let hi = self.quant.switch_cap() as i128 * self.config.experts.0 as i128;
+        quant::read_width(0, hi, self.quant.message_bits) - self.quant.message_bits
+    }
+
+    /// Gates of the selected slots. `partition_sums` are only used by Switch gating.
+    pub fn gates(
+        &self,
+        slot_logits: &[i64],
+        partition_sums: &[i64],
+        rounding: &mut Rounding,
+    ) -> Vec<i64> {
+        let q = &self.quant;
+        let g = q.gate_max();
+        match self.config.gating {
+            Gating::SoftmaxSelected => match slot_logits {
+                [_] => vec![g],
+                [v1, v2] => {
+                    let g1 = quant::mixtral_gate(v1 - v2, q.logit_scale, g);
+                    vec![g1, g - g1]
+                }
+                _ => unreachable!("top-k is validated to 1 or 2"),
+            },
+            Gating::SoftmaxThenTopK => {
+                let s = self.partition_shift();
+                partition_sums
+                    .iter()
+                    .map(|&z| quant::switch_gate(rounding.read(z, s), s, q.switch_numerator, g))
+                    .collect()
+            }
+        }
+    }
+
+    /// Hidden activations of expert `e` (one requantizing read per unit, plus the exact product
+    /// of a gated FFN).
+    pub fn hidden(&self, e: usize, x: &[i64], rounding: &mut Rounding) -> Vec<i64> {
+        let (h, s, q) = (self.config.h.0, self.input_shift(), &self.quant);
+        let w = &self.experts[e];
+        let u = matvec(&w.w1, w.b1.as_deref(), h, x);
+        match self.config.ffn {
+            FfnKind::Plain(act) => u
+                .iter()
+                .map(|&a| q.activation(act, rounding.read(a, s)))
+                .collect(),
+            FfnKind::GatedSilu => {
+                let v = matvec(w.w3.as_deref().unwrap_or(&[]), w.b3.as_deref(), h, x);
+                u.iter()
+                    .zip(&v)
+                    .map(|(&a, &b)| {
+                        q.gated_silu(rounding.read(a, s)) * q.gated_linear(rounding.read(b, s))
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Output of expert `e` from its hidden activations, read back to m bits.
+    pub fn expert_output(&self, e: usize, hidden: &[i64], rounding: &mut Rounding) -> Vec<i64> {
+        let w = &self.experts[e];
+        let s = self.expert_output_shift();
+        matvec(&w.w2, w.b2.as_deref(), self.config.d.0, hidden)
+            .into_iter()
+            .map(|a| rounding.read(a, s))
+            .collect()
+    }
+
+    /// The layer output (exact): the slot output itself under a constant gate, otherwise
+    /// `sum_slots gate * output`.
+    pub fn combine(&self, gates: &[i64], outputs: &[Vec<i64>]) -> Vec<i64> {
+        if self.constant_gates() {
+            return outputs[0].clone();
+        }
+        let mut y = vec![0i64; self.config.d.0];
+        for (g, o) in gates.iter().zip(outputs) {
+            for (yi, oi) in y.iter_mut().zip(o) {
+                *yi += g * oi;
+            }
+        }
+        y
+    }
+
+    /// Routing from logits: selected experts, their logits, Switch partition sums.
+    pub fn route(&self, logits: &[i64]) -> (Vec<usize>, Vec<i64>, Vec<i64>) {
+        let selected = crate::math::top_k(logits, self.config.top_k.0);
+        let slot_logits: Vec<i64> = selected.iter().map(|&i| logits[i]).collect();
+        let sums = match self.config.gating {
+            Gating::SoftmaxThenTopK => slot_logits
+                .iter()
+                .map(|&v| self.partition_sum(logits, v))
+                .collect(),
+            Gating::SoftmaxSelected => Vec::new(),
+        };
+        (selected, slot_logits, sums)
+    }
+
+    /// The whole layer on one token.
+    pub fn reference(&self, x: &[i64], rounding: &mut Rounding) -> RefOutput {
+        let logits = self.logits(&self.router_accumulators(x), rounding);
+        let (selected, slot_logits, partition_sums) = self.route(&logits);
+        let gates = self.gates(&slot_logits, &partition_sums, rounding);
+        let hidden: Vec<Vec<i64>> = selected
+            .iter()
+            .map(|&e| self.hidden(e, x, rounding))
+            .collect();
+        let expert_outputs: Vec<Vec<i64>> = selected
+            .iter()
+            .zip(&hidden)
+            .map(|(&e, hd)| self.expert_output(e, hd, rounding))
+            .collect();
+        let y = self.combine(&gates, &expert_outputs);
+        RefOutput {
+            logits,
+            selected,
+            slot_logits,
+            partition_sums,
+            gates,
+            hidden,
+            expert_outputs,
+            y,
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The trained architecture, its flat parameter vector, and the float forward and backward
+//! pieces both phases share (head, second stage, first stage, router).
+//!
+//! The parameters are one `Vec<f64>` of [`TOTAL`] values, in this order: the router `[E, D]`,
+//! W1 `[E, H, D]`, W3 `[E, H, D]`, W2 `[E, D, H]`, the head's weight `[C, D]` and its bias `[C]`
+//! (row-major, as [`to_model`] reads them into a [`FloatMoeModel`]).
+
+use crate::arch::{ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig, TopK};
+use crate::checkpoint::{Family, FloatExpert, FloatHead, FloatMoeModel};
+use crate::math::sigmoid;
+use crate::random::SplitMix;
+use ndarray::{Array1, Array2};
+
+/// Pixels of an 8x8 digit (d).
+pub(super) const D: usize = 64;
+/// Experts (E).
+pub(super) const E: usize = 4;
+/// Hidden units of an expert (h).
+pub(super) const H: usize = 16;
+/// Classes.
+pub(super) const C: usize = 10;
+/// The block's real input is `raw * INPUT_SCALE` (pixels 0..16 to 0..1).
+pub(super) const INPUT_SCALE: f64 = 1.0 / 16.0;
+/// Bits of the presets the model is trained for.
+pub(super) const MESSAGE_BITS: u32 = 4;
+
+// Flat parameter layout: where each tensor starts.
+pub(super) const WR: usize = 0;
+pub(super) const W1: usize = WR + E * D;
+pub(super) const W3: usize = W1 + E * H * D;
+pub(super) const W2: usize = W3 + E * H * D;
+pub(super) const HW: usize = W2 + E * D * H;
+pub(super) const HB: usize = HW + C * D;
+/// Number of parameters.
+pub(super) const TOTAL: usize = HB + C;
+
+pub(super) fn w1(p: &[f64], e: usize, j: usize, k: usize) -> f64 {
+    p[W1 + (e * H + j) * D + k]
+}
+pub(super) fn w3(p: &[f64], e: usize, j: usize, k: usize) -> f64 {
+    p[W3 + (e * H + j) * D + k]
+}
+pub(super) fn w2(p: &[f64], e: usize, i: usize, j: usize) -> f64 {
+    p[W2 + (e * D + i) * H + j]
+}
+
+/// `x * sigmoid(x)` (in this form: the arithmetic the trained weights were produced with).
+pub(super) fn silu(x: f64) -> f64 {
+    x * sigmoid(x)
+}
+pub(super) fn silu_grad(x: f64) -> f64 {
+    let s = sigmoid(x);
+    s * (1.0 + x * (1.0 - s))
+}
+pub(super) fn softmax(v: &[f64]) -> Vec<f64> {
+    let m = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = v.iter().map(|x| (x - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|x| x / s).collect()
+}
+
+/// Initial parameters from `seed`: small Gaussian router rows, W1 and W3 at `1/sqrt(D)`, W2 at
+/// `0.1/sqrt(H)` (the residual path carries the input at first), a zero head.
+pub(super) fn init(seed: u64) -> Vec<f64> {
+    let mut rng = SplitMix(seed);
+    let mut p = vec![0.0; TOTAL];
+    for v in &mut p[WR..W1] {
+        *v = 0.1 * rng.gaussian();
+    }
+    for v in &mut p[W1..W2] {
+        *v = rng.gaussian() / (D as f64).sqrt();
+    }
+    for v in &mut p[W2..HW] {
+        *v = 0.1 * rng.gaussian() / (H as f64).sqrt();
+    }
+    p
+}
+
+/// The parameters as a Mixtral-family [`FloatMoeModel`] (f32, residual, top-1, no biases but
+/// the head's; no declared quantization).
+pub(super) fn to_model(p: &[f64]) -> FloatMoeModel {
+    let mat = |off: usize, r: usize, c: usize| {
+        Array2::from_shape_fn((r, c), |(i, j)| p[off + i * c + j] as f32)
+    };
+    FloatMoeModel {
+        family: Family::Mixtral,
+        origin: "train_digits".into(),
+        layer: 0,
+        config: MoeConfig {
+            d: ModelDim(D),
+            h: HiddenDim(H),
+            experts: ExpertCount(E),
+            top_k: TopK(1),
+            ffn: FfnKind::GatedSilu,
+            gating: Gating::SoftmaxSelected,
+        },
+        router: mat(WR, E, D),
+        router_bias: None,
+        experts: (0..E)
+            .map(|e| FloatExpert {
+                w1: mat(W1 + e * H * D, H, D),
+                b1: None,
+                w3: Some(mat(W3 + e * H * D, H, D)),
+                b3: None,
+                w2: mat(W2 + e * D * H, D, H),
+                b2: None,
+            })
+            .collect(),
+        head: Some(FloatHead {
+            weight: mat(HW, C, D),
+            bias: Some(Array1::from_iter(p[HB..HB + C].iter().map(|&v| v as f32))),
+        }),
+        residual: true,
+        input_scale: INPUT_SCALE,
+        quantization: None,
+    }
+}
+
+/// Head on `z`: class probabilities (softmax of the logits) and the cross-entropy of `label`.
+pub(super) fn head(p: &[f64], z: &[f64], label: usize) -> (Vec<f64>, f64) {
+    let logits: Vec<f64> = (0..C)
+        .map(|c| p[HB + c] + (0..D).map(|k| p[HW + c * D + k] * z[k]).sum::<f64>())
+        .collect();
+    let q = softmax(&logits);
+    let loss = -q[label].max(1e-12).ln();
+    (q, loss)
+}
+
+/// Backward through the head (weight `w`) and the expert's second stage; returns the gradient
+/// at the hidden activations `a`.
+pub(super) fn back_head_w2(
+    p: &[f64],
+    g: &mut [f64],
+    e: usize,
+    (q, label): (&[f64], usize),
+    z: &[f64],
+    a: &[f64],
+    w: f64,
+) -> Vec<f64> {
+    let mut g_z = vec![0.0; D];
+    for c in 0..C {
+        let gl = w * (q[c] - (c == label) as u8 as f64);
+        g[HB + c] += gl;
+        for k in 0..D {
+            g[HW + c * D + k] += gl * z[k];
+            g_z[k] += gl * p[HW + c * D + k];
+        }
+    }
+    let mut g_a = vec![0.0; H];
+    for i in 0..D {
+        for j in 0..H {
+            g[W2 + (e * D + i) * H + j] += g_z[i] * a[j];
+            g_a[j] += w2(p, e, i, j) * g_z[i];
+        }
+    }
+    g_a
+}
+
+/// Accumulates the W1 and W3 gradients of expert `e` from the gradients at its pre-activations
+/// (`g_u`: silu branch, `g_v`: linear branch) on input `x`.
+pub(super) fn first_stage_grad(g: &mut [f64], e: usize, x: &[f64], g_u: &[f64], g_v: &[f64]) {
+    for j in 0..H {
+        for k in 0..D {
+            g[W1 + (e * H + j) * D + k] += g_u[j] * x[k];
+            g[W3 + (e * H + j) * D + k] += g_v[j] * x[k];
+        }
+    }
+}
+
+/// Router gradient of `sum_e p_e L_e` plus the balance term, for one record.
+pub(super) fn router_grad(g: &mut [f64], x: &[f64], pr: &[f64], losses: &[f64], g_p_extra: &[f64]) {
+    let lbar: f64 = pr.iter().zip(losses).map(|(p, l)| p * l).sum();
+    // d/dr_e of sum_f p_f c_f = p_e (c_e - sum_f p_f c_f), with c = L + balance gradient
+    let cbar: f64 = pr.iter().zip(g_p_extra).map(|(p, c)| p * c).sum::<f64>() + lbar;
+    for e in 0..E {
+        let gr = pr[e] * (losses[e] + g_p_extra[e] - cbar);
+        for k in 0..D {
+            g[WR + e * D + k] += gr * x[k];
+        }
+    }
+}
+
+/// Routing probabilities `softmax(Wr x)` on the block's real input.
+pub(super) fn router_probs(p: &[f64], x: &[f64]) -> Vec<f64> {
+    let r: Vec<f64> = (0..E)
+        .map(|e| (0..D).map(|k| p[WR + e * D + k] * x[k]).sum())
+        .collect();
+    softmax(&r)
+}

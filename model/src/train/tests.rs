@@ -1,0 +1,238 @@
+use super::float_phase::float_record;
+use super::params::{
+    head, init, router_probs, silu, to_model, w1, w2, w3, C, D, E, H, HB, HW, TOTAL, W1, W2, W3, WR,
+};
+use super::*;
+use crate::data::{digits_split, embedded_digits, Dataset};
+use crate::math::argmax;
+use crate::random::SplitMix;
+
+/// Parameters from `init` with a random head (init leaves it at zero).
+fn params(seed: u64) -> Vec<f64> {
+    let mut p = init(seed);
+    let mut rng = SplitMix(seed ^ 1);
+    p[HW..TOTAL]
+        .iter_mut()
+        .for_each(|v| *v = 0.3 * rng.gaussian());
+    p
+}
+
+/// The first `n_train` and `n_test` records of the fixed digits split.
+fn small_split(n_train: usize, n_test: usize) -> (Dataset, Dataset) {
+    let (train, test) = digits_split(&embedded_digits().unwrap());
+    let first = |d: &Dataset, n: usize| d.subset(&(0..n).collect::<Vec<_>>(), d.origin.clone());
+    (first(&train, n_train), first(&test, n_test))
+}
+
+fn short_options(seed: u64) -> TrainOptions {
+    TrainOptions {
+        seed,
+        float_epochs: 12,
+        qat_epochs: 2,
+        agreement_seeds: 2,
+        ..TrainOptions::default()
+    }
+}
+
+fn run(opts: &TrainOptions, train: &Dataset, test: &Dataset) -> (Trained, Vec<String>) {
+    let mut lines = Vec::new();
+    let trained = train_digits(opts, train, test, &mut |l| lines.push(l.to_string())).unwrap();
+    (trained, lines)
+}
+
+#[test]
+fn the_parameter_layout_is_the_models() {
+    let p = params(11);
+    let m = to_model(&p);
+    m.validate().unwrap();
+    assert_eq!(m.router.dim(), (E, D));
+    assert_eq!(m.experts.len(), E);
+    let head = m.head.as_ref().unwrap();
+    assert_eq!(head.weight.dim(), (C, D));
+    assert_eq!(head.bias.as_ref().unwrap().len(), C);
+    let mut seen = 0;
+    for e in 0..E {
+        let x = &m.experts[e];
+        assert_eq!((x.w1.dim(), x.w2.dim()), ((H, D), (D, H)));
+        for j in 0..H {
+            for k in 0..D {
+                assert_eq!(x.w1[[j, k]], w1(&p, e, j, k) as f32);
+                assert_eq!(x.w3.as_ref().unwrap()[[j, k]], w3(&p, e, j, k) as f32);
+                assert_eq!(x.w2[[k, j]], w2(&p, e, k, j) as f32);
+                seen += 3;
+            }
+        }
+        for k in 0..D {
+            assert_eq!(m.router[[e, k]], p[WR + e * D + k] as f32);
+            seen += 1;
+        }
+    }
+    for c in 0..C {
+        for k in 0..D {
+            assert_eq!(head.weight[[c, k]], p[HW + c * D + k] as f32);
+        }
+        assert_eq!(head.bias.as_ref().unwrap()[c], p[HB + c] as f32);
+        seen += D + 1;
+    }
+    assert_eq!(seen, TOTAL);
+    assert_eq!(
+        (W1, W3, W2),
+        (E * D, E * D + E * H * D, E * D + 2 * E * H * D)
+    );
+}
+
+/// The training forward (f64, hard-routed) and the model's forward (f32) agree.
+#[test]
+fn the_parameters_forward_is_the_models() {
+    let p = params(5);
+    let m = to_model(&p);
+    let (train, _) = small_split(40, 0);
+    for raw in &train.features {
+        let x = super::driver::block_input(raw);
+        let e = argmax(&router_probs(&p, &x));
+        assert_eq!(e, m.route(&m.model_input(raw)).0[0]);
+        let (q, _) = head(&p, &expert_z(&p, e, &x), 0);
+        let out = m.forward(raw);
+        assert_eq!(argmax(&q), argmax(&out));
+        // softmax of the model's logits
+        let mx = out.iter().copied().fold(f32::MIN, f32::max);
+        let s: f64 = out.iter().map(|&v| ((v - mx) as f64).exp()).sum();
+        for (a, &b) in q.iter().zip(&out) {
+            assert!((a - ((b - mx) as f64).exp() / s).abs() < 1e-4);
+        }
+    }
+}
+
+/// Expert `e`'s head input `z = x + W2 (silu(W1 x) * W3 x)`.
+fn expert_z(p: &[f64], e: usize, x: &[f64]) -> Vec<f64> {
+    let a: Vec<f64> = (0..H)
+        .map(|j| {
+            let u: f64 = (0..D).map(|k| w1(p, e, j, k) * x[k]).sum();
+            let v: f64 = (0..D).map(|k| w3(p, e, j, k) * x[k]).sum();
+            silu(u) * v
+        })
+        .collect();
+    (0..D)
+        .map(|i| x[i] + (0..H).map(|j| w2(p, e, i, j) * a[j]).sum::<f64>())
+        .collect()
+}
+
+/// The float phase's objective `sum_e p_e CE_e` on one record.
+fn objective(p: &[f64], x: &[f64], label: usize) -> f64 {
+    let pr = router_probs(p, x);
+    (0..E)
+        .map(|e| pr[e] * head(p, &expert_z(p, e, x), label).1)
+        .sum()
+}
+
+#[test]
+fn float_gradients_match_finite_differences() {
+    let p = params(3);
+    let (train, _) = small_split(3, 0);
+    let x = super::driver::block_input(&train.features[2]);
+    let label = train.labels[2];
+    let mut g = vec![0.0; TOTAL];
+    float_record(&p, &mut g, &x, label, &[0.0; E]);
+    let mut rng = SplitMix(9);
+    // a few parameters of every tensor (pixels 0 and 7 are often blank: pick any)
+    let starts = [WR, W1, W3, W2, HW, HB, TOTAL];
+    for w in starts.windows(2) {
+        for _ in 0..6 {
+            let i = w[0] + rng.below((w[1] - w[0]) as u64) as usize;
+            let eps = 1e-6;
+            let (mut hi, mut lo) = (p.clone(), p.clone());
+            hi[i] += eps;
+            lo[i] -= eps;
+            let num = (objective(&hi, &x, label) - objective(&lo, &x, label)) / (2.0 * eps);
+            assert!(
+                (num - g[i]).abs() <= 1e-7 + 1e-4 * g[i].abs(),
+                "parameter {i}: numeric {num}, analytic {}",
+                g[i]
+            );
+        }
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_model() {
+    let (train, test) = small_split(200, 50);
+    let (a, log_a) = run(&short_options(4), &train, &test);
+    let (b, log_b) = run(&short_options(4), &train, &test);
+    assert_eq!(a.model, b.model);
+    assert_eq!(a.quantized, b.quantized);
+    assert_eq!(log_a, log_b);
+    let (c, _) = run(&short_options(5), &train, &test);
+    assert_ne!(a.model.experts, c.model.experts);
+}
+
+#[test]
+fn a_short_training_beats_chance() {
+    let (train, test) = small_split(400, 150);
+    let opts = TrainOptions {
+        read_noise_std: Some(2e-3),
+        ..short_options(7)
+    };
+    let (t, log) = run(&opts, &train, &test);
+    // 10 classes: chance is 10%
+    assert!(t.exact.float_accuracy() > 0.7, "{}", t.exact);
+    assert!(t.exact.quantized_accuracy() > 0.5, "{}", t.exact);
+    assert_eq!(t.exact.records, 150);
+    // the model declares the quantization it was trained for, and is quantized with it
+    let declared = t.model.quantization.expect("declared quantization");
+    assert_eq!(t.report.choice, declared);
+    assert_eq!(declared.w2_l1, Some(opts.w2_l1_budget));
+    let r = t.robustness.as_ref().expect("measured with a noise level");
+    assert_eq!((r.seeds.clone(), r.simulated.len()), (vec![0, 1], 2));
+    assert!(r.agreement.iter().all(|&a| a <= 150));
+    assert_eq!(r.report("test noise").lines().count(), 3);
+    // progress at the last epoch of each phase, and the result lines
+    assert_eq!(t.float_epochs.last().map(|e| e.epoch), Some(12));
+    assert_eq!(t.qat_epochs.last().map(|e| e.epoch), Some(2));
+    for start in [
+        "float epoch",
+        "qat epoch",
+        "quantization of the float model:",
+        "final",
+    ] {
+        assert!(
+            log.iter().any(|l| l.starts_with(start)),
+            "no `{start}` line"
+        );
+    }
+    assert!(log.last().unwrap().starts_with("test, exact reference:"));
+}
+
+#[test]
+fn records_that_are_not_digits_are_refused() {
+    let (train, test) = small_split(20, 5);
+    let opts = TrainOptions {
+        float_epochs: 1,
+        qat_epochs: 0,
+        ..TrainOptions::default()
+    };
+    let mut short = train.clone();
+    short.features[3].pop();
+    assert!(train_digits(&opts, &short, &test, &mut |_| {}).is_err());
+    let mut label = test.clone();
+    label.labels[0] = 10;
+    assert!(train_digits(&opts, &train, &label, &mut |_| {}).is_err());
+    let empty = train.subset(&[], "empty".into());
+    assert!(train_digits(&opts, &empty, &test, &mut |_| {}).is_err());
+}
+
+/// The default options on the fixed digits split reproduce the embedded demo model's files
+/// byte for byte (about a minute in release: `cargo test --release -p veilmoe-model --
+/// --ignored`).
+#[test]
+#[ignore]
+fn the_defaults_reproduce_the_embedded_demo_model() {
+    let (train, test) = digits_split(&embedded_digits().unwrap());
+    let (t, _) = run(&TrainOptions::default(), &train, &test);
+    let files = t.model.mixtral_files("trained").unwrap();
+    assert!(
+        files.config_json.as_bytes() == crate::checkpoint::DEMO_CONFIG,
+        "config.json differs:\n{}",
+        files.config_json
+    );
+    assert!(files.safetensors == crate::checkpoint::DEMO_WEIGHTS);
+}

@@ -1,0 +1,274 @@
+//! The offline batch commands: keygen, quantize, encrypt, infer, merge, decrypt.
+
+use super::{load_preset, with_threads};
+use crate::files::keys::{read_client_key, read_server_key, write_client_key};
+use crate::jobs::decrypt::{decrypt_results, write_predictions};
+use crate::jobs::encrypt::encrypt_batch;
+use crate::jobs::infer::{infer, InferOptions};
+use crate::jobs::merge::merge;
+use crate::model_source::{ModelArgs, ModelSource};
+use crate::progress::RecordProgress;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use veilmoe_engine::format;
+use veilmoe_engine::ClientKey;
+use veilmoe_model::data::read_records;
+use veilmoe_model::model_file::write_model_file;
+use veilmoe_model::QuantizedClassifier;
+use veilmoe_protocols::session::Shard;
+use veilmoe_protocols::{ClientSession, ServerSession, Strategy};
+
+/// Generates client.key (mode 0600) and server.key for a preset.
+#[derive(Args)]
+pub struct Keygen {
+    /// Preset name (default, precise, test) or a path to a preset TOML file.
+    #[arg(long, default_value = "default")]
+    preset: String,
+    /// Output directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Store the server key in seeded (compressed) form.
+    #[arg(long)]
+    compressed: bool,
+    /// Allow an INSECURE (test-only) preset.
+    #[arg(long)]
+    allow_insecure: bool,
+}
+
+impl Keygen {
+    pub fn run(self) -> Result<()> {
+        let preset = load_preset(&self.preset, self.allow_insecure)?;
+        std::fs::create_dir_all(&self.out)
+            .with_context(|| format!("cannot create {}", self.out.display()))?;
+        eprintln!("[1/2] client key ({preset})");
+        let client = ClientKey::generate(&preset);
+        eprintln!("[2/2] server key");
+        let server_bytes = if self.compressed {
+            client.compressed_server_key().to_bytes()?
+        } else {
+            client
+                .server_key_with_progress(&mut |done, total| eprintln!("      part {done}/{total}"))
+                .to_bytes()?
+        };
+        format::write_atomic(&self.out.join("server.key"), &server_bytes)?;
+        write_client_key(&self.out.join("client.key"), &client)?;
+        eprintln!(
+            "wrote {} (key set {})",
+            self.out.display(),
+            client.key_set()
+        );
+        Ok(())
+    }
+}
+
+/// Quantizes a model once into a quantized-model file: integer weights, public quantization,
+/// client-side head and model id. The client keeps it; every later command takes it.
+#[derive(Args)]
+pub struct Quantize {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The preset the model will run on (sets the bits a PBS reads).
+    #[arg(long, default_value = "default")]
+    preset: String,
+    /// The model file to write.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    allow_insecure: bool,
+}
+
+impl Quantize {
+    pub fn run(self) -> Result<()> {
+        let preset = load_preset(&self.preset, self.allow_insecure)?;
+        let source = self.model.source()?;
+        if let ModelSource::File(p) = &source {
+            bail!("{} is already a quantized-model file", p.display());
+        }
+        let model = source.load_classifier(preset.message_bits)?;
+        let note = format!(
+            "{} quantized for {}-bit reads (preset {})",
+            source.label(),
+            preset.message_bits,
+            preset.name
+        );
+        let id = write_model_file(&self.out, &model, &note)?;
+        eprintln!("wrote {}: model {id} ({note})", self.out.display());
+        Ok(())
+    }
+}
+
+/// The client key and the model of a client command (encrypt, decrypt).
+fn client_key_and_model(
+    key: &Path,
+    model: &ModelArgs,
+    allow_insecure: bool,
+) -> Result<(ClientKey, QuantizedClassifier)> {
+    let client = read_client_key(key, allow_insecure)?;
+    let model = model
+        .source()?
+        .load_classifier(client.preset().message_bits)?;
+    Ok((client, model))
+}
+
+/// Client: quantizes and encrypts records (.csv or .npy, one record per row) into a batch.
+#[derive(Args)]
+pub struct Encrypt {
+    /// The client key (from `keygen`).
+    #[arg(long)]
+    key: PathBuf,
+    /// Records: .csv (optional header line, optionally .csv.gz) or .npy (records x features).
+    #[arg(long)]
+    input: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long)]
+    allow_insecure: bool,
+}
+
+impl Encrypt {
+    pub fn run(self) -> Result<()> {
+        let (client, model) = client_key_and_model(&self.key, &self.model, self.allow_insecure)?;
+        let session = ClientSession::new(&client, &model)?;
+        let records = read_records(&self.input, model.features())?;
+        let meta = encrypt_batch(&session, &records, &self.out)?;
+        eprintln!(
+            "wrote {}: {} records for model {} (key set {})",
+            self.out.display(),
+            meta.records,
+            meta.model_id,
+            client.key_set()
+        );
+        Ok(())
+    }
+}
+
+/// Server: runs the encrypted model over a batch, with checkpoints (--resume) and shards.
+#[derive(Args)]
+pub struct Infer {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The server key (from `keygen`).
+    #[arg(long)]
+    server_key: PathBuf,
+    /// The encrypted batch (from `encrypt`).
+    #[arg(long)]
+    input: PathBuf,
+    /// The encrypted results (written when the shard is complete; OUT.partial meanwhile).
+    #[arg(long)]
+    out: PathBuf,
+    /// Expert strategy (public-routing is refused: it reveals the routing).
+    #[arg(long, value_enum, default_value_t = Strategy::Select)]
+    strategy: Strategy,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Run only records with index % n == i (`i/n`), e.g. one task of a job array.
+    #[arg(long, value_parser = Shard::parse)]
+    shard: Option<Shard>,
+    /// Continue a killed job from OUT.partial.
+    #[arg(long)]
+    resume: bool,
+    /// Print the job summary as JSON.
+    #[arg(long)]
+    json: bool,
+    #[arg(long)]
+    allow_insecure: bool,
+}
+
+impl Infer {
+    pub fn run(self) -> Result<()> {
+        self.strategy.oblivious()?;
+        let server = read_server_key(&self.server_key, self.allow_insecure)?;
+        let model = self
+            .model
+            .source()?
+            .load_classifier(server.preset().message_bits)?;
+        let opts = InferOptions {
+            shard: self.shard.unwrap_or(Shard::WHOLE),
+            resume: self.resume,
+        };
+        let (input, out) = (&self.input, &self.out);
+        let summary = with_threads(self.threads, || {
+            let session = ServerSession::new(&server, &model, self.strategy)?;
+            let mut progress = RecordProgress::new();
+            anyhow::Ok(infer(
+                &server,
+                &session,
+                input,
+                out,
+                &opts,
+                &mut |d, t, s| progress.update(d, t, s),
+            )?)
+        })??;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        } else {
+            eprintln!(
+                "wrote {}: {} records ({} resumed), {:.2} s/record",
+                out.display(),
+                summary.records_in_shard,
+                summary.resumed_records,
+                summary.seconds_per_record
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Merges the results of all shards of one batch into one results file.
+#[derive(Args)]
+pub struct Merge {
+    #[arg(long)]
+    out: PathBuf,
+    /// The shards' results files.
+    #[arg(required = true)]
+    parts: Vec<PathBuf>,
+}
+
+impl Merge {
+    pub fn run(self) -> Result<()> {
+        let n = merge(&self.parts, &self.out)?;
+        eprintln!(
+            "wrote {}: {n} records from {} shards",
+            self.out.display(),
+            self.parts.len()
+        );
+        Ok(())
+    }
+}
+
+/// Client: decrypts results into predictions (CSV: record, class, outputs). Needs the client
+/// key, the results and the model file (or the embedded demo), nothing else.
+#[derive(Args)]
+pub struct Decrypt {
+    #[arg(long)]
+    key: PathBuf,
+    #[arg(long)]
+    input: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Also print the predictions as JSON.
+    #[arg(long)]
+    json: bool,
+    #[arg(long)]
+    allow_insecure: bool,
+}
+
+impl Decrypt {
+    pub fn run(self) -> Result<()> {
+        let (client, model) = client_key_and_model(&self.key, &self.model, self.allow_insecure)?;
+        let session = ClientSession::new(&client, &model)?;
+        let (_, preds) = decrypt_results(&session, &self.input)?;
+        write_predictions(&self.out, &preds)?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&preds)?);
+        }
+        eprintln!("wrote {}: {} predictions", self.out.display(), preds.len());
+        Ok(())
+    }
+}

@@ -1,0 +1,195 @@
+//! `veilmoe bench`: benchmarks printing text or JSON.
+
+use super::load_preset;
+use crate::bench::moe::{run_moe, MoeBench, MoeReport};
+use crate::bench::primitives::{run_primitives, PrimitiveBench, PrimitiveReport};
+use crate::report::print_report;
+use anyhow::{bail, Result};
+use clap::Subcommand;
+use veilmoe_model::{Activation, FfnKind};
+use veilmoe_protocols::Strategy;
+
+#[derive(Subcommand)]
+pub enum Bench {
+    /// Encrypted MoE layer per token, by strategy and number of experts (side by side).
+    /// `public-routing` is INSECURE: it reveals the routing to the server (reference only).
+    Moe {
+        #[arg(long, default_value = "default")]
+        preset: String,
+        /// Comma-separated numbers of experts.
+        #[arg(long, value_delimiter = ',', default_value = "1,8,16,64")]
+        experts: Vec<usize>,
+        /// Comma-separated strategies (public-routing is INSECURE, a reference only).
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "select,compute-all,public-routing"
+        )]
+        strategy: Vec<Strategy>,
+        #[arg(long, default_value_t = 64)]
+        d: usize,
+        #[arg(long, default_value_t = 64)]
+        h: usize,
+        #[arg(long, default_value_t = 1)]
+        top_k: usize,
+        /// Expert FFN: relu, gelu, silu or gated-silu.
+        #[arg(long, default_value = "gated-silu")]
+        ffn: String,
+        /// Timed tokens per case (median reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        allow_insecure: bool,
+    },
+    /// Per-primitive medians (PBS, keyswitch, packed matvec, CMUX, circuit bootstrap, ...).
+    Primitives {
+        #[arg(long, default_value = "default")]
+        preset: String,
+        /// Timed runs per primitive (median reported).
+        #[arg(long, default_value_t = 9)]
+        runs: usize,
+        /// Threads for the batched-PBS throughput figure (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        allow_insecure: bool,
+    },
+}
+
+impl std::fmt::Display for PrimitiveReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "preset {}  threads {}  {}",
+            self.preset, self.threads, self.machine
+        )?;
+        for (k, v) in &self.median_ms {
+            writeln!(f, "  {k:<22} {v:>10.3} ms")?;
+        }
+        writeln!(
+            f,
+            "  engine/bare PBS        {:>10.3}",
+            self.pbs_engine_over_bare
+        )?;
+        writeln!(
+            f,
+            "  batch PBS, 1 thread    {:>10.3} ms/PBS",
+            self.batch_pbs_ms_1_thread
+        )?;
+        write!(
+            f,
+            "  batch PBS, {} threads   {:>10.3} ms/PBS (speedup {:.2})",
+            self.threads, self.batch_pbs_ms_n_threads, self.batch_speedup
+        )
+    }
+}
+
+impl std::fmt::Display for MoeReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "preset {}  threads {}  {}  d={} h={} k={} ffn={}",
+            self.preset, self.threads, self.machine, self.d, self.h, self.top_k, self.ffn
+        )?;
+        for c in &self.cases {
+            writeln!(
+                f,
+                "  {:<15} E={:<4} {:>10.0} ms/token  pbs {:>6}  cbs {:>3}{}",
+                c.strategy.name(),
+                c.experts,
+                c.median_ms_per_token,
+                c.ops.get("pbs").unwrap_or(&0),
+                c.ops.get("circuit_bootstrap").unwrap_or(&0),
+                if c.leaks_routing { "  (INSECURE)" } else { "" }
+            )?;
+        }
+        write!(
+            f,
+            "  argmax of 8: {:.0} ms, {} PBS",
+            self.argmax8_ms, self.argmax8_pbs
+        )?;
+        for (k, v) in &self.ratios {
+            write!(f, "\n  {k}: {v:.2}")?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_ffn(ffn: &str) -> Result<FfnKind> {
+    Ok(match ffn {
+        "relu" => FfnKind::Plain(Activation::Relu),
+        "gelu" => FfnKind::Plain(Activation::Gelu),
+        "silu" => FfnKind::Plain(Activation::Silu),
+        "gated-silu" => FfnKind::GatedSilu,
+        other => bail!("unknown --ffn `{other}` (relu, gelu, silu, gated-silu)"),
+    })
+}
+
+impl Bench {
+    pub fn run(self) -> Result<()> {
+        match self {
+            Bench::Primitives {
+                preset,
+                runs,
+                threads,
+                json,
+                allow_insecure,
+            } => {
+                let preset = load_preset(&preset, allow_insecure)?;
+                let threads = threads.unwrap_or_else(|| {
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(1)
+                });
+                if threads == 0 {
+                    bail!("--threads must be at least 1");
+                }
+                eprintln!("generating keys for {preset} ...");
+                let bench = PrimitiveBench::new(preset);
+                eprintln!("timing primitives ({runs} runs each) ...");
+                print_report(&run_primitives(&bench, runs, threads)?, json)?;
+            }
+            Bench::Moe {
+                preset,
+                experts,
+                strategy,
+                d,
+                h,
+                top_k,
+                ffn,
+                runs,
+                json,
+                allow_insecure,
+            } => {
+                let preset = load_preset(&preset, allow_insecure)?;
+                let ffn = parse_ffn(&ffn)?;
+                if experts.is_empty() || experts.iter().any(|&e| e == 0 || e > 128) {
+                    bail!("--experts takes numbers between 1 and 128");
+                }
+                if runs == 0 || d == 0 || h == 0 || !(1..=2).contains(&top_k) {
+                    bail!("--runs, --d and --h must be positive and --top-k 1 or 2");
+                }
+                if strategy.contains(&Strategy::PublicRouting) {
+                    eprintln!("NOTE: public-routing is INSECURE: it reveals each token's expert to the server. It is a lower-bound reference only.");
+                }
+                let bench = MoeBench {
+                    experts,
+                    strategies: strategy,
+                    d,
+                    h,
+                    top_k,
+                    ffn,
+                    runs,
+                };
+                let report = run_moe(&preset, &bench, &mut |line| eprintln!("{line}"))?;
+                print_report(&report, json)?;
+            }
+        }
+        Ok(())
+    }
+}

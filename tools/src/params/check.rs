@@ -1,0 +1,201 @@
+//! `params check`: will this model run correctly and securely on this preset?
+//!
+//! Accumulator ranges come from the quantized model (the widths the requantizing reads use).
+//! The noise side is not a second, analytic copy of the protocol that could drift from it: the
+//! check generates keys for the preset in memory and runs one token through the real encrypted
+//! layer, then reads the engine's own bookkeeping: for every stage, how many bootstrapped reads
+//! (PBS and circuit-bootstrap inputs) it made and the largest input variance bound it tracked
+//! (from the weights' 2-norms, the preset's noise, the FFT error, keyswitch and modulus switch).
+//! Per-read failure probabilities follow from the noise model; per token and per batch by the
+//! union bound. Noise bookkeeping depends only on the public architecture, never on the token.
+
+use super::probe::{probe_token, ProbeKeys, StageCheck};
+use crate::model_source::{ModelSource, SourceError};
+use serde::Serialize;
+use thiserror::Error;
+use veilmoe_engine::{EngineError, Preset};
+use veilmoe_protocols::{ProtocolError, Strategy};
+
+#[derive(Debug, Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// One requantizing read of a wide accumulator.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccumulatorCheck {
+    pub stage: String,
+    /// Worst-case accumulator range (from the integer weights).
+    pub min: i64,
+    pub max: i64,
+    /// Encoding width the accumulator lives in.
+    pub width: u32,
+    /// Low bits the read drops (the PBS reads `message_bits` + padding).
+    pub dropped_bits: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub preset: String,
+    pub security_bits: u32,
+    /// Certified by Concrete's lattice-estimator-fitted curves (see `veilmoe_engine::security`).
+    pub estimated_security_bits: u32,
+    pub insecure: bool,
+    pub message_bits: u32,
+    pub model: String,
+    pub experts: usize,
+    pub top_k: usize,
+    pub d: usize,
+    pub h: usize,
+    pub strategy: Strategy,
+    pub accumulators: Vec<AccumulatorCheck>,
+    pub stages: Vec<StageCheck>,
+    /// Union bound over the token's reads (log2).
+    pub log2_p_fail_token: f64,
+    pub batch: u64,
+    pub log2_p_fail_batch: f64,
+    pub pass: bool,
+    /// What failed and what to change (empty when it passes).
+    pub advice: Vec<String>,
+}
+
+/// Runs the check; `status` gets one line per phase.
+pub fn check(
+    preset: &Preset,
+    source: &ModelSource,
+    strategy: Strategy,
+    batch: u64,
+    status: &mut dyn FnMut(&str),
+) -> Result<CheckReport, CheckError> {
+    let strat = strategy.oblivious()?;
+    let model = source.load_classifier(preset.message_bits)?;
+    let moe = &model.moe;
+    let m = preset.message_bits;
+    let (lo, hi) = moe.expert_output_range();
+    let first = moe.input_width();
+    let out = moe.expert_output_width();
+    let (flo, fhi) = moe.first_stage_range();
+    let accumulators = vec![
+        AccumulatorCheck {
+            stage: "first stage (router, W1, W3)".into(),
+            min: flo as i64,
+            max: fhi as i64,
+            width: first,
+            dropped_bits: first - m,
+        },
+        AccumulatorCheck {
+            stage: "expert output (W2)".into(),
+            min: lo as i64,
+            max: hi as i64,
+            width: out,
+            dropped_bits: out - m,
+        },
+    ];
+    let mut advice = Vec::new();
+    let estimate = preset.estimated_security();
+    if preset.insecure || preset.security_bits < 128 || estimate.certified_bits < 128 {
+        advice.push(format!(
+            "preset `{}` is below 128-bit security ({}; estimated {estimate} from Concrete's \
+             lattice-estimator curves): tests only, never real data",
+            preset.name,
+            if preset.insecure {
+                "marked insecure".to_string()
+            } else {
+                format!("claims {} bits", preset.security_bits)
+            }
+        ));
+    }
+    status(&format!("generating keys ({preset}) ..."));
+    let keys = ProbeKeys::generate(preset);
+    status("running one token through the encrypted layer ...");
+    let probe = probe_token(&keys.client, &keys.server, moe, strat)?;
+    advice.extend(probe.refusal.clone());
+    let token = probe.log2_p_fail_token();
+    let stages = probe.stages;
+    let pass = advice.is_empty() && stages.iter().all(|s| s.within_budget);
+    Ok(CheckReport {
+        preset: preset.name.clone(),
+        security_bits: preset.security_bits,
+        estimated_security_bits: estimate.certified_bits,
+        insecure: preset.insecure,
+        message_bits: m,
+        model: source.label(),
+        experts: moe.config.experts.0,
+        top_k: moe.config.top_k.0,
+        d: moe.config.d.0,
+        h: moe.config.h.0,
+        strategy,
+        accumulators,
+        stages,
+        log2_p_fail_token: token,
+        batch,
+        log2_p_fail_batch: token + (batch.max(1) as f64).log2(),
+        pass,
+        advice,
+    })
+}
+
+impl std::fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "params check: {} (E = {}, k = {}, d = {}, h = {}) on preset {} ({}), strategy {}",
+            self.model,
+            self.experts,
+            self.top_k,
+            self.d,
+            self.h,
+            self.preset,
+            if self.insecure {
+                "INSECURE".to_string()
+            } else {
+                format!("{}-bit security", self.security_bits)
+            },
+            self.strategy
+        )?;
+        writeln!(
+            f,
+            "  accumulators ({} bits read per PBS):",
+            self.message_bits
+        )?;
+        for a in &self.accumulators {
+            writeln!(
+                f,
+                "    {:<30} [{}, {}] in {} bits, read dropping {} low bits",
+                a.stage, a.min, a.max, a.width, a.dropped_bits
+            )?;
+        }
+        writeln!(f, "  bootstrapped reads per token:")?;
+        for s in &self.stages {
+            writeln!(
+                f,
+                "    {:<14} {:>6} reads, max variance {:.2e} (budget {:.2e}) {} p_fail/read 2^{:.1}",
+                s.stage,
+                s.reads,
+                s.max_variance,
+                s.budget,
+                if s.within_budget { "ok  " } else { "OVER" },
+                s.log2_p_fail_per_read
+            )?;
+        }
+        writeln!(
+            f,
+            "  failure probability: 2^{:.1} per token, 2^{:.1} per batch of {}",
+            self.log2_p_fail_token, self.log2_p_fail_batch, self.batch
+        )?;
+        if self.pass {
+            write!(f, "  verdict: PASS")
+        } else {
+            writeln!(f, "  verdict: FAIL")?;
+            for a in &self.advice {
+                writeln!(f, "    - {a}")?;
+            }
+            Ok(())
+        }
+    }
+}
