@@ -124,7 +124,8 @@ fn default_preset_end_to_end() {
     assert_eq!(client.decrypt_packed(&packed).unwrap(), got);
 
     // Key files round-trip on the secure preset.
-    let sk2 = ServerKey::from_bytes(&server.to_bytes().unwrap(), Some(preset), false).unwrap();
+    let sk2 =
+        ServerKey::from_bytes(&client.server_key_file().unwrap(), Some(preset), false).unwrap();
     assert_eq!(sk2.key_set(), client.key_set());
     let ops = ev.ops().totals();
     assert_eq!(ops[&OpKind::Pbs], (h + h + 8) as u64);

@@ -151,7 +151,7 @@ fn keys_roundtrip_and_wrong_files_are_refused() {
         Err(EngineError::PresetMismatch { .. })
     ));
 
-    let sk_bytes = k.server.to_bytes().unwrap();
+    let sk_bytes = k.client.server_key_file().unwrap();
     let sk = ServerKey::from_bytes(&sk_bytes, Some(&preset), true).unwrap();
     assert_eq!(sk.key_set(), k.client.key_set());
     // a client key is not a server key
@@ -196,17 +196,16 @@ fn keys_roundtrip_and_wrong_files_are_refused() {
 }
 
 #[test]
-fn compressed_server_key_is_smaller_and_equivalent() {
+fn server_key_files_are_seeded_and_checked_before_expansion() {
     let k = test_keys();
     let preset = k.client.preset().clone();
-    let compressed = k.client.compressed_server_key();
-    let bytes = compressed.to_bytes().unwrap();
-    let full = k.server.to_bytes().unwrap();
+    let bytes = k.client.server_key_file().unwrap();
+    let sizes = veilmoe::engine::keys::KeySizes::of(&preset);
     assert!(
-        bytes.len() < full.len() * 3 / 4,
-        "{} vs {}",
+        (bytes.len() as u64) < sizes.server_key * 3 / 4,
+        "{} vs {} in memory",
         bytes.len(),
-        full.len()
+        sizes.server_key
     );
     let sk = ServerKey::from_bytes(&bytes, Some(&preset), true).unwrap();
     let ev = Evaluator::new(&sk);
@@ -225,6 +224,45 @@ fn compressed_server_key_is_smaller_and_equivalent() {
         k.client.decrypt_lwe(&ev.pbs(&ct, &lut).unwrap()).unwrap(),
         vec![0, 6, 14]
     );
+    // A full-form (Fourier) envelope is never decoded: its decoder allocates from the file.
+    let full = format::encode(ObjectKind::ServerKey, &preset, k.client.key_set(), &0u64).unwrap();
+    match ServerKey::from_bytes(&full, None, true) {
+        Err(EngineError::Format { reason, .. }) => {
+            assert!(reason.contains("full-form"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    // A header claiming another preset than the key inside: refused.
+    let default = Preset::load("default", false).unwrap();
+    let (_, payload) = format::read_header(&bytes).unwrap();
+    let forged = veilmoe::format::encode(
+        ObjectKind::CompressedServerKey,
+        &veilmoe::format::Binding {
+            preset: default.fingerprint(),
+            preset_name: default.name.clone(),
+            key_set: k.client.key_set(),
+        },
+        &RawPayload(payload.to_vec()),
+    )
+    .unwrap();
+    match ServerKey::from_bytes(&forged, None, true) {
+        Err(EngineError::Format { reason, .. }) => assert!(reason.contains("disagree"), "{reason}"),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+}
+
+/// Bytes serialized as themselves (bincode writes a byte tuple without a length).
+struct RawPayload(Vec<u8>);
+
+impl serde::Serialize for RawPayload {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(self.0.len())?;
+        for b in &self.0 {
+            t.serialize_element(b)?;
+        }
+        t.end()
+    }
 }
 
 #[test]

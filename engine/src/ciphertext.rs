@@ -360,6 +360,17 @@ fn check_metadata(
     Ok(())
 }
 
+/// Whether a seeded entity's compression seed is what veilmoe's seeders make: an AES-CTR key
+/// with the counter at its first index. A crafted seed (another counter position, another seed
+/// kind) makes tfhe's generator index out of its buffer while expanding.
+pub(crate) fn is_plain_seed(
+    seed: &tfhe::core_crypto::commons::math::random::CompressionSeed,
+) -> bool {
+    use tfhe_csprng::generators::aes_ctr::TableIndex;
+    use tfhe_csprng::seeders::SeedKind;
+    matches!(seed.inner.seed, SeedKind::Ctr(_)) && seed.inner.first_index == TableIndex::FIRST
+}
+
 fn malformed(what: &'static str, reason: String) -> EngineError {
     EngineError::Format { what, reason }
 }
@@ -437,6 +448,12 @@ impl SeededPackedGlwe {
         }
         if !self.list.ciphertext_modulus().is_native_modulus() {
             return Err(malformed(what, "not the native 2^64 modulus".into()));
+        }
+        if !is_plain_seed(&self.list.compression_seed()) {
+            return Err(malformed(
+                what,
+                "its mask seed is not a plain AES-CTR seed".into(),
+            ));
         }
         check_metadata(what, self.encoding, self.range, self.variance)
     }

@@ -118,58 +118,52 @@ impl ClientKey {
         self.server_key_with_progress(&mut |_, _| {})
     }
 
-    /// As [`ClientKey::server_key`], calling `progress(done, total)` between the key parts.
-    /// Every part is generated in seeded form by the one recipe of
-    /// [`ClientKey::compressed_server_key`] and expanded: one recipe per key, two forms.
+    /// As [`ClientKey::server_key`], calling `progress(done, total)` between the key parts:
+    /// the seeded key of [`ClientKey::compressed_server_key_with_progress`], expanded. One
+    /// recipe per key part, two forms.
     pub fn server_key_with_progress(&self, progress: &mut dyn FnMut(usize, usize)) -> ServerKey {
+        self.compressed_server_key_with_progress(progress)
+            .decompress()
+    }
+
+    /// Generates the server key in seeded (compressed) form: what a server key file holds.
+    pub fn compressed_server_key(&self) -> CompressedServerKey {
+        self.compressed_server_key_with_progress(&mut |_, _| {})
+    }
+
+    /// As [`ClientKey::compressed_server_key`], calling `progress(done, total)` between the
+    /// key parts.
+    pub fn compressed_server_key_with_progress(
+        &self,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> CompressedServerKey {
         let mut seeder = random::seeder();
         progress(0, 5);
-        let bsk = to_fourier(
-            &self
-                .seeded_bootstrap_key(self.preset.pbs, seeder.as_mut())
-                .decompress_into_lwe_bootstrap_key(),
-        );
+        let bsk = self.seeded_bootstrap_key(self.preset.pbs, seeder.as_mut());
         progress(1, 5);
-        let ksk = self
-            .seeded_keyswitch_key(seeder.as_mut())
-            .decompress_into_lwe_keyswitch_key();
+        let ksk = self.seeded_keyswitch_key(seeder.as_mut());
         progress(2, 5);
-        let pksk = self
-            .seeded_packing_keyswitch_key(seeder.as_mut())
-            .decompress_into_lwe_packing_keyswitch_key();
+        let pksk = self.seeded_packing_keyswitch_key(seeder.as_mut());
         progress(3, 5);
-        let cbs_bsk = to_fourier(
-            &self
-                .seeded_bootstrap_key(self.preset.circuit_bootstrap.pbs(), seeder.as_mut())
-                .decompress_into_lwe_bootstrap_key(),
-        );
+        let cbs_bsk =
+            self.seeded_bootstrap_key(self.preset.circuit_bootstrap.pbs(), seeder.as_mut());
         progress(4, 5);
         let cbs_pfpksk = self.cbs_packing_keys();
         progress(5, 5);
-        ServerKey::assemble(
-            self.preset.clone(),
-            self.key_set,
+        CompressedServerKey {
+            preset: self.preset.clone(),
+            key_set: self.key_set,
             bsk,
             ksk,
             pksk,
             cbs_bsk,
             cbs_pfpksk,
-        )
+        }
     }
 
-    /// Generates the server key in seeded (compressed) form.
-    pub fn compressed_server_key(&self) -> CompressedServerKey {
-        let mut seeder = random::seeder();
-        CompressedServerKey {
-            preset: self.preset.clone(),
-            key_set: self.key_set,
-            bsk: self.seeded_bootstrap_key(self.preset.pbs, seeder.as_mut()),
-            ksk: self.seeded_keyswitch_key(seeder.as_mut()),
-            pksk: self.seeded_packing_keyswitch_key(seeder.as_mut()),
-            cbs_bsk: self
-                .seeded_bootstrap_key(self.preset.circuit_bootstrap.pbs(), seeder.as_mut()),
-            cbs_pfpksk: self.cbs_packing_keys(),
-        }
+    /// The server key file's bytes: the seeded form (see [`ServerKey::from_bytes`]).
+    pub fn server_key_file(&self) -> Result<Vec<u8>> {
+        self.compressed_server_key().to_bytes()
     }
 
     /// Only what one keyswitch + PBS needs (Fourier bootstrapping key, keyswitching key), for
@@ -266,9 +260,10 @@ impl ClientKey {
         let key: ClientKey =
             decode_self_describing(bytes, ObjectKind::ClientKey, expected, allow_insecure)?;
         let p = &key.preset;
-        if key.small_sk.lwe_dimension() != p.lwe_dimension()
-            || key.glwe_sk.glwe_dimension() != p.glwe_dimension()
-            || key.glwe_sk.polynomial_size() != p.polynomial_size()
+        // Lengths first: tfhe derives the GLWE dimension by dividing by the polynomial size.
+        if key.glwe_sk.polynomial_size() != p.polynomial_size()
+            || key.glwe_sk.as_ref().len() != p.big_lwe_dimension().0
+            || key.small_sk.as_ref().len() != p.lwe_dimension().0
         {
             return Err(EngineError::Format {
                 what: "client key",

@@ -19,7 +19,7 @@ use veilmoe_model::QuantizedClassifier;
 use veilmoe_protocols::session::Shard;
 use veilmoe_protocols::{ClientSession, ServerSession, Strategy};
 
-/// Generates client.key (mode 0600) and server.key for a preset.
+/// Generates client.key (mode 0600) and server.key (seeded form) for a preset.
 #[derive(Args)]
 pub struct Keygen {
     /// Preset name (default, precise, test) or a path to a preset TOML file.
@@ -28,9 +28,6 @@ pub struct Keygen {
     /// Output directory.
     #[arg(long)]
     out: PathBuf,
-    /// Store the server key in seeded (compressed) form.
-    #[arg(long)]
-    compressed: bool,
     /// Allow an INSECURE (test-only) preset.
     #[arg(long)]
     allow_insecure: bool,
@@ -43,14 +40,12 @@ impl Keygen {
             .with_context(|| format!("cannot create {}", self.out.display()))?;
         eprintln!("[1/2] client key ({preset})");
         let client = ClientKey::generate(&preset);
-        eprintln!("[2/2] server key");
-        let server_bytes = if self.compressed {
-            client.compressed_server_key().to_bytes()?
-        } else {
-            client
-                .server_key_with_progress(&mut |done, total| eprintln!("      part {done}/{total}"))
-                .to_bytes()?
-        };
+        eprintln!("[2/2] server key (seeded form)");
+        let server_bytes = client
+            .compressed_server_key_with_progress(&mut |done, total| {
+                eprintln!("      part {done}/{total}")
+            })
+            .to_bytes()?;
         format::write_atomic(&self.out.join("server.key"), &server_bytes)?;
         write_client_key(&self.out.join("client.key"), &client)?;
         eprintln!(

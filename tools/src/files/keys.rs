@@ -33,7 +33,7 @@ pub fn read_client_key(path: &Path, allow_insecure: bool) -> Result<ClientKey, K
     ClientKey::from_bytes(&bytes, None, allow_insecure).map_err(at(path))
 }
 
-/// Reads a server key, full or compressed.
+/// Reads a server key file (seeded form; checked against its preset before expansion).
 pub fn read_server_key(path: &Path, allow_insecure: bool) -> Result<ServerKey, KeyFileError> {
     let bytes = format::read_file(path, MAX_SERVER_KEY_BYTES).map_err(at(path))?;
     ServerKey::from_bytes(&bytes, None, allow_insecure).map_err(at(path))
