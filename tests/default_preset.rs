@@ -179,11 +179,8 @@ fn moe_layer_on_default() {
         }
         let gates: Vec<i64> = out
             .routing
-            .gate_values(&ev, model.quant.gate_max())
-            .unwrap()
-            .iter()
-            .map(|g| client.decrypt_lwe(g).unwrap()[0])
-            .collect();
+            .decrypt_gates(client, model.quant.gate_max())
+            .unwrap();
         assert_eq!(
             gates,
             model.gates(&slot_logits, &sums, &mut Rounding::Exact)

@@ -88,13 +88,7 @@ fn run_config(config: MoeConfig, tokens: usize, seed: u64, strategy: &dyn Expert
                 }
             }
             // gates: exact from the decrypted logits (Switch: the sum is read approximately)
-            let gates: Vec<i64> = out
-                .routing
-                .gate_values(&ev, g_max)
-                .unwrap()
-                .iter()
-                .map(|g| decrypt(&k.client, g)[0])
-                .collect();
+            let gates: Vec<i64> = out.routing.decrypt_gates(&k.client, g_max).unwrap();
             match config.gating {
                 Gating::SoftmaxSelected => assert_eq!(
                     gates,

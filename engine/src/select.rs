@@ -53,13 +53,19 @@ impl<'k> Evaluator<'k> {
                 "small-key input",
             ));
         }
-        // Circuit bootstrapping reads each bit through a PBS: the same noise budget applies.
+        // Circuit bootstrapping reads each bit through a PBS: the same noise budget applies, in
+        // units of the bit's own encoding (a wider encoding leaves a narrower margin).
         let budget = noise::pbs_input_budget(self.preset());
-        self.ops.note_read(bits.len() as u64, bits.variance());
-        if bits.variance() > budget {
+        let weighted = noise::cbs_equivalent_input_variance(
+            self.preset(),
+            bits.variance(),
+            bits.encoding().width,
+        );
+        self.ops.note_read(bits.len() as u64, weighted);
+        if weighted > budget {
             return Err(EngineError::NoiseBudget {
-                context: "circuit bootstrap input",
-                variance: bits.variance(),
+                context: "circuit bootstrap input (variance weighted by its encoding width)",
+                variance: weighted,
                 budget,
             });
         }

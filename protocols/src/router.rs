@@ -14,8 +14,8 @@
 
 use crate::error::{config, Result};
 use veilmoe_engine::{
-    Cols, Encoding, Evaluator, Lut, LweVector, PackedGlwe, PackedWeights, Rows, ValueRange,
-    WeightMatrix,
+    ClientKey, Cols, Encoding, Evaluator, Lut, LweVector, PackedGlwe, PackedWeights, Rows,
+    ValueRange, WeightMatrix,
 };
 use veilmoe_model::quant;
 use veilmoe_model::{Gating, QuantizedMoe};
@@ -43,7 +43,7 @@ pub struct RouterTables {
     gating: Gating,
     /// Encoding of the one-hot and index bits.
     index_encoding: Encoding,
-    gate_encoding: Encoding,
+    gate_max: i64,
     switch_encoding: Encoding,
 }
 
@@ -79,37 +79,22 @@ pub struct Routing {
 }
 
 impl Routing {
-    /// Gate values as ciphertexts (signed encoding), one per slot, for the client to inspect.
-    pub fn gate_values(&self, ev: &Evaluator, g_max: i64) -> Result<Vec<LweVector>> {
-        let value = |bits: &LweVector| -> Result<LweVector> {
-            let w = WeightMatrix::new(
-                Rows(1),
-                Cols(bits.len()),
-                (0..bits.len()).map(|b| 1i64 << b).collect(),
-            )?;
-            Ok(ev.lwe_matvec(&w, None, bits)?)
+    /// Client side: the gate value of each slot (in `[0, g_max]`), decrypted from the gate
+    /// bits, for a client inspecting its own token's routing.
+    pub fn decrypt_gates(&self, client: &ClientKey, g_max: i64) -> Result<Vec<i64>> {
+        let value = |bits: &LweVector| -> Result<i64> {
+            Ok(client
+                .decrypt_lwe(bits)?
+                .iter()
+                .enumerate()
+                .map(|(b, &v)| v << b)
+                .sum())
         };
         match &self.gates {
-            Gates::Constant(g) => g
-                .iter()
-                .map(|&v| {
-                    Ok(ev.trivial(
-                        &[v],
-                        Encoding::signed(quant::hold_width(0, g_max as i128) + 1),
-                    )?)
-                })
-                .collect(),
+            Gates::Constant(g) => Ok(g.clone()),
             Gates::Complementary { g1_bits } => {
-                let n = g1_bits.len();
-                let w = WeightMatrix::new(
-                    Rows(2),
-                    Cols(n),
-                    (0..2 * n)
-                        .map(|i| if i < n { 1 << i } else { -(1 << (i - n)) })
-                        .collect(),
-                )?;
-                let both = ev.lwe_matvec(&w, Some(&[0, g_max]), g1_bits)?;
-                Ok(vec![both.slice(0..1)?, both.slice(1..2)?])
+                let g1 = value(g1_bits)?;
+                Ok(vec![g1, g_max - g1])
             }
             Gates::PerSlot(bits) => bits.iter().map(value).collect(),
         }
@@ -179,7 +164,10 @@ impl RouterTables {
                 -1
             }
         })?;
-        let gate_encoding = Encoding::signed(q.gate_bits + 2);
+        // Gate bits are circuit-bootstrapped: they take the index bits' m-bit encoding, whose
+        // margin is the one the circuit bootstrap's noise budget assumes (a wider encoding
+        // would halve it per bit of width).
+        let gate_encoding = index_encoding;
         let g = q.gate_max();
         let gate_bits = (0..q.gate_bits)
             .map(|b| {
@@ -224,7 +212,7 @@ impl RouterTables {
             top_k: model.config.top_k.0,
             gating: model.config.gating,
             index_encoding,
-            gate_encoding,
+            gate_max: q.gate_max(),
             switch_encoding,
         })
     }
@@ -316,7 +304,7 @@ impl RouterTables {
     }
 
     pub fn gate_max(&self) -> i64 {
-        (1i64 << (self.gate_encoding.width - 2)) - 1
+        self.gate_max
     }
 
     /// Encrypted argmax of E logits (signed m-bit encoding, values in [0, logit_max]): the

@@ -80,6 +80,14 @@ impl<'a> ServerSession<'a> {
         }
     }
 
+    /// Evaluates several records at once, results in input order. One small model's record
+    /// leaves cores idle between its dependent stages (an argmax round is a handful of PBS);
+    /// records are independent, so evaluating them side by side fills the cores.
+    pub fn evaluate_many(&self, records: Vec<BatchRecord>) -> Vec<Result<ResultRecord>> {
+        use rayon::prelude::*;
+        records.into_par_iter().map(|r| self.evaluate(r)).collect()
+    }
+
     /// Evaluates one record with a fresh evaluator.
     pub fn evaluate(&self, rec: BatchRecord) -> Result<ResultRecord> {
         self.evaluate_with(&Evaluator::new(self.server), rec)

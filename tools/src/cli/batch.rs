@@ -166,6 +166,10 @@ pub struct Infer {
     /// Continue a killed job from OUT.partial.
     #[arg(long)]
     resume: bool,
+    /// Records evaluated side by side (default: the number of worker threads; small models
+    /// leave cores idle within one record).
+    #[arg(long)]
+    parallel_records: Option<usize>,
     /// Print the job summary as JSON.
     #[arg(long)]
     json: bool,
@@ -181,12 +185,18 @@ impl Infer {
             .model
             .source()?
             .load_classifier(server.preset().message_bits)?;
-        let opts = InferOptions {
-            shard: self.shard.unwrap_or(Shard::WHOLE),
-            resume: self.resume,
-        };
+        if self.parallel_records == Some(0) {
+            bail!("--parallel-records must be at least 1");
+        }
         let (input, out) = (&self.input, &self.out);
         let summary = with_threads(self.threads, || {
+            let opts = InferOptions {
+                shard: self.shard.unwrap_or(Shard::WHOLE),
+                resume: self.resume,
+                parallel_records: self
+                    .parallel_records
+                    .unwrap_or_else(rayon::current_num_threads),
+            };
             let session = ServerSession::new(&server, &model, self.strategy)?;
             let mut progress = RecordProgress::new();
             anyhow::Ok(infer(

@@ -3,6 +3,7 @@
 use super::load_preset;
 use crate::bench::moe::{run_moe, MoeBench, MoeReport};
 use crate::bench::primitives::{run_primitives, PrimitiveBench, PrimitiveReport};
+use crate::bench::scaling::{plot_svg, run_scaling, ScalingBench};
 use crate::report::print_report;
 use anyhow::{bail, Result};
 use clap::Subcommand;
@@ -41,6 +42,31 @@ pub enum Bench {
         runs: usize,
         #[arg(long)]
         json: bool,
+        #[arg(long)]
+        allow_insecure: bool,
+    },
+    /// Throughput against threads: batch inference of the demo model (records side by side)
+    /// and batched PBS; speedup, efficiency and an Amdahl fit of the serial fraction.
+    Scaling {
+        #[arg(long, default_value = "default")]
+        preset: String,
+        /// Comma-separated thread counts (default: 1 up to all cores).
+        #[arg(long, value_delimiter = ',')]
+        threads: Vec<usize>,
+        /// Records of the inference batch (default: 4 per thread of the largest count).
+        #[arg(long)]
+        records: Option<usize>,
+        /// PBS of the batched-PBS workload.
+        #[arg(long, default_value_t = 64)]
+        pbs: usize,
+        /// Timed runs per point (median reported).
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+        /// Write an SVG plot of speedup against threads.
+        #[arg(long)]
+        plot: Option<std::path::PathBuf>,
         #[arg(long)]
         allow_insecure: bool,
     },
@@ -133,6 +159,50 @@ fn parse_ffn(ffn: &str) -> Result<FfnKind> {
 impl Bench {
     pub fn run(self) -> Result<()> {
         match self {
+            Bench::Scaling {
+                preset,
+                threads,
+                records,
+                pbs,
+                runs,
+                json,
+                plot,
+                allow_insecure,
+            } => {
+                let preset = load_preset(&preset, allow_insecure)?;
+                let cores = std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1);
+                let mut threads = if threads.is_empty() {
+                    (1..=cores).collect()
+                } else {
+                    threads
+                };
+                threads.sort_unstable();
+                threads.dedup();
+                if threads.contains(&0) || runs == 0 || pbs == 0 || records == Some(0) {
+                    bail!("--threads, --runs, --pbs and --records must be positive");
+                }
+                if let Some(p) = &plot {
+                    if p.extension().is_none_or(|e| e != "svg") {
+                        bail!("{}: --plot writes an .svg file", p.display());
+                    }
+                }
+                let max_t = threads.last().copied().unwrap_or(1);
+                let bench = ScalingBench {
+                    records: records.unwrap_or(4 * max_t),
+                    threads,
+                    pbs,
+                    runs,
+                };
+                let report = run_scaling(&preset, &bench, &mut |l| eprintln!("{l}"))?;
+                if let Some(p) = &plot {
+                    let svg = plot_svg(&report).map_err(anyhow::Error::msg)?;
+                    veilmoe_engine::format::write_atomic(p, svg.as_bytes())?;
+                    eprintln!("wrote {}", p.display());
+                }
+                print_report(&report, json)?;
+            }
             Bench::Primitives {
                 preset,
                 runs,

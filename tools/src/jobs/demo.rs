@@ -185,6 +185,7 @@ pub fn run_demo(
             &InferOptions {
                 shard: Shard::WHOLE,
                 resume: false,
+                parallel_records: rayon::current_num_threads(),
             },
             progress,
         )?;

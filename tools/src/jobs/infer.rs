@@ -22,6 +22,9 @@ use veilmoe_protocols::ServerSession;
 pub struct InferOptions {
     pub shard: Shard,
     pub resume: bool,
+    /// Records evaluated side by side (at least 1): small models leave cores idle within one
+    /// record, so several records at once raise the throughput.
+    pub parallel_records: usize,
 }
 
 /// What a job did.
@@ -101,7 +104,7 @@ pub fn infer(
         input,
         &mut records,
         &mut writer,
-        opts.shard,
+        opts,
         done,
         shard_size,
         progress,
@@ -162,15 +165,15 @@ fn check_batch(input: &Path, meta: &BatchMeta, mut records: RecordReader) -> Res
     Ok(())
 }
 
-/// Evaluates the shard's records after the first `done`, appending each result to the
-/// checkpoint; returns how many it computed.
+/// Evaluates the shard's records after the first `done`, `opts.parallel_records` at a time,
+/// appending each result to the checkpoint in batch order; returns how many it computed.
 #[allow(clippy::too_many_arguments)]
 fn run_records(
     session: &ServerSession,
     input: &Path,
     records: &mut RecordReader,
     writer: &mut RecordWriter,
-    shard: Shard,
+    opts: &InferOptions,
     done: u64,
     shard_size: u64,
     progress: Progress,
@@ -178,27 +181,38 @@ fn run_records(
     let start = Instant::now();
     let mut position = 0u64; // records of this shard seen so far
     let mut computed = 0u64;
+    let per_round = opts.parallel_records.max(1);
     progress(done, shard_size, 0.0);
-    while let Some(rec) = records.next::<BatchRecord>(ObjectKind::BatchRecord)? {
-        if !shard.contains(rec.index) {
-            continue;
+    loop {
+        let mut round = Vec::with_capacity(per_round);
+        while round.len() < per_round {
+            let Some(rec) = records.next::<BatchRecord>(ObjectKind::BatchRecord)? else {
+                break;
+            };
+            if !opts.shard.contains(rec.index) {
+                continue;
+            }
+            position += 1;
+            if position > done {
+                round.push(rec);
+            }
         }
-        position += 1;
-        if position <= done {
-            continue;
+        if round.is_empty() {
+            break;
         }
-        let result = session.evaluate(rec).map_err(in_file(input))?;
-        writer.append(ObjectKind::ResultRecord, &result)?;
-        computed += 1;
-        let secs = start.elapsed().as_secs_f64();
-        progress(done + computed, shard_size, secs / computed as f64);
+        for result in session.evaluate_many(round) {
+            writer.append(ObjectKind::ResultRecord, &result.map_err(in_file(input))?)?;
+            computed += 1;
+            let secs = start.elapsed().as_secs_f64();
+            progress(done + computed, shard_size, secs / computed as f64);
+        }
     }
     if done + computed != shard_size {
         return Err(usage(format!(
             "{}: the batch header promises {} records in shard {}, the file holds {}",
             input.display(),
             shard_size,
-            shard,
+            opts.shard,
             done + computed
         )));
     }
