@@ -59,7 +59,9 @@ impl fmt::Display for KeySetId {
 #[repr(u16)]
 pub enum ObjectKind {
     ClientKey = 1,
+    /// The server key in Fourier form (earlier versions' files; no longer read).
     ServerKey = 2,
+    /// The server key in seeded form: what a server key file holds.
     CompressedServerKey = 3,
     LweVector = 4,
     PackedGlwe = 5,
@@ -99,8 +101,8 @@ impl ObjectKind {
     pub fn name(self) -> &'static str {
         match self {
             ObjectKind::ClientKey => "client key",
-            ObjectKind::ServerKey => "server key",
-            ObjectKind::CompressedServerKey => "compressed server key",
+            ObjectKind::ServerKey => "full-form server key",
+            ObjectKind::CompressedServerKey => "server key",
             ObjectKind::LweVector => "LWE ciphertext vector",
             ObjectKind::PackedGlwe => "packed GLWE ciphertext",
             ObjectKind::SeededPackedGlwe => "seeded packed GLWE ciphertext",
