@@ -3,6 +3,7 @@
 //! box, and the router rows are centred first to shrink their L1 norms.
 
 use super::context::Context;
+use crate::quantized::affine_range;
 
 /// One first-stage group, quantized.
 pub(super) struct Rows {
@@ -124,18 +125,21 @@ impl Context<'_> {
             for r in 0..rows {
                 let row = &real[r * cols..(r + 1) * cols];
                 let mut sum = 0i64;
-                let (mut lo, mut hi) = (0i128, 0i128);
                 for (c, &v) in row.iter().enumerate() {
                     let x = (v / sigma[r]).round() as i64;
                     wi[r * cols + c] = x;
                     sum += x;
-                    let (a, z) = (x as i128 * qmin as i128, x as i128 * qmax as i128);
-                    lo += a.min(z);
-                    hi += a.max(z);
                 }
                 bi[r] = (bias(r) / sigma[r]).round() as i64 - zp * sum;
-                lo += bi[r] as i128;
-                hi += bi[r] as i128;
+                // (The range includes 0, which the box always does: the refit decision is the
+                // row's own worst case.)
+                let (lo, hi) = affine_range(
+                    &wi[r * cols..(r + 1) * cols],
+                    Some(&bi[r..r + 1]),
+                    cols,
+                    qmin,
+                    qmax,
+                );
                 refit[r] = hi > box_hi || lo < box_lo;
             }
             if !refit.iter().any(|&f| f) {
