@@ -369,6 +369,56 @@ fn cmux_noise_matches_the_model() {
     );
 }
 
+/// The failure model of the circuit-bootstrap -> CMUX chain against reality: CMUX outputs
+/// decrypted at an encoding so wide (10 bits) that the CMUX noise makes a fifth of them round
+/// to a neighbour; the rate predicted from the model's variance (a Gaussian tail) must match the
+/// measured rate within a factor of 3 (16,384 samples; the model's key-spread margin makes it
+/// predict a little more than is measured).
+#[test]
+fn cmux_failure_rate_matches_the_model() {
+    let k = test_keys();
+    let ev = Evaluator::new(&k.server);
+    let n = k.client.preset().glwe.polynomial_size;
+    let mut rng = Rng::new(4242);
+    let enc = Encoding::unsigned(10);
+    let ggsw = ev
+        .circuit_bootstrap(
+            &k.client
+                .encrypt_lwe(&[1; 16], Encoding::unsigned(4))
+                .unwrap(),
+        )
+        .unwrap();
+    let (mut errors, mut total, mut variance) = (0usize, 0usize, 0.0f64);
+    for g in &ggsw {
+        let a = rng.vec(n, 0, 1023);
+        let b = rng.vec(n, 0, 1023);
+        let ca = k.client.encrypt_packed(&a, enc).unwrap();
+        let cb = k.client.encrypt_packed(&b, enc).unwrap();
+        let sel = ev.cmux_tree(std::slice::from_ref(g), &[ca, cb]).unwrap();
+        variance = sel.variance();
+        let got = k.client.decrypt_packed(&sel).unwrap();
+        errors += got.iter().zip(&b).filter(|(x, y)| x != y).count();
+        total += b.len();
+    }
+    // A value of width w sits at v * 2^(63 - w): steps of 2^-(w + 1) of the torus.
+    let half_box = 2f64.powi(-(enc.width as i32) - 2);
+    let z = half_box / variance.sqrt();
+    let predicted = veilmoe::engine::noise::log2_erfc(z / std::f64::consts::SQRT_2).exp2();
+    let measured = errors as f64 / total as f64;
+    eprintln!(
+        "CMUX at width {}: measured {measured:.4} ({errors} / {total}), predicted {predicted:.4}",
+        enc.width
+    );
+    assert!(
+        (0.02..0.6).contains(&predicted),
+        "the width should make failures measurable, model says {predicted}"
+    );
+    assert!(
+        measured <= 3.0 * predicted && measured >= predicted / 3.0,
+        "measured {measured:.4} ({errors} / {total}), predicted {predicted:.4}"
+    );
+}
+
 /// Mean squared error of CMUX outputs through 16 circuit-bootstrapped GGSWs of 1, each
 /// selecting between its own fresh pair of packed ciphertexts, and the model's variance.
 fn measured_cmux_variance(
