@@ -419,6 +419,44 @@ fn cmux_failure_rate_matches_the_model() {
     );
 }
 
+/// The same for the gate products (external products of a circuit-bootstrapped gate bit with
+/// LWE slot outputs, what the layer's combine step computes): products with bits of 1,
+/// decrypted at 10 bits, failure rate within a factor of 3 of the model's.
+#[test]
+fn gate_product_failure_rate_matches_the_model() {
+    let k = test_keys();
+    let ev = Evaluator::new(&k.server);
+    let mut rng = Rng::new(4343);
+    let enc = Encoding::unsigned(10);
+    let ggsw = ev
+        .circuit_bootstrap(
+            &k.client
+                .encrypt_lwe(&[1; 16], Encoding::unsigned(4))
+                .unwrap(),
+        )
+        .unwrap();
+    let (mut errors, mut total, mut variance) = (0usize, 0usize, 0.0f64);
+    for g in &ggsw {
+        let v = rng.vec(1024, 0, 1023);
+        let ct = k.client.encrypt_lwe(&v, enc).unwrap();
+        let out = ev.external_product_lwe(g, &ct).unwrap();
+        variance = out.variance();
+        let got = k.client.decrypt_lwe(&out).unwrap();
+        errors += got.iter().zip(&v).filter(|(x, y)| x != y).count();
+        total += v.len();
+    }
+    let half_box = 2f64.powi(-(enc.width as i32) - 2);
+    let z = half_box / variance.sqrt();
+    let predicted = veilmoe::engine::noise::log2_erfc(z / std::f64::consts::SQRT_2).exp2();
+    let measured = errors as f64 / total as f64;
+    eprintln!("gate products at width 10: measured {measured:.4} ({errors} / {total}), predicted {predicted:.4}");
+    assert!((0.02..0.6).contains(&predicted), "model says {predicted}");
+    assert!(
+        measured <= 3.0 * predicted && measured >= predicted / 3.0,
+        "measured {measured:.4} ({errors} / {total}), predicted {predicted:.4}"
+    );
+}
+
 /// Mean squared error of CMUX outputs through 16 circuit-bootstrapped GGSWs of 1, each
 /// selecting between its own fresh pair of packed ciphertexts, and the model's variance.
 fn measured_cmux_variance(
