@@ -281,6 +281,9 @@ fn qwen2_moe_bf16_softmax_then_top_k() {
     assert_eq!(m.family, Family::Qwen2Moe);
     assert_eq!(m.config.gating, Gating::SoftmaxThenTopK);
     assert_eq!(m.config.h.0, H);
+    // The shared expert is not evaluated, and the model says so by name.
+    assert_eq!(m.not_evaluated.len(), 1, "{:?}", m.not_evaluated);
+    assert!(m.not_evaluated[0].contains("shared expert"));
     assert!(m.head.is_none() && !m.residual);
     let p = "model.layers.0.mlp";
     // bf16 holds these values exactly

@@ -87,13 +87,18 @@ impl ModelSource {
         }
     }
 
-    /// The float model (not for a model file, which holds only the quantized one).
+    /// The float model (not for a model file, which holds only the quantized one). Every part
+    /// of the checkpoint that veilmoe does not evaluate is named on stderr.
     pub fn load_float(&self) -> Result<FloatMoeModel, SourceError> {
-        Ok(match self {
+        let model = match self {
             ModelSource::Embedded => embedded_demo_model()?,
             ModelSource::Dir { dir, .. } => FloatMoeModel::load(dir)?,
             ModelSource::File(p) => return Err(SourceError::NoFloatModel(p.display().to_string())),
-        })
+        };
+        for part in &model.not_evaluated {
+            eprintln!("WARNING: {}: not evaluated: {part}", model.origin);
+        }
+        Ok(model)
     }
 
     /// The records that calibrate the quantization of `model` (loaded from this source).

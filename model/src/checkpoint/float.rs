@@ -48,6 +48,9 @@ pub struct FloatMoeModel {
     pub input_scale: f64,
     /// The quantization the model was trained for, if it declares one.
     pub quantization: Option<crate::quantize::QuantChoice>,
+    /// Parts of the checkpoint's block that veilmoe does not evaluate (for example Qwen2-MoE's
+    /// shared expert), each named: commands print them as warnings, never drop them silently.
+    pub not_evaluated: Vec<String>,
 }
 
 /// Softmax in f32, as the float forward pass runs.

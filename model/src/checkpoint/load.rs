@@ -108,6 +108,7 @@ fn load_from_store(
         Family::SwitchTransformers => switch::load(&value, &mut store, layer)?,
     };
     let head = load_head(&mut store, block.config.d.0)?;
+    let not_evaluated = not_evaluated(&store, family, block.layer);
     Ok(FloatMoeModel {
         family,
         origin,
@@ -120,7 +121,28 @@ fn load_from_store(
         residual: extras.residual,
         input_scale: extras.input_scale,
         quantization: extras.quantization,
+        not_evaluated,
     })
+}
+
+/// Tensors of the block that the family's loader does not evaluate, described by name.
+fn not_evaluated(store: &TensorStore<'_>, family: Family, layer: usize) -> Vec<String> {
+    match family {
+        Family::Qwen2Moe | Family::Olmoe => {
+            let prefix = format!("model.layers.{layer}.mlp.shared_expert");
+            let shared: Vec<&str> = store.names().filter(|n| n.starts_with(&prefix)).collect();
+            if shared.is_empty() {
+                Vec::new()
+            } else {
+                vec![format!(
+                    "layer {layer}'s shared expert and its sigmoid gate ({} tensors under \
+                     `{prefix}*`): every token's block output lacks its contribution",
+                    shared.len()
+                )]
+            }
+        }
+        Family::Mixtral | Family::SwitchTransformers => Vec::new(),
+    }
 }
 
 /// `score.*` (sequence classification) or `classifier.*`, if present.

@@ -12,7 +12,9 @@
 //! un-renormalized probabilities ([`Gating::SoftmaxThenTopK`]).
 //!
 //! Qwen2-MoE's shared expert (`mlp.shared_expert.*`, `mlp.shared_expert_gate.weight`) is a
-//! dense FFN that every token uses; it carries no routing secret and is **not evaluated**.
+//! dense FFN that every token uses; it carries no routing secret and is **not evaluated** yet:
+//! the loaded model names it in `FloatMoeModel::not_evaluated`, and commands print it as a
+//! warning.
 
 use super::block::{family_config, gated_silu_block, Block, GatedNames};
 use super::error::{CheckpointError, Result};

@@ -96,6 +96,7 @@ pub(super) fn to_model(p: &[f64]) -> FloatMoeModel {
         },
         router: mat(WR, E, D),
         router_bias: None,
+        not_evaluated: Vec::new(),
         experts: (0..E)
             .map(|e| FloatExpert {
                 w1: mat(W1 + e * H * D, H, D),
