@@ -90,6 +90,16 @@ impl MoeLayer {
         )?;
         ev.set_stage("combine");
         let y_terms = self.combine(ev, &routing.gates, &slot_outputs)?;
+        // The client checks responses against the public structure: the layer must produce it.
+        if y_terms
+            .iter()
+            .map(|(c, _)| *c)
+            .ne(output_coefficients(&self.model))
+        {
+            return Err(config(
+                "the layer's output terms differ from output_coefficients (a protocol bug)",
+            ));
+        }
         Ok(MoeOutput {
             routing,
             slot_outputs,
