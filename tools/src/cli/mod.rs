@@ -64,7 +64,36 @@ pub fn parse_or_exit<P: clap::Parser>() -> P {
 
 /// Reports an error chain as one line on stderr and exits with 1.
 pub fn exit_with(e: anyhow::Error) -> ! {
-    let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-    eprintln!("error: {}", chain.join(": "));
+    eprintln!("error: {}", one_line(&e));
     std::process::exit(1);
+}
+
+/// An error chain as one line: each cause appended unless the line already says it (many
+/// errors print their source in their own message as well as exposing it as a cause).
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn causes_already_in_the_message_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(io).context("I/O error on k: no such file");
+        let e = e.context("k");
+        assert_eq!(one_line(&e), "k: I/O error on k: no such file");
+    }
 }
