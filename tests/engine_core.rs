@@ -361,8 +361,8 @@ fn packing_keyswitch_repacks_pbs_outputs() {
 fn cmux_noise_matches_the_model() {
     let k = test_keys();
     let (variance, model) = measured_cmux_variance(&k.client, &k.server, 77);
-    // The model is the worst case (a GGSW of 1) with a margin for the spread between key sets
-    // (measured 0.70-1.10 of the expectation over 40 key sets, see cmux_noise_over_fresh_keys).
+    // The model is the worst case (a GGSW of 1) with a margin for the measured spread (see
+    // measured_cmux_variance and cmux_noise_over_fresh_keys).
     assert!(
         variance <= model && variance >= model / 4.0,
         "measured CMUX variance {variance:.3e}, model {model:.3e}"
@@ -457,8 +457,11 @@ fn gate_product_failure_rate_matches_the_model() {
     );
 }
 
-/// Mean squared error of CMUX outputs through 16 circuit-bootstrapped GGSWs of 1, each
-/// selecting between its own fresh pair of packed ciphertexts, and the model's variance.
+/// Mean squared error of CMUX outputs through 64 circuit-bootstrapped GGSWs of 1, each
+/// selecting between its own fresh pair of packed ciphertexts, and the model's variance. The
+/// noise has a random scale per GGSW (outputs of one GGSW vary together: with 16 GGSWs the mean
+/// over a key set's 16,384 coefficients still ranged 0.75-1.04 of the bound over repeated runs,
+/// alike within and across key sets), so the mean is taken over many GGSWs, not coefficients.
 fn measured_cmux_variance(
     client: &veilmoe::engine::ClientKey,
     server: &veilmoe::engine::ServerKey,
@@ -469,7 +472,7 @@ fn measured_cmux_variance(
     let mut rng = Rng::new(seed);
     let enc = Encoding::unsigned(8);
     let ggsw = ev
-        .circuit_bootstrap(&client.encrypt_lwe(&[1; 16], Encoding::unsigned(4)).unwrap())
+        .circuit_bootstrap(&client.encrypt_lwe(&[1; 64], Encoding::unsigned(4)).unwrap())
         .unwrap();
     let (mut sum, mut count, mut model) = (0.0f64, 0.0f64, 0.0f64);
     for g in &ggsw {
