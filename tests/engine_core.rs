@@ -391,13 +391,7 @@ fn cmux_failure_rate_matches_the_model() {
     let n = k.client.preset().glwe.polynomial_size;
     let mut rng = Rng::new(4242);
     let enc = Encoding::unsigned(10);
-    let ggsw = ev
-        .circuit_bootstrap(
-            &k.client
-                .encrypt_lwe(&[1; 16], Encoding::unsigned(4))
-                .unwrap(),
-        )
-        .unwrap();
+    let ggsw = ggsws_of_one(&ev, &k.client, 16);
     let (mut errors, mut total, mut variance) = (0usize, 0usize, 0.0f64);
     for g in &ggsw {
         let a = rng.vec(n, 0, 1023);
@@ -411,6 +405,18 @@ fn cmux_failure_rate_matches_the_model() {
         total += b.len();
     }
     check_failure_rate("CMUX", enc, variance, errors, total);
+}
+
+/// `count` circuit-bootstrapped GGSWs of 1 (the worst case for the noise of what they select).
+fn ggsws_of_one(
+    ev: &Evaluator,
+    client: &veilmoe::engine::ClientKey,
+    count: usize,
+) -> Vec<veilmoe::engine::GgswBit> {
+    let bits = client
+        .encrypt_lwe(&vec![1; count], Encoding::unsigned(4))
+        .unwrap();
+    ev.circuit_bootstrap(&bits).unwrap()
 }
 
 /// The rate at which values of encoding `enc` decrypt wrongly, measured (`errors` of `total`)
@@ -445,13 +451,7 @@ fn gate_product_failure_rate_matches_the_model() {
     let ev = Evaluator::new(&k.server);
     let mut rng = Rng::new(4343);
     let enc = Encoding::unsigned(10);
-    let ggsw = ev
-        .circuit_bootstrap(
-            &k.client
-                .encrypt_lwe(&[1; 16], Encoding::unsigned(4))
-                .unwrap(),
-        )
-        .unwrap();
+    let ggsw = ggsws_of_one(&ev, &k.client, 16);
     let (mut errors, mut total, mut variance) = (0usize, 0usize, 0.0f64);
     for g in &ggsw {
         let v = rng.vec(1024, 0, 1023);
@@ -479,9 +479,7 @@ fn measured_cmux_variance(
     let n = client.preset().glwe.polynomial_size;
     let mut rng = Rng::new(seed);
     let enc = Encoding::unsigned(8);
-    let ggsw = ev
-        .circuit_bootstrap(&client.encrypt_lwe(&[1; 64], Encoding::unsigned(4)).unwrap())
-        .unwrap();
+    let ggsw = ggsws_of_one(&ev, client, 64);
     let (mut sum, mut count, mut model) = (0.0f64, 0.0f64, 0.0f64);
     for g in &ggsw {
         let a = rng.vec(n, 0, 255);
