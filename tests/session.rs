@@ -6,6 +6,7 @@
 mod common;
 
 use common::test_keys;
+use common::wide::{hidden_read_slack, noise_steps};
 use veilmoe::model::{
     Activation, ExpertCount, FfnKind, Gating, HiddenDim, InputQuantizer, ModelDim, MoeConfig,
     QuantParams, QuantizedClassifier, QuantizedMoe, Rounding, TopK,
@@ -74,11 +75,31 @@ fn session_round_trip_matches_the_reference_and_refuses_tampered_responses() {
     assert_eq!(p.input, x);
     let r = m.moe.reference(&x, &mut Rounding::Exact);
     assert_eq!(p.y.len(), 8);
-    // Approximate reads may move an output by one step near a box edge (times the gate).
+    // The outputs come back wide: equal to the reference up to the terms' noise, or, where a
+    // hidden read came out one step off near a box edge, that read's effect through W2 (times
+    // the gates, which sum to G).
     let g = m.moe.quant.gate_max();
+    let h = m.moe.config.h.0;
+    let row_l1 = m
+        .moe
+        .experts
+        .iter()
+        .flat_map(|e| {
+            e.w2.chunks(h)
+                .map(|r| r.iter().map(|w| w.abs()).sum::<i64>())
+        })
+        .max()
+        .unwrap();
+    let noise: i64 = ex
+        .record
+        .terms
+        .iter()
+        .map(|(c, t)| c.abs() * (noise_steps(t) + 2))
+        .sum();
+    let allowed = 2 * g * row_l1 * hidden_read_slack(&m.moe) + noise;
     assert!(
-        p.y.iter().zip(&r.y).all(|(a, b)| (a - b).abs() <= 2 * g),
-        "{:?} vs {:?}",
+        p.y.iter().zip(&r.y).all(|(a, b)| (a - b).abs() <= allowed),
+        "{:?} vs {:?} (allowed {allowed})",
         p.y,
         r.y
     );

@@ -61,7 +61,9 @@ pub struct QuantizedClassifier {
     /// Real value of one step of `x_q - input_zero_point` in the residual stream; 0 for a model
     /// without a residual connection around the block.
     pub x_scale: f64,
-    /// Real value of one step of the block output `y` (gates included).
+    /// Real value of one m-bit read step of the block output `y` (gates included). The client
+    /// decrypts `y` wide, in accumulator steps, each `2^-expert_output_shift` of a read step
+    /// (see [`QuantizedClassifier::y_step`]).
     pub y_scale: f64,
     pub head: Option<Head>,
 }
@@ -155,14 +157,21 @@ impl QuantizedClassifier {
             .collect()
     }
 
+    /// Real value of one step of the decrypted block output (an accumulator step, not a read
+    /// step: the output reaches the client wide).
+    pub fn y_step(&self) -> f64 {
+        self.y_scale / 2f64.powi(self.moe.expert_output_shift() as i32)
+    }
+
     /// Client side: the model's outputs (class logits, or the block output in real units when
     /// there is no head) from the quantized input and the decrypted block output.
     pub fn outputs_from(&self, x_q: &[i64], y: &[i64]) -> Vec<f64> {
+        let y_step = self.y_step();
         let hidden: Vec<f64> = x_q
             .iter()
             .zip(y)
             .map(|(&x, &y)| {
-                (x - self.input.input_zero_point) as f64 * self.x_scale + y as f64 * self.y_scale
+                (x - self.input.input_zero_point) as f64 * self.x_scale + y as f64 * y_step
             })
             .collect();
         match &self.head {

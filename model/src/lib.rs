@@ -8,6 +8,7 @@
 //!   [`ModelId`];
 //! - [`model_file`]: the quantized-model file (the project's envelope, kind `QuantizedModel`);
 //! - [`quantize`]: float model -> quantized classifier, calibrated, and accuracy helpers;
+//! - [`fidelity`]: how far a quantized or decrypted block is from its float model;
 //! - [`reference`]: the plaintext integer reference of the encrypted layer and its simulation
 //!   mode;
 //! - [`data`]: records (.csv/.npy), labelled data sets, the embedded digits and their split;
@@ -21,6 +22,7 @@ pub mod checkpoint;
 pub mod classifier;
 pub mod data;
 pub mod error;
+pub mod fidelity;
 pub mod math;
 pub mod model_file;
 pub mod quant;
@@ -35,6 +37,7 @@ pub use checkpoint::{embedded_demo_model, CheckpointError, Family, FloatMoeModel
 pub use classifier::{Head, InputQuantizer, ModelId, QuantizedClassifier};
 pub use data::{digits_split, embedded_digits, load_labelled, read_records, Dataset};
 pub use error::{ModelError, Result};
+pub use fidelity::{reference_fidelity, Fidelity, StageFidelity, VectorFidelity};
 pub use math::{argmax, median, top_k};
 pub use ndarray;
 pub use quant::{Activation, QuantParams};

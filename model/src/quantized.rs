@@ -192,13 +192,16 @@ impl QuantizedMoe {
         r
     }
 
-    /// Encoding width of an expert's output accumulator `W2 a + b2`, read back to m bits.
+    /// Bits an expert's output accumulator `W2 a + b2` needs (signed). An m-bit read of it
+    /// would drop the low [`QuantizedMoe::expert_output_shift`] bits; the encrypted path
+    /// returns it wide instead.
     pub fn expert_output_width(&self) -> u32 {
         let (lo, hi) = self.expert_output_range();
         quant::read_width(lo, hi, self.quant.message_bits)
     }
 
-    /// Shift of the expert-output requantization.
+    /// The bits an m-bit read of an expert output would drop: the block output's accumulator
+    /// step is `2^-shift` of the read step that `y_scale` is calibrated for.
     pub fn expert_output_shift(&self) -> u32 {
         self.expert_output_width() - self.quant.message_bits
     }
@@ -208,10 +211,14 @@ impl QuantizedMoe {
         self.config.top_k.0 == 1 && self.config.gating == Gating::SoftmaxSelected
     }
 
-    /// Bits of a requantized slot output's encoding: signed m + 1 bits, so that the difference
-    /// of two slot outputs (Mixtral top-2 gate combination) stays representable.
-    pub fn output_bits(&self) -> u32 {
-        self.quant.message_bits + 1
+    /// Encoding width of a slot output (and of the expert's hidden activations, whose encoding
+    /// the leveled `W2 a + b2` keeps): the accumulator's width, plus one bit where the layer
+    /// subtracts two slot outputs (Mixtral top-2 gate combination) so that the difference stays
+    /// representable.
+    pub fn slot_output_width(&self) -> u32 {
+        let complementary =
+            self.config.top_k.0 == 2 && self.config.gating == Gating::SoftmaxSelected;
+        self.expert_output_width() + complementary as u32
     }
 
     /// Random weights for tests and benchmarks: each row has a few non-zero entries so that

@@ -64,9 +64,11 @@ pub struct RefOutput {
     pub gates: Vec<i64>,
     /// Hidden activations of each slot's expert (h values).
     pub hidden: Vec<Vec<i64>>,
-    /// Each slot's expert output, requantized to m bits (d values).
+    /// Each slot's expert output accumulator `W2 a + b2` (d values, wide: never read through a
+    /// PBS; the client decrypts it at its full width).
     pub expert_outputs: Vec<Vec<i64>>,
-    /// Layer output `sum_slots gate * expert_output`.
+    /// Layer output `sum_slots gate * expert_output`, in accumulator steps (see
+    /// [`QuantizedMoe::expert_output_shift`] for the step of an m-bit read).
     pub y: Vec<i64>,
 }
 
@@ -142,6 +144,17 @@ impl QuantizedMoe {
         }
     }
 
+    /// Requantized pre-activations `read(W1 x + b1)` of expert `e`: the values its activation
+    /// (or, gated, its silu factor) reads.
+    pub fn pre_activations(&self, e: usize, x: &[i64], rounding: &mut Rounding) -> Vec<i64> {
+        let w = &self.experts[e];
+        let s = self.input_shift();
+        matvec(&w.w1, w.b1.as_deref(), self.config.h.0, x)
+            .into_iter()
+            .map(|a| rounding.read(a, s))
+            .collect()
+    }
+
     /// Hidden activations of expert `e` (one requantizing read per unit, plus the exact product
     /// of a gated FFN).
     pub fn hidden(&self, e: usize, x: &[i64], rounding: &mut Rounding) -> Vec<i64> {
@@ -165,14 +178,12 @@ impl QuantizedMoe {
         }
     }
 
-    /// Output of expert `e` from its hidden activations, read back to m bits.
-    pub fn expert_output(&self, e: usize, hidden: &[i64], rounding: &mut Rounding) -> Vec<i64> {
+    /// Output accumulators `W2 a + b2` of expert `e` from its hidden activations. Exact: the
+    /// encrypted path returns them wide, with no requantizing read (the client decrypts them at
+    /// full width, so no PBS is spent and no rounding is lost on the way out).
+    pub fn expert_output(&self, e: usize, hidden: &[i64]) -> Vec<i64> {
         let w = &self.experts[e];
-        let s = self.expert_output_shift();
         matvec(&w.w2, w.b2.as_deref(), self.config.d.0, hidden)
-            .into_iter()
-            .map(|a| rounding.read(a, s))
-            .collect()
     }
 
     /// The layer output (exact): the slot output itself under a constant gate, otherwise
@@ -216,7 +227,7 @@ impl QuantizedMoe {
         let expert_outputs: Vec<Vec<i64>> = selected
             .iter()
             .zip(&hidden)
-            .map(|(&e, hd)| self.expert_output(e, hd, rounding))
+            .map(|(&e, hd)| self.expert_output(e, hd))
             .collect();
         let y = self.combine(&gates, &expert_outputs);
         RefOutput {

@@ -1,8 +1,11 @@
 //! Encrypted expert FFNs: first-stage packed products, activation (or gated product) by PBS,
-//! second-stage LWE products, and the requantizing read of the expert output.
+//! second-stage LWE products.
 //!
 //! PBS per evaluated expert: h (plain) or 4h (gated: silu read, linear read, two quarter
-//! squares), plus d for the output read.
+//! squares). The output accumulators `W2 a + b2` are not read back to m bits: they leave the
+//! server wide (the client decrypts them at full width), which saves d PBS per slot and the
+//! read's rounding. Their encoding is the hidden activations' encoding, set wide enough by
+//! [`QuantizedMoe::slot_output_width`].
 
 use crate::error::Result;
 use veilmoe_engine::{
@@ -32,7 +35,6 @@ pub struct FfnTables {
     linear: Option<Lut>,
     /// gated: quarter squares
     qsq: Option<Lut>,
-    out_read: Lut,
     small: Encoding,
     hidden: Encoding,
     /// Range of a gated FFN's hidden product.
@@ -47,7 +49,7 @@ impl FfnTables {
         let small = Encoding::signed(q.message_bits);
         let input = Encoding::signed(model.input_width());
         let shift = model.input_shift();
-        let hidden = Encoding::signed(model.expert_output_width());
+        let hidden = Encoding::signed(model.slot_output_width());
         let (act, linear, qsq) = match model.config.ffn {
             FfnKind::Plain(a) => (
                 Lut::requantize(p, input, shift, hidden, |v| q.activation(a, v))?,
@@ -62,13 +64,6 @@ impl FfnTables {
                 Some(Lut::univariate(p, small, hidden, quant::quarter_square)?),
             ),
         };
-        let out_read = Lut::requantize(
-            p,
-            hidden,
-            model.expert_output_shift(),
-            Encoding::signed(model.output_bits()),
-            |v| v,
-        )?;
         let experts = model
             .experts
             .iter()
@@ -95,7 +90,6 @@ impl FfnTables {
             act,
             linear,
             qsq,
-            out_read,
             small,
             hidden,
             product_range: q.hidden_range(FfnKind::GatedSilu),
@@ -147,25 +141,18 @@ impl FfnTables {
         }
     }
 
-    /// Second-stage accumulators `W2 a + b2` of expert `e` (leveled).
+    /// Second-stage accumulators `W2 a + b2` of expert `e` (leveled): the expert's output, wide.
     pub fn second_stage(&self, ev: &Evaluator, e: usize, a: &LweVector) -> Result<LweVector> {
         let t = &self.experts[e];
         Ok(ev.lwe_matvec(&t.w2, t.b2.as_deref(), a)?)
     }
 
-    /// Requantizing read of expert outputs back to m bits, produced directly in the layer's
-    /// output encoding (the PBS output encoding is free).
-    pub fn read_output(&self, ev: &Evaluator, y: &LweVector) -> Result<LweVector> {
-        Ok(ev.pbs(y, &self.out_read)?)
-    }
-
-    /// Whole FFN of expert `e` (used by public routing): first stage, hidden, second stage, read.
+    /// Whole FFN of expert `e` (used by public routing): first stage, hidden, second stage.
     pub fn evaluate(&self, ev: &Evaluator, e: usize, x: &PackedGlwe) -> Result<LweVector> {
         let (u, v) = self.first_stage(ev, e, x)?;
         let u = ev.extract_rows(&u)?;
         let v = v.map(|v| ev.extract_rows(&v)).transpose()?;
         let a = self.hidden(ev, &u, v.as_ref())?;
-        let y = self.second_stage(ev, e, &a)?;
-        self.read_output(ev, &y)
+        self.second_stage(ev, e, &a)
     }
 }

@@ -7,6 +7,11 @@ use crate::strategy::{ExpertStrategy, SlotInput};
 use veilmoe_engine::{ClientKey, Encoding, Evaluator, GgswBit, LweVector, PackedGlwe, ValueRange};
 use veilmoe_model::QuantizedMoe;
 
+/// Largest noise standard deviation of a wide slot output, in m-bit read steps of the expert
+/// output: what the client decrypts stays within a small fraction of the step an m-bit read
+/// would have rounded to (the quantizer aims at 0.1; the margin covers the CMUX tree).
+pub const WIDE_OUTPUT_NOISE_STEPS: f64 = 0.125;
+
 /// A model prepared for one server key: weights laid out and tables filled once.
 pub struct MoeLayer {
     model: QuantizedMoe,
@@ -18,7 +23,7 @@ pub struct MoeLayer {
 /// decrypts `y` (and may inspect the routing of its own token).
 pub struct MoeOutput {
     pub routing: Routing,
-    /// Each slot's requantized expert output (d values, m bits).
+    /// Each slot's expert output accumulators (d values, wide, at [`output_encoding`]).
     pub slot_outputs: Vec<LweVector>,
     /// The layer output as weighted terms `y = sum c * term` (see [`MoeOutput::decrypt_y`]).
     pub y_terms: Vec<(i64, LweVector)>,
@@ -88,6 +93,7 @@ impl MoeLayer {
                 index_ggsw: &index_ggsw,
             },
         )?;
+        self.check_output_noise(&slot_outputs)?;
         ev.set_stage("combine");
         let y_terms = self.combine(ev, &routing.gates, &slot_outputs)?;
         // The client checks responses against the public structure: the layer must produce it.
@@ -107,10 +113,28 @@ impl MoeLayer {
         })
     }
 
+    /// Refuses slot outputs whose tracked noise exceeds [`WIDE_OUTPUT_NOISE_STEPS`] read steps
+    /// (the quantizer keeps W2 rows within 0.1; the rest is the CMUX tree's). The bound
+    /// follows from the public architecture and weights, never from the token.
+    fn check_output_noise(&self, outs: &[LweVector]) -> Result<()> {
+        for o in outs {
+            let w = o.encoding().width;
+            let read_step = 2f64.powi(self.model.expert_output_shift() as i32 - w as i32 - 1);
+            let std_steps = o.variance().sqrt() / read_step;
+            if std_steps > WIDE_OUTPUT_NOISE_STEPS {
+                return Err(config(format!(
+                    "the expert outputs' noise is {std_steps:.3} read steps (std), above \
+                     {WIDE_OUTPUT_NOISE_STEPS}: W2 rows are too large for this preset \
+                     (requantize the model with `veilmoe quantize` for it)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// `y = sum_slots g * o` as weighted terms: gate bits are circuit-bootstrapped and multiply
-    /// the slot outputs by external products (exact, no PBS on the outputs). The client adds
-    /// the terms after decryption: adding them under encryption would scale the PBS noise of
-    /// the outputs by up to G and cost exactness on the 4-bit presets.
+    /// the wide slot outputs by external products (exact, no PBS on the outputs). The client
+    /// adds the terms after decryption, which keeps every term at the slot outputs' encoding.
     fn combine(
         &self,
         ev: &Evaluator,
@@ -140,6 +164,12 @@ impl MoeLayer {
             }
         }
     }
+}
+
+/// The public encoding of every output term (and slot output): signed, at the model's
+/// [`QuantizedMoe::slot_output_width`]. The client refuses terms at any other encoding.
+pub fn output_encoding(model: &QuantizedMoe) -> Encoding {
+    Encoding::signed(model.slot_output_width())
 }
 
 /// The public coefficients `c` of the layer output's terms `y = sum c * term`, in the order

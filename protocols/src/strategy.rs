@@ -2,9 +2,12 @@
 //!
 //! | strategy | what the server runs per slot | PBS beyond the router |
 //! |---|---|---|
-//! | [`Select`] (default) | all E first-stage products (packed, leveled), CMUX-select the chosen expert's packed results by the GGSW index bits, ONE expert's activations, all E second-stage products (leveled), CMUX-select | h (4h gated) + d |
-//! | [`ComputeAll`] | every expert's FFN, outputs combined by the same CMUX tree | E (h + d) (E (4h + d) gated) |
-//! | [`PublicRouting`] | INSECURE: the chosen index is revealed to the server, which runs only that expert | h + d |
+//! | [`Select`] (default) | all E first-stage products (packed, leveled), CMUX-select the chosen expert's packed results by the GGSW index bits, ONE expert's activations, all E second-stage products (leveled), CMUX-select | h (4h gated) |
+//! | [`ComputeAll`] | every expert's FFN, outputs combined by the same CMUX tree | E h (4 E h gated) |
+//! | [`PublicRouting`] | INSECURE: the chosen index is revealed to the server, which runs only that expert | h (4h gated) |
+//!
+//! Every strategy returns the selected expert's output accumulators wide (no read: the
+//! client decrypts them at full width).
 //!
 //! Select and compute-all issue the same operations, in the same order and sizes, for every
 //! input (tested on the operation trace). Public routing does not: it leaks the routing and is a
@@ -33,7 +36,7 @@ pub trait ExpertStrategy: Sync {
     fn needs_index_ggsw(&self) -> bool {
         true
     }
-    /// The requantized output (d values, m bits) of each slot's selected expert.
+    /// The output accumulators (d values, wide) of each slot's selected expert.
     fn slot_outputs(
         &self,
         ev: &Evaluator,
@@ -79,9 +82,7 @@ impl ExpertStrategy for Select {
                 .map(|i| ffn.second_stage(ev, i, &a))
                 .collect::<Result<Vec<_>>>()?;
             ev.set_stage("select");
-            let y = ev.cmux_tree_lwe(bits, &ys)?;
-            ev.set_stage("expert");
-            outs.push(ffn.read_output(ev, &y)?);
+            outs.push(ev.cmux_tree_lwe(bits, &ys)?);
         }
         Ok(outs)
     }
@@ -126,17 +127,11 @@ impl ExpertStrategy for ComputeAll {
         let ys = (0..e)
             .map(|i| ffn.second_stage(ev, i, &a.slice(i * h..(i + 1) * h)?))
             .collect::<Result<Vec<_>>>()?;
-        let y_refs: Vec<&LweVector> = ys.iter().collect();
-        let all = ffn.read_output(ev, &LweVector::concat(&y_refs)?)?;
-        let d = ys[0].len();
-        let outs_e = (0..e)
-            .map(|i| all.slice(i * d..(i + 1) * d))
-            .collect::<veilmoe_engine::Result<Vec<_>>>()?;
         ev.set_stage("select");
         input
             .index_ggsw
             .iter()
-            .map(|bits| Ok(ev.cmux_tree_lwe(bits, &outs_e)?))
+            .map(|bits| Ok(ev.cmux_tree_lwe(bits, &ys)?))
             .collect()
     }
 }

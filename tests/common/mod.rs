@@ -1,6 +1,8 @@
 //! Shared test fixtures: one key set per test binary (key generation is the expensive part).
 #![allow(dead_code)]
 
+pub mod wide;
+
 use std::sync::OnceLock;
 use veilmoe::engine::{ClientKey, Preset, ServerKey};
 

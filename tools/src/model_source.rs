@@ -63,6 +63,14 @@ impl ModelArgs {
     }
 }
 
+/// A float model and the records its quantized model's fidelity is measured on.
+pub struct FloatReference {
+    pub float: FloatMoeModel,
+    /// Where the records come from (reports name it).
+    pub origin: String,
+    pub records: Vec<Vec<f32>>,
+}
+
 /// Where the model comes from.
 #[derive(Debug, Clone)]
 pub enum ModelSource {
@@ -124,6 +132,36 @@ impl ModelSource {
         let model = self.load_float()?;
         let calibration = self.calibration_records(&model)?;
         Ok(quantize(&model, message_bits, &calibration)?)
+    }
+
+    /// The quantized model (as [`ModelSource::load_classifier`]) with the float model it came
+    /// from and the records to measure its fidelity on: the embedded model's test split, or a
+    /// checkpoint's calibration records. `None` for a model file, which holds no float weights.
+    pub fn load_with_float(
+        &self,
+        message_bits: u32,
+    ) -> Result<(QuantizedClassifier, Option<FloatReference>), SourceError> {
+        if let ModelSource::File(path) = self {
+            return Ok((read_model_file(path)?.model, None));
+        }
+        let float = self.load_float()?;
+        let calibration = self.calibration_records(&float)?;
+        let q = quantize(&float, message_bits, &calibration)?;
+        let (origin, records) = match self {
+            ModelSource::Embedded => {
+                let test = digits_split(&embedded_digits()?).1;
+                (test.origin, test.features)
+            }
+            _ => ("the calibration records".to_string(), calibration),
+        };
+        Ok((
+            q,
+            Some(FloatReference {
+                float,
+                origin,
+                records,
+            }),
+        ))
     }
 
     /// The labelled records that score a model's accuracy: `--test FILE` (a CSV, optionally

@@ -55,6 +55,27 @@ fn check_passes_on_default() {
         .unwrap()
         .iter()
         .any(|s| s["stage"] == "index-ggsw"));
+    // Fidelity of the embedded model to its float model, per stage, on its test split.
+    let fid = &v["fidelity"]["fidelity"];
+    assert_eq!(fid["records"], 360);
+    let stages: Vec<&str> = fid["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["router logits", "pre-activation", "silu factor"]);
+    let cosine = fid["block_output"]["cosine_mean"].as_f64().unwrap();
+    assert!(cosine > 0.5 && cosine <= 1.0, "{fid}");
+    assert!(fid["top1_agreement"].as_f64().unwrap() > 0.9, "{fid}");
+    // the expert output is returned wide, not read
+    let out = v["accumulators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["stage"] == "expert output (W2)")
+        .unwrap();
+    assert_eq!(out["read"], false);
 }
 
 #[test]
@@ -198,8 +219,9 @@ fn estimate_reports_counts_time_and_sizes() {
     let v = json(&out);
     assert!(out.status.success());
     let expert = &v["ops_per_stage"]["expert"];
-    // The demo model: gated FFN, h = 16, d = 64: 4h + d = 128 PBS for the one selected expert.
-    assert_eq!(expert["pbs"], 128);
+    // The demo model: gated FFN, h = 16: 4h = 64 PBS for the one selected expert (its d = 64
+    // outputs leave the server wide, with no read).
+    assert_eq!(expert["pbs"], 64);
     assert_eq!(v["ops_per_stage"]["index-ggsw"]["circuit_bootstrap"], 2);
     let per_token = v["estimated_ms_per_token"].as_f64().unwrap();
     assert!(per_token > 0.0);

@@ -120,9 +120,21 @@ fn sweep_on_the_test_preset_writes_every_format() {
     assert!(plot.starts_with("<svg") && plot.trim_end().ends_with("</svg>"));
     assert_eq!(
         plot.matches("<circle").count(),
-        8,
-        "one point per runnable cell"
+        16,
+        "one point per runnable cell in each of the accuracy and fidelity plots"
     );
+    assert!(plot.contains("accuracy vs time") && plot.contains("fidelity vs time"));
+    // fidelity to the float model for every cell that ran
+    for c in cells
+        .iter()
+        .filter(|c| c["estimated_ms_per_token"].is_number())
+    {
+        let cosine = c["block_cosine"].as_f64().unwrap();
+        assert!(cosine > 0.0 && cosine <= 1.0 + 1e-9, "{c}");
+        assert!(c["block_relative_l2"].as_f64().unwrap() >= 0.0);
+        let agree = c["expert_agreement"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&agree));
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

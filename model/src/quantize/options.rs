@@ -6,8 +6,14 @@
 pub struct QuantizeOptions {
     /// Bits a PBS reads (the preset's message bits).
     pub message_bits: u32,
-    /// The preset's noise budget: largest 2-norm of a dot product over PBS outputs.
+    /// The preset's noise budget: largest 2-norm of a dot product over PBS outputs that a PBS
+    /// still reads within the preset's failure probability.
     pub max_norm2: f64,
+    /// Largest noise standard deviation of a wide (unread) expert output, in m-bit read steps.
+    /// No PBS reads `W2 a`: its noise only blurs what the client decrypts, so W2 rows may be far
+    /// larger than a read's budget allows (see [`QuantizeOptions::w2_norm2_limit`]). 0.1 step is
+    /// a third of the rounding error (std 0.29 step) that a read of the output used to add.
+    pub wide_output_noise: f64,
     /// Shift of the first-stage reads: the first-stage weights get about this many bits of
     /// precision (wider costs nothing in noise: the packed inputs are fresh encryptions).
     pub first_stage_shift: u32,
@@ -30,6 +36,7 @@ impl QuantizeOptions {
         QuantizeOptions {
             message_bits,
             max_norm2: 5.0,
+            wide_output_noise: 0.1,
             first_stage_shift: 10,
             gate_bits: 3,
             search: true,
@@ -37,7 +44,23 @@ impl QuantizeOptions {
             max_scored: 1000,
         }
     }
+
+    /// Largest squared 2-norm of an integer W2 row: its output's noise (the hidden PBS outputs'
+    /// noise times the row, doubled for a gated FFN whose hidden values are differences of two
+    /// PBS outputs) stays within `wide_output_noise` read steps. A read at the PBS budget
+    /// (2-norm `max_norm2`) has a standard deviation of `1 / (2 z)` read steps, `z` the
+    /// Gaussian quantile of the presets' 2^-128 failure probability.
+    pub fn w2_norm2_limit(&self, gated: bool) -> i64 {
+        let budget_std_steps = 1.0 / (2.0 * BUDGET_QUANTILE);
+        let norm = self.max_norm2 * self.wide_output_noise / budget_std_steps;
+        let gated_factor = if gated { 2.0 } else { 1.0 };
+        ((norm * norm / gated_factor).floor() as i64).max(1)
+    }
 }
+
+/// A read at the PBS noise budget fails with probability 2^-128 on the secure presets: its half
+/// box is this many standard deviations.
+const BUDGET_QUANTILE: f64 = 13.4;
 
 /// The choices the search makes (see the module docs). A model trained for one quantization
 /// (quantization-aware training) declares it in config.json (`"veilmoe": {"quantization":
@@ -52,8 +75,10 @@ pub struct QuantChoice {
     pub act_clip: f64,
     /// Integer value of the largest W2 weight (before clipping to the noise limit).
     pub w2_top: f64,
-    /// Largest L1 norm of an integer W2 row (`None`: only the noise limit). The output read's
-    /// shift follows the worst row's L1 norm, so a small budget keeps the read fine.
+    /// Largest L1 norm of an integer W2 row (`None`: only the noise limit). It used to keep
+    /// the expert-output read's shift fine; with the output returned wide there is no read,
+    /// but a smaller row can still steer the greedy search elsewhere, so budgets stay a
+    /// coordinate (and a trained model's declared one is honoured).
     pub w2_l1: Option<i64>,
     /// Subtract the per-input median over experts from the router rows first (see
     /// `center_router`: the routing does not change, the read step shrinks).

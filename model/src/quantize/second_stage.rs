@@ -72,9 +72,9 @@ impl Context<'_> {
             }
         }
         let sigma2 = (max_real / choice.w2_top.max(1e-6)).max(1e-30);
-        // A gated FFN's hidden values are differences of two PBS outputs: twice the variance.
-        let gated_factor = if gated { 2.0 } else { 1.0 };
-        let limit = (self.opts.max_norm2 * self.opts.max_norm2 / gated_factor).floor() as i64;
+        // No PBS reads W2 a (the output leaves wide): the limit is the client's decryption
+        // noise, not a read's budget.
+        let limit = self.opts.w2_norm2_limit(gated);
         let clip = ((limit as f64).sqrt().floor() as i64).max(1);
         let l1_budget = choice.w2_l1.unwrap_or(i64::MAX).max(1);
         let mut stage = SecondStage {
@@ -109,8 +109,8 @@ impl Context<'_> {
 
 /// One integer W2 row from its real weights: rounded at `sigma2` and clipped to `+-clip`, then
 /// the smallest weights (by real magnitude) are dropped until the row's squared 2-norm is
-/// within `limit` (the PBS's noise budget) and its L1 norm within `l1_budget` (which keeps the
-/// output read's shift fine). A row is never emptied: its last weight is clipped to the L1
+/// within `limit` (the wide output's noise allowance) and its L1 norm within `l1_budget` (a
+/// trained model's declared budget). A row is never emptied: its last weight is clipped to the L1
 /// budget instead.
 fn w2_row(reals: &[f64], sigma2: f64, clip: i64, limit: i64, l1_budget: i64) -> Vec<i64> {
     let h = reals.len();

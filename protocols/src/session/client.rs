@@ -3,7 +3,7 @@
 use super::tag::{hmac, tags_equal};
 use super::wire::{BatchId, BatchMeta, BatchRecord, RecordTag, ResultRecord, ResultsMeta};
 use crate::error::{session, Result};
-use crate::layer::{decrypt_terms, output_coefficients};
+use crate::layer::{decrypt_terms, output_coefficients, output_encoding};
 use veilmoe_engine::{ClientKey, Encoding, LweKeyKind, SeededPackedGlwe};
 use veilmoe_model::{argmax, ModelId, QuantizedClassifier};
 
@@ -16,7 +16,8 @@ pub struct Prediction {
     pub index: u64,
     /// The quantized input the client encrypted.
     pub input: Vec<i64>,
-    /// The decrypted block output `y`.
+    /// The decrypted block output `y`, wide: in accumulator steps
+    /// ([`veilmoe_model::QuantizedClassifier::y_step`] each).
     pub y: Vec<i64>,
     /// Class logits (or the block output in real units without a head).
     pub outputs: Vec<f64>,
@@ -153,7 +154,7 @@ impl<'a> ClientSession<'a> {
         }
         let preset = self.key.preset();
         let d = self.model.features();
-        let output_encoding = Encoding::signed(self.model.moe.output_bits());
+        let output_encoding = output_encoding(&self.model.moe);
         for (_, t) in &rec.terms {
             t.validate(preset).map_err(|e| at(e.to_string()))?;
             if t.key_kind() != LweKeyKind::Big || t.len() != d || t.encoding() != output_encoding {

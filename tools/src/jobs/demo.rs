@@ -14,7 +14,8 @@ use std::time::Instant;
 use thiserror::Error;
 use veilmoe_engine::{ClientKey, Evaluator, OpKind, Preset};
 use veilmoe_model::data::{digits_split, embedded_digits};
-use veilmoe_model::{argmax, ModelError, Rounding};
+use veilmoe_model::fidelity::decrypted_fidelity;
+use veilmoe_model::{argmax, reference_fidelity, Fidelity, ModelError, Rounding, VectorFidelity};
 use veilmoe_protocols::session::{BatchMeta, Shard};
 use veilmoe_protocols::{ClientSession, ProtocolError, ServerSession, Strategy};
 
@@ -60,6 +61,12 @@ pub struct DemoReport {
     pub agreement: f64,
     /// Accuracy of the encrypted predictions on those records.
     pub encrypted_accuracy: f64,
+    /// The decrypted block outputs against the float model's, on those records.
+    pub encrypted_fidelity: VectorFidelity,
+    /// Encrypted predictions equal to the float model's, on those records.
+    pub encrypted_top1_agreement_with_float: f64,
+    /// The plaintext quantized model against the float model on the whole test split.
+    pub quantized_fidelity: Fidelity,
     /// Whole test split (plaintext): the float model and the quantized integer model.
     pub test_records: usize,
     pub float_accuracy: f64,
@@ -101,6 +108,17 @@ impl std::fmt::Display for DemoReport {
         )?;
         writeln!(
             f,
+            "  fidelity to the float model: decrypted block output {}; top-1 agrees {:.1} %",
+            self.encrypted_fidelity,
+            100.0 * self.encrypted_top1_agreement_with_float
+        )?;
+        writeln!(
+            f,
+            "  quantized (plaintext) vs float: {}",
+            self.quantized_fidelity
+        )?;
+        writeln!(
+            f,
             "  digits test split ({} records): float {:.1} %, quantized {:.1} % ({:+.1} points)",
             self.test_records,
             100.0 * self.float_accuracy,
@@ -139,13 +157,18 @@ pub fn run_demo(
     let mut float_ok = 0usize;
     let mut quant_ok = 0usize;
     let mut plain_pred = Vec::with_capacity(n_test);
+    let mut float_pred = Vec::with_capacity(n_test);
     for (x, &label) in test.features.iter().zip(&test.labels) {
-        float_ok += (float.predict(x) == label) as usize;
+        let fp = float.predict(x);
+        float_ok += (fp == label) as usize;
+        float_pred.push(fp);
         let out = model.reference_outputs(x, &mut Rounding::Exact)?;
         let p = argmax(&out);
         quant_ok += (p == label) as usize;
         plain_pred.push(p);
     }
+    let quantized_fidelity =
+        reference_fidelity(&float, &model, &test.features, &mut Rounding::Exact)?;
     let records = opts.records.min(n_test);
 
     let (dir, temporary) = match &opts.workdir {
@@ -203,6 +226,15 @@ pub fn run_demo(
             .iter()
             .filter(|p| p.class == test.labels[p.index as usize])
             .count();
+        let float_agree = preds
+            .iter()
+            .filter(|p| p.class == float_pred[p.index as usize])
+            .count();
+        let decrypted: Vec<(&[f32], &[i64])> = preds
+            .iter()
+            .map(|p| (test.features[p.index as usize].as_slice(), p.y.as_slice()))
+            .collect();
+        let encrypted_fidelity = decrypted_fidelity(&float, &model, &decrypted);
         // Operation counts of one record (the protocol's op trace is input-independent).
         let meta: BatchMeta = client_session.new_batch(1);
         let rec = client_session.encrypt_record(&meta, 0, &test.features[0])?;
@@ -224,6 +256,9 @@ pub fn run_demo(
             records,
             agreement: agree as f64 / records as f64,
             encrypted_accuracy: correct as f64 / records as f64,
+            encrypted_fidelity,
+            encrypted_top1_agreement_with_float: float_agree as f64 / records as f64,
+            quantized_fidelity: quantized_fidelity.clone(),
             test_records: n_test,
             float_accuracy: float_ok as f64 / n_test as f64,
             quantized_accuracy: quant_ok as f64 / n_test as f64,

@@ -1,6 +1,7 @@
 //! `params check`: will this model run correctly and securely on this preset?
 //!
-//! Accumulator ranges come from the quantized model (the widths the requantizing reads use).
+//! Accumulator ranges come from the quantized model (the widths the requantizing reads use; the
+//! expert outputs are not read, they leave the server wide).
 //! The noise side is not a second, analytic copy of the protocol that could drift from it: the
 //! check generates keys for the preset in memory and runs one token through the real encrypted
 //! layer, then reads the engine's own bookkeeping: for every stage, how many bootstrapped reads
@@ -14,6 +15,7 @@ use crate::model_source::{ModelSource, SourceError};
 use serde::Serialize;
 use thiserror::Error;
 use veilmoe_engine::{EngineError, Preset};
+use veilmoe_model::{reference_fidelity, Fidelity, Rounding};
 use veilmoe_protocols::{ProtocolError, Strategy};
 
 #[derive(Debug, Error)]
@@ -26,7 +28,7 @@ pub enum CheckError {
     Engine(#[from] EngineError),
 }
 
-/// One requantizing read of a wide accumulator.
+/// One wide accumulator: read back to m bits by a PBS, or returned wide to the client.
 #[derive(Debug, Clone, Serialize)]
 pub struct AccumulatorCheck {
     pub stage: String,
@@ -35,8 +37,19 @@ pub struct AccumulatorCheck {
     pub max: i64,
     /// Encoding width the accumulator lives in.
     pub width: u32,
-    /// Low bits the read drops (the PBS reads `message_bits` + padding).
+    /// Whether a PBS reads it (false: it leaves the server wide and the client decrypts it at
+    /// full width).
+    pub read: bool,
+    /// Low bits the read drops (the PBS reads `message_bits` + padding); 0 when not read.
     pub dropped_bits: u32,
+}
+
+/// Where precision is lost: the quantized reference (exact rounding) against the float model.
+#[derive(Debug, Clone, Serialize)]
+pub struct FidelityCheck {
+    /// The records compared on.
+    pub records: String,
+    pub fidelity: Fidelity,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -54,6 +67,9 @@ pub struct CheckReport {
     pub h: usize,
     pub strategy: Strategy,
     pub accumulators: Vec<AccumulatorCheck>,
+    /// The quantized model against its float model (`None` for a model file: no float
+    /// weights to compare with).
+    pub fidelity: Option<FidelityCheck>,
     pub stages: Vec<StageCheck>,
     /// Union bound over the token's reads (log2).
     pub log2_p_fail_token: f64,
@@ -73,12 +89,23 @@ pub fn check(
     status: &mut dyn FnMut(&str),
 ) -> Result<CheckReport, CheckError> {
     let strat = strategy.oblivious()?;
-    let model = source.load_classifier(preset.message_bits)?;
+    let (model, float) = source.load_with_float(preset.message_bits)?;
     let moe = &model.moe;
+    let fidelity = match &float {
+        Some(f) => {
+            status(&format!("fidelity to the float model on {} ...", f.origin));
+            Some(FidelityCheck {
+                records: f.origin.clone(),
+                fidelity: reference_fidelity(&f.float, &model, &f.records, &mut Rounding::Exact)
+                    .map_err(ProtocolError::from)?,
+            })
+        }
+        None => None,
+    };
     let m = preset.message_bits;
     let (lo, hi) = moe.expert_output_range();
     let first = moe.input_width();
-    let out = moe.expert_output_width();
+    let out = moe.slot_output_width();
     let (flo, fhi) = moe.first_stage_range();
     let accumulators = vec![
         AccumulatorCheck {
@@ -86,6 +113,7 @@ pub fn check(
             min: flo as i64,
             max: fhi as i64,
             width: first,
+            read: true,
             dropped_bits: first - m,
         },
         AccumulatorCheck {
@@ -93,7 +121,8 @@ pub fn check(
             min: lo as i64,
             max: hi as i64,
             width: out,
-            dropped_bits: out - m,
+            read: false,
+            dropped_bits: 0,
         },
     ];
     let mut advice = Vec::new();
@@ -131,6 +160,7 @@ pub fn check(
         h: moe.config.h.0,
         strategy,
         accumulators,
+        fidelity,
         stages,
         log2_p_fail_token: token,
         batch,
@@ -164,11 +194,40 @@ impl std::fmt::Display for CheckReport {
             self.message_bits
         )?;
         for a in &self.accumulators {
+            let fate = if a.read {
+                format!("read dropping {} low bits", a.dropped_bits)
+            } else {
+                "returned wide (no read)".to_string()
+            };
             writeln!(
                 f,
-                "    {:<30} [{}, {}] in {} bits, read dropping {} low bits",
-                a.stage, a.min, a.max, a.width, a.dropped_bits
+                "    {:<30} [{}, {}] in {} bits, {fate}",
+                a.stage, a.min, a.max, a.width
             )?;
+        }
+        match &self.fidelity {
+            Some(fc) => {
+                let fd = &fc.fidelity;
+                writeln!(f, "  fidelity to the float model ({}):", fc.records)?;
+                for s in &fd.stages {
+                    writeln!(f, "    {:<30} {}", s.stage, s.fidelity)?;
+                }
+                writeln!(f, "    {:<30} {}", "block output", fd.block_output)?;
+                write!(
+                    f,
+                    "    experts agree with the float router on {:.1} % of records",
+                    100.0 * fd.expert_agreement
+                )?;
+                match fd.top1_agreement {
+                    Some(t) => writeln!(f, ", predictions on {:.1} %", 100.0 * t)?,
+                    None => writeln!(f)?,
+                }
+            }
+            None => writeln!(
+                f,
+                "  fidelity to the float model: not measured (a model file holds no float \
+                 weights; pass the checkpoint directory)"
+            )?,
         }
         writeln!(f, "  bootstrapped reads per token:")?;
         for s in &self.stages {

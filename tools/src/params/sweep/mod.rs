@@ -3,6 +3,9 @@
 //!
 //! Every cell of the grid is scored the way the other `params` commands score one
 //! configuration, with nothing analytic standing in for the protocol:
+//! - **fidelity** to the float model: cosine similarity and relative L2 error of the
+//!   quantized block output against the float block output, and expert-choice agreement
+//!   ([`reference_fidelity`], exact rounding, on the test records);
 //! - **accuracy** from the simulation mode ([`simulated_rounding`]): the plaintext
 //!   integer reference with the preset's read noise, averaged over `seeds` seeds, on labelled
 //!   test records (and the exact-rounding accuracy next to it);
@@ -29,7 +32,9 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use veilmoe_engine::{OpKind, Preset};
 use veilmoe_model::quantize::{evaluate_accuracy, float_accuracy, quantize};
-use veilmoe_model::{Dataset, FloatMoeModel, QuantizedClassifier, Rounding, TopK};
+use veilmoe_model::{
+    reference_fidelity, Dataset, Fidelity, FloatMoeModel, QuantizedClassifier, Rounding, TopK,
+};
 use veilmoe_protocols::{simulated_rounding, ProtocolError, Strategy};
 
 /// The grid.
@@ -68,6 +73,12 @@ pub struct SweepCell {
     pub quantized_accuracy: Option<f64>,
     /// Quantized, reads with the preset's noise (mean over the seeds): what decryption gives.
     pub simulated_accuracy: Option<f64>,
+    /// Mean cosine similarity of the quantized block output to the float one (1: same).
+    pub block_cosine: Option<f64>,
+    /// Relative L2 error of the quantized block output against the float one (0: equal).
+    pub block_relative_l2: Option<f64>,
+    /// Records whose quantized router picks the float router's experts.
+    pub expert_agreement: Option<f64>,
     pub estimated_ms_per_token: Option<f64>,
     pub pbs_per_token: Option<u64>,
     /// Union bound over the token's bootstrapped reads (log2).
@@ -124,7 +135,8 @@ pub fn parse_bits(s: &str) -> Result<Vec<u32>, String> {
 
 /// A quantized model of one (top-k, bits) pair with its exact-rounding accuracy, or why there
 /// is none.
-type Quantized = Result<(QuantizedClassifier, f64), String>;
+/// A quantized model, its exact-rounding accuracy and its fidelity to the float model.
+type Quantized = Result<(QuantizedClassifier, f64, Fidelity), String>;
 
 fn with_top_k(model: &FloatMoeModel, k: usize) -> Result<FloatMoeModel, String> {
     let e = model.config.experts.0;
@@ -176,7 +188,9 @@ pub fn sweep(
                 let q = quantize(&m, b, &calibration).map_err(|e| e.to_string())?;
                 let exact = evaluate_accuracy(&m, &q, test, &mut Rounding::Exact)
                     .map_err(|e| e.to_string())?;
-                Ok((q, exact.quantized_accuracy()))
+                let fidelity = reference_fidelity(&m, &q, &test.features, &mut Rounding::Exact)
+                    .map_err(|e| e.to_string())?;
+                Ok((q, exact.quantized_accuracy(), fidelity))
             });
             quantized.insert((k, b), q);
         }
@@ -204,6 +218,9 @@ pub fn sweep(
                         float_accuracy: *float_accuracy,
                         quantized_accuracy: None,
                         simulated_accuracy: None,
+                        block_cosine: None,
+                        block_relative_l2: None,
+                        expert_agreement: None,
                         estimated_ms_per_token: None,
                         pbs_per_token: None,
                         log2_p_fail_token: None,
@@ -217,8 +234,11 @@ pub fn sweep(
                                 preset.message_bits
                             ))
                         }
-                        (Ok((qc, exact)), Ok(float_k)) => {
+                        (Ok((qc, exact, fidelity)), Ok(float_k)) => {
                             cell.quantized_accuracy = Some(*exact);
+                            cell.block_cosine = Some(fidelity.block_output.cosine_mean);
+                            cell.block_relative_l2 = Some(fidelity.block_output.relative_l2);
+                            cell.expert_agreement = Some(fidelity.expert_agreement);
                             cell.simulated_accuracy = Some(simulated_accuracy(
                                 float_k, qc, test, preset, b, spec.seeds,
                             )?);
@@ -336,7 +356,7 @@ impl std::fmt::Display for SweepReport {
         )?;
         writeln!(
             f,
-            "  {:<9} {:>4} {:>2} {:<12} {:>7} {:>7} {:>9} {:>9} {:>6} {:>9}  note",
+            "  {:<9} {:>4} {:>2} {:<12} {:>7} {:>7} {:>9} {:>6} {:>6} {:>9} {:>6} {:>9}  note",
             "preset",
             "bits",
             "k",
@@ -344,6 +364,8 @@ impl std::fmt::Display for SweepReport {
             "float",
             "exact",
             "simulated",
+            "cosine",
+            "rel-L2",
             "s/token",
             "PBS",
             "p_fail"
@@ -364,7 +386,7 @@ impl std::fmt::Display for SweepReport {
             };
             writeln!(
                 f,
-                "  {:<9} {:>4} {:>2} {:<12} {:>7} {:>7} {:>9} {:>9} {:>6} {:>9}  {}",
+                "  {:<9} {:>4} {:>2} {:<12} {:>7} {:>7} {:>9} {:>6} {:>6} {:>9} {:>6} {:>9}  {}",
                 c.preset,
                 c.bits,
                 c.top_k,
@@ -372,6 +394,9 @@ impl std::fmt::Display for SweepReport {
                 pct(c.float_accuracy),
                 pct(c.quantized_accuracy),
                 pct(c.simulated_accuracy),
+                c.block_cosine.map_or("-".into(), |v| format!("{v:.3}")),
+                c.block_relative_l2
+                    .map_or("-".into(), |v| format!("{v:.3}")),
                 c.estimated_ms_per_token
                     .map_or("-".into(), |m| format!("{:.2}", m / 1e3)),
                 c.pbs_per_token.map_or("-".into(), |p| p.to_string()),

@@ -17,7 +17,8 @@ pub fn to_csv(r: &SweepReport) -> String {
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v}"));
     let mut out = String::from(
         "preset,security_bits,insecure,bits,top_k,strategy,runnable,float_accuracy,\
-         quantized_accuracy,simulated_accuracy,estimated_ms_per_token,pbs_per_token,\
+         quantized_accuracy,simulated_accuracy,block_cosine,block_relative_l2,\
+         expert_agreement,estimated_ms_per_token,pbs_per_token,\
          log2_p_fail_token,pareto,reason\n",
     );
     for c in &r.cells {
@@ -32,6 +33,9 @@ pub fn to_csv(r: &SweepReport) -> String {
             opt(c.float_accuracy),
             opt(c.quantized_accuracy),
             opt(c.simulated_accuracy),
+            opt(c.block_cosine),
+            opt(c.block_relative_l2),
+            opt(c.expert_agreement),
             opt(c.estimated_ms_per_token),
             c.pbs_per_token.map_or(String::new(), |p| p.to_string()),
             opt(c.log2_p_fail_token),
@@ -85,19 +89,41 @@ fn xml_escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// A scatter plot of simulated accuracy against estimated time per token: every cell that ran,
-/// the Pareto front joined by a line, cells outside their preset's limits hollow and grey.
+/// Two scatter plots against estimated time per token, one above the other: simulated accuracy
+/// and the block output's cosine similarity to the float model (fidelity). Every cell that ran
+/// is a point, the Pareto front (accuracy/time) is joined by a line, cells outside their
+/// preset's limits are hollow and grey.
 pub fn svg_plot(r: &SweepReport) -> String {
+    let (w, h) = (720.0, 480.0);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{}\" viewBox=\"0 0 {w} {}\" font-family=\"sans-serif\" font-size=\"11\">\n\
+         <rect width=\"{w}\" height=\"{}\" fill=\"white\"/>\n",
+        2.0 * h,
+        2.0 * h,
+        2.0 * h
+    );
+    s += &panel(r, 0.0, "accuracy", "simulated accuracy (%)", &|c| {
+        c.simulated_accuracy.map(|a| a * 100.0)
+    });
+    s += &panel(r, h, "fidelity", "block output cosine to float", &|c| {
+        c.block_cosine
+    });
+    s += "</svg>\n";
+    s
+}
+
+/// One plot of `y_of` against estimated seconds per token, `top` pixels down.
+fn panel(
+    r: &SweepReport,
+    top: f64,
+    title: &str,
+    y_label: &str,
+    y_of: &dyn Fn(&SweepCell) -> Option<f64>,
+) -> String {
     let pts: Vec<(&SweepCell, f64, f64)> = r
         .cells
         .iter()
-        .filter_map(|c| {
-            Some((
-                c,
-                c.estimated_ms_per_token? / 1e3,
-                c.simulated_accuracy? * 100.0,
-            ))
-        })
+        .filter_map(|c| Some((c, c.estimated_ms_per_token? / 1e3, y_of(c)?)))
         .collect();
     let (w, h, ml, mr, mt, mb) = (720.0, 480.0, 70.0, 30.0, 40.0, 60.0);
     let span = |vals: &mut dyn Iterator<Item = f64>| {
@@ -114,21 +140,18 @@ pub fn svg_plot(r: &SweepReport) -> String {
     let (x0, x1) = span(&mut pts.iter().map(|p| p.1));
     let (y0, y1) = span(&mut pts.iter().map(|p| p.2));
     let px = |x: f64| ml + (x - x0) / (x1 - x0) * (w - ml - mr);
-    let py = |y: f64| h - mb - (y - y0) / (y1 - y0) * (h - mt - mb);
+    let py = |y: f64| top + h - mb - (y - y0) / (y1 - y0) * (h - mt - mb);
+    let (mt, bottom) = (top + mt, top + h - mb);
     let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"11\">\n\
-         <rect width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">{} — accuracy vs time per token ({} threads)</text>\n",
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" font-size=\"14\">{} — {title} vs time per token ({} threads)</text>\n",
         w / 2.0,
+        top + 22.0,
         xml_escape(&r.model),
         r.threads
     );
     s += &format!(
-        "<line x1=\"{ml}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{ml}\" y1=\"{mt}\" x2=\"{ml}\" y2=\"{}\" stroke=\"black\"/>\n",
-        h - mb,
+        "<line x1=\"{ml}\" y1=\"{bottom}\" x2=\"{}\" y2=\"{bottom}\" stroke=\"black\"/>\n<line x1=\"{ml}\" y1=\"{mt}\" x2=\"{ml}\" y2=\"{bottom}\" stroke=\"black\"/>\n",
         w - mr,
-        h - mb,
-        h - mb
     );
     for i in 0..=5 {
         let (xv, yv) = (
@@ -136,19 +159,19 @@ pub fn svg_plot(r: &SweepReport) -> String {
             y0 + (y1 - y0) * i as f64 / 5.0,
         );
         s += &format!(
-            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{xv:.2}</text>\n<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{yv:.1}</text>\n",
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{xv:.2}</text>\n<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
             px(xv),
-            h - mb + 16.0,
+            bottom + 16.0,
             ml - 6.0,
-            py(yv) + 4.0
+            py(yv) + 4.0,
+            if y1 - y0 < 1.0 { format!("{yv:.3}") } else { format!("{yv:.1}") }
         );
     }
+    let mid = (mt + bottom) / 2.0;
     s += &format!(
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">estimated seconds per token</text>\n<text x=\"16\" y=\"{}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {})\">simulated accuracy (%)</text>\n",
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">estimated seconds per token</text>\n<text x=\"16\" y=\"{mid}\" text-anchor=\"middle\" transform=\"rotate(-90 16 {mid})\">{y_label}</text>\n",
         (ml + w - mr) / 2.0,
-        h - 18.0,
-        (mt + h - mb) / 2.0,
-        (mt + h - mb) / 2.0
+        top + h - 18.0,
     );
     let mut front: Vec<&(&SweepCell, f64, f64)> = pts.iter().filter(|p| p.0.pareto).collect();
     front.sort_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal));
@@ -188,6 +211,5 @@ pub fn svg_plot(r: &SweepReport) -> String {
             xml_escape(&label)
         );
     }
-    s += "</svg>\n";
     s
 }

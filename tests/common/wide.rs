@@ -1,0 +1,121 @@
+//! Checks of the wide (unread) expert outputs and the layer output against the plaintext
+//! reference. The encrypted path returns `W2 a + b2` without a requantizing read, so a decrypted
+//! slot output differs from the exact reference only by its ciphertext noise, plus the effect
+//! of a hidden read that came out one step off near a box edge.
+
+use veilmoe::engine::{ClientKey, LweVector};
+use veilmoe::model::{FfnKind, QuantizedMoe, Rounding};
+use veilmoe::protocols::MoeOutput;
+
+/// Largest change of one hidden activation when each requantizing read that feeds it comes out
+/// one step off (the approximate step of the encrypted path).
+pub fn hidden_read_slack(model: &QuantizedMoe) -> i64 {
+    let q = &model.quant;
+    let (lo, hi) = (q.input_min(), q.input_max());
+    let near = |v: i64| {
+        [v - 1, v, v + 1]
+            .into_iter()
+            .filter(move |w| (lo..=hi).contains(w))
+    };
+    let mut slack = 0;
+    for a in lo..=hi {
+        match model.config.ffn {
+            FfnKind::Plain(act) => {
+                for a2 in near(a) {
+                    slack = slack.max((q.activation(act, a2) - q.activation(act, a)).abs());
+                }
+            }
+            FfnKind::GatedSilu => {
+                for b in lo..=hi {
+                    let exact = q.gated_silu(a) * q.gated_linear(b);
+                    for a2 in near(a) {
+                        for b2 in near(b) {
+                            let v = q.gated_silu(a2) * q.gated_linear(b2);
+                            slack = slack.max((v - exact).abs());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    slack
+}
+
+/// Noise allowance of a decrypted wide value, in steps of its encoding: six standard deviations
+/// of the variance the engine tracked for it, plus the rounding of the decryption.
+pub fn noise_steps(ct: &LweVector) -> i64 {
+    let step = 2f64.powi(-(ct.encoding().width as i32 + 1));
+    (6.0 * ct.variance().sqrt() / step).ceil() as i64 + 1
+}
+
+/// How a token's wide slot outputs compared with the exact reference.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WideTally {
+    pub values: usize,
+    /// Values further from the exact reference than their noise allows (a hidden read was off).
+    pub beyond_noise: usize,
+}
+
+/// Decrypts each slot's wide output and compares it with the exact reference of the slot's
+/// selected expert: never further than one off-by-one hidden read per unit (times the W2
+/// weights) plus the noise. Returns the decrypted outputs.
+pub fn check_slot_outputs(
+    client: &ClientKey,
+    model: &QuantizedMoe,
+    x: &[i64],
+    selected: &[usize],
+    slot_outputs: &[LweVector],
+) -> (Vec<Vec<i64>>, WideTally) {
+    let slack = hidden_read_slack(model);
+    let h = model.config.h.0;
+    let mut t = WideTally::default();
+    let mut outs = Vec::new();
+    for (s, ct) in slot_outputs.iter().enumerate() {
+        let e = selected[s];
+        let o = client.decrypt_lwe(ct).expect("decrypt");
+        let hidden = model.hidden(e, x, &mut Rounding::Exact);
+        let want = model.expert_output(e, &hidden);
+        let noise = noise_steps(ct);
+        for (i, (a, b)) in o.iter().zip(&want).enumerate() {
+            let row_l1: i64 = model.experts[e].w2[i * h..(i + 1) * h]
+                .iter()
+                .map(|w| w.abs())
+                .sum();
+            let bound = row_l1 * slack + noise;
+            assert!(
+                (a - b).abs() <= bound,
+                "expert {e} output {i}: {a} vs reference {b} (allowed {bound}: noise {noise}, \
+                 hidden slack {slack} x |W2 row| {row_l1})"
+            );
+            t.beyond_noise += ((a - b).abs() > noise) as usize;
+        }
+        t.values += o.len();
+        outs.push(o);
+    }
+    (outs, t)
+}
+
+/// The decrypted layer output equals the gate combination of the decrypted slot outputs, up to
+/// the noise of each weighted term.
+pub fn check_combination(
+    client: &ClientKey,
+    model: &QuantizedMoe,
+    gates: &[i64],
+    outs: &[Vec<i64>],
+    out: &MoeOutput,
+) {
+    let y = out.decrypt_y(client).expect("decrypt y");
+    let want = model.combine(gates, outs);
+    // each term's own noise, plus the rounding of the slot outputs it combines
+    let allowed: i64 = out
+        .y_terms
+        .iter()
+        .map(|(c, t)| c.abs() * (noise_steps(t) + 2))
+        .sum();
+    for (i, (a, b)) in y.iter().zip(&want).enumerate() {
+        assert!(
+            (a - b).abs() <= allowed,
+            "output {i}: {a} vs the combination of the slot outputs {b} (allowed {allowed})"
+        );
+    }
+}
