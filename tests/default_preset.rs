@@ -113,7 +113,7 @@ fn default_preset_end_to_end() {
         .iter()
         .map(|c| client.encrypt_packed(c, Encoding::unsigned(4)).unwrap())
         .collect();
-    let bits = client.encrypt_lwe(&[0, 1], Encoding::unsigned(4)).unwrap(); // index 2
+    let bits = client.encrypt_bits(&[0, 1], Encoding::unsigned(4)).unwrap(); // index 2
     let ggsw = ev.circuit_bootstrap(&bits).unwrap();
     assert_eq!(
         client

@@ -297,7 +297,7 @@ fn circuit_bootstrap_and_cmux_tree_select_the_indexed_input() {
         .collect();
     for index in [0usize, 3, 4, 7] {
         let bits: Vec<i64> = (0..3).map(|l| ((index >> l) & 1) as i64).collect();
-        let bit_cts = k.client.encrypt_lwe(&bits, Encoding::unsigned(4)).unwrap();
+        let bit_cts = k.client.encrypt_bits(&bits, Encoding::unsigned(4)).unwrap();
         let ggsw = ev.circuit_bootstrap(&bit_cts).unwrap();
         let sel = ev.cmux_tree(&ggsw, &cts).unwrap();
         let half_box = 2f64.powi(-(enc.width as i32) - 2);
@@ -327,7 +327,7 @@ fn circuit_bootstrap_and_cmux_tree_select_the_indexed_input() {
     // external product: bit * c
     let bits = k
         .client
-        .encrypt_lwe(&[0, 1], Encoding::unsigned(4))
+        .encrypt_bits(&[0, 1], Encoding::unsigned(4))
         .unwrap();
     let g = ev.circuit_bootstrap(&bits).unwrap();
     assert_eq!(
@@ -407,6 +407,19 @@ fn cmux_failure_rate_matches_the_model() {
     check_failure_rate("CMUX", enc, variance, errors, total);
 }
 
+/// Circuit bootstrapping reads its input through a many-LUT whose functions take only 0 and 1:
+/// a vector whose public range is wider is refused, and so is a non-bit given to encrypt_bits.
+#[test]
+fn circuit_bootstrap_takes_only_bits() {
+    let k = test_keys();
+    let ev = Evaluator::new(&k.server);
+    assert!(k.client.encrypt_bits(&[2], Encoding::unsigned(4)).is_err());
+    let wide = k.client.encrypt_lwe(&[1], Encoding::unsigned(4)).unwrap();
+    assert!(ev.circuit_bootstrap(&wide).is_err());
+    let bits = k.client.encrypt_bits(&[1], Encoding::unsigned(4)).unwrap();
+    assert_eq!(ev.circuit_bootstrap(&bits).unwrap().len(), 1);
+}
+
 /// `count` circuit-bootstrapped GGSWs of 1 (the worst case for the noise of what they select).
 fn ggsws_of_one(
     ev: &Evaluator,
@@ -414,7 +427,7 @@ fn ggsws_of_one(
     count: usize,
 ) -> Vec<veilmoe::engine::GgswBit> {
     let bits = client
-        .encrypt_lwe(&vec![1; count], Encoding::unsigned(4))
+        .encrypt_bits(&vec![1; count], Encoding::unsigned(4))
         .unwrap();
     ev.circuit_bootstrap(&bits).unwrap()
 }

@@ -46,6 +46,19 @@ impl ClientKey {
         ))
     }
 
+    /// Encrypts bits (each 0 or 1) as LWE ciphertexts whose public range is `[0, 1]`, the
+    /// input a circuit bootstrap accepts.
+    pub fn encrypt_bits(&self, bits: &[i64], encoding: Encoding) -> Result<LweVector> {
+        if let Some(v) = bits.iter().find(|v| !(0..=1).contains(*v)) {
+            return Err(EngineError::range(
+                "encrypt_bits",
+                format!("{v} is not a bit"),
+            ));
+        }
+        self.encrypt_lwe(bits, encoding)?
+            .with_range(ValueRange { min: 0, max: 1 })
+    }
+
     fn packed_plaintexts(
         &self,
         values: &[i64],

@@ -6,12 +6,13 @@
 //!   GLWE-packed vectors, encryption and decryption;
 //! - [`Evaluator`]: every server operation, counted in an [`accounting::OpLog`]:
 //!   [`linear`] (leveled plaintext-weight products), [`pbs`] with [`lut`] (programmable
-//!   bootstrapping), [`select`] (circuit bootstrapping, CMUX), [`packing`];
+//!   bootstrapping), [`cbs`] (circuit bootstrapping), [`select`] (CMUX), [`packing`];
 //! - [`noise`]: variance bookkeeping and failure probabilities;
 //! - [`security`]: presets' estimated security from Concrete's lattice-estimator-fitted curves;
 //! - [`format`]: the versioned file envelope.
 
 pub mod accounting;
+pub mod cbs;
 pub mod ciphertext;
 pub mod client;
 pub mod encoding;

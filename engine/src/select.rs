@@ -1,8 +1,9 @@
-//! Oblivious selection building blocks: circuit bootstrapping of an encrypted bit into a GGSW
-//! ciphertext, external products, CMUX and CMUX trees.
+//! Oblivious selection building blocks: the GGSW-encrypted bit (made by circuit bootstrapping,
+//! [`crate::cbs`]), external products, CMUX and CMUX trees.
 //!
 //! A CMUX costs one external product (~0.1 ms), against ~40 ms for a PBS, so once the index bits
-//! of a choice are GGSW ciphertexts (one circuit bootstrap each, ~5 PBS), choosing among E
+//! of a choice are GGSW ciphertexts (one circuit bootstrap each: one blind rotation under the
+//! circuit-bootstrapping key and L (k+1) packing keyswitches, see [`crate::cbs`]), choosing among E
 //! encrypted candidates costs E - 1 CMUX per GLWE: the work that scales with E stays leveled.
 //!
 //! [`Evaluator::cmux_tree_lwe`] selects among LWE vectors: each LWE ciphertext is embedded as the
@@ -16,16 +17,13 @@ use crate::evaluator::{with_scratch, Evaluator};
 use crate::format::KeySetId;
 use crate::noise;
 use rayon::prelude::*;
-use tfhe::core_crypto::fft_impl::fft64::crypto::wop_pbs::{
-    circuit_bootstrap_boolean, circuit_bootstrap_boolean_scratch,
-};
 use tfhe::core_crypto::prelude::*;
 
 /// An encrypted bit as a Fourier-domain GGSW ciphertext (the control input of a CMUX).
 pub struct GgswBit {
-    key_set: KeySetId,
+    pub(crate) key_set: KeySetId,
     pub(crate) ggsw: FourierGgswCiphertext<aligned_vec::ABox<[c64]>>,
-    variance: f64,
+    pub(crate) variance: f64,
 }
 
 impl GgswBit {
@@ -41,109 +39,6 @@ impl GgswBit {
 }
 
 impl<'k> Evaluator<'k> {
-    /// Circuit-bootstraps every value of `bits` (each 0 or 1, the bit being the lowest bit of the
-    /// vector's encoding) into a GGSW ciphertext: keyswitch, then one PBS and k+1 private
-    /// functional packing keyswitches per GGSW level.
-    pub fn circuit_bootstrap(&self, bits: &LweVector) -> Result<Vec<GgswBit>> {
-        self.check_key_set(bits.key_set())?;
-        if bits.key_kind() != LweKeyKind::Big {
-            return Err(EngineError::shape(
-                "circuit bootstrap",
-                "big-key input",
-                "small-key input",
-            ));
-        }
-        // Circuit bootstrapping reads each bit through a PBS: the same noise budget applies, in
-        // units of the bit's own encoding (a wider encoding leaves a narrower margin).
-        let budget = noise::pbs_input_budget(self.preset());
-        let weighted = noise::cbs_equivalent_input_variance(
-            self.preset(),
-            bits.variance(),
-            bits.encoding().width,
-        );
-        self.ops.note_read(bits.len() as u64, weighted);
-        if weighted > budget {
-            return Err(EngineError::NoiseBudget {
-                context: "circuit bootstrap input (variance weighted by its encoding width)",
-                variance: weighted,
-                budget,
-            });
-        }
-        let small = self.keyswitch(bits)?;
-        let key = self.key();
-        let p = self.preset();
-        let cbs = p.circuit_bootstrap;
-        let glwe_size = p.glwe_dimension().to_glwe_size();
-        let n = p.polynomial_size();
-        let fft = key.fft.as_view();
-        let delta_log = DeltaLog(63 - bits.encoding().width as usize);
-        let req = circuit_bootstrap_boolean_scratch::<u64>(
-            small.as_list().lwe_size(),
-            key.cbs_bsk.output_lwe_dimension().to_lwe_size(),
-            glwe_size,
-            n,
-            fft,
-        )
-        .unaligned_bytes_required()
-        .max(
-            convert_standard_ggsw_ciphertext_to_fourier_mem_optimized_requirement(fft)
-                .unaligned_bytes_required(),
-        );
-        let modulus = CiphertextModulus::new_native();
-        let size = small.as_list().lwe_size().0;
-        let ggsws: Vec<FourierGgswCiphertext<aligned_vec::ABox<[c64]>>> = small
-            .as_list()
-            .as_ref()
-            .par_chunks(size)
-            .map(|ct| {
-                let mut std_ggsw = GgswCiphertext::new(
-                    0u64,
-                    glwe_size,
-                    n,
-                    DecompositionBaseLog(cbs.base_log),
-                    DecompositionLevelCount(cbs.level),
-                    modulus,
-                );
-                let mut fourier = FourierGgswCiphertext::new(
-                    glwe_size,
-                    n,
-                    DecompositionBaseLog(cbs.base_log),
-                    DecompositionLevelCount(cbs.level),
-                );
-                with_scratch(req, |stack| {
-                    circuit_bootstrap_boolean(
-                        key.cbs_bsk.as_view(),
-                        LweCiphertext::from_container(ct, modulus),
-                        std_ggsw.as_mut_view(),
-                        delta_log,
-                        key.cbs_pfpksk.as_view(),
-                        fft,
-                        stack,
-                    );
-                    convert_standard_ggsw_ciphertext_to_fourier_mem_optimized(
-                        &std_ggsw,
-                        &mut fourier,
-                        fft,
-                        stack,
-                    );
-                });
-                fourier
-            })
-            .collect();
-        let levels = cbs.level as u64;
-        self.ops
-            .record(OpKind::CircuitBootstrap, bits.len() as u64, levels);
-        let variance = noise::cbs_pbs_output_variance(p) + noise::pfks_variance(p);
-        Ok(ggsws
-            .into_iter()
-            .map(|ggsw| GgswBit {
-                key_set: bits.key_set(),
-                ggsw,
-                variance,
-            })
-            .collect())
-    }
-
     /// Runs `op(out, input, fft, stack)` on each GLWE pair of `out` and `input`, in parallel,
     /// with per-thread scratch of `req` bytes.
     fn zip_glwes(

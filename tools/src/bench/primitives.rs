@@ -71,7 +71,7 @@ impl PrimitiveBench {
             .client
             .encrypt_lwe(&[2; 64], Encoding::unsigned(12))?
             .with_range(range)?;
-        let bit = self.client.encrypt_lwe(&[1], enc)?;
+        let bit = self.client.encrypt_bits(&[1], enc)?;
         let cands: Vec<_> = (0..2)
             .map(|i| self.client.encrypt_packed(&[i; 8], enc))
             .collect::<Result<_>>()?;

@@ -74,7 +74,7 @@ pub fn calibrate_units(client: &ClientKey, server: &ServerKey, runs: usize) -> R
         timed(server, runs, &|ev| ev.pbs(&xs, &lut).map(|_| ()))?,
         OpKind::Pbs,
     ) - ks;
-    let bits = client.encrypt_lwe(&[1, 0], small)?;
+    let bits = client.encrypt_bits(&[1, 0], small)?;
     let cbs = per(
         timed(server, runs.min(3), &|ev| {
             ev.circuit_bootstrap(&bits).map(|_| ())
