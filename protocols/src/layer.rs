@@ -4,7 +4,9 @@ use crate::error::{config, Result};
 use crate::ffn::FfnTables;
 use crate::router::{Gates, RouterTables, Routing};
 use crate::strategy::{ExpertStrategy, SlotInput};
-use veilmoe_engine::{ClientKey, Encoding, Evaluator, GgswBit, LweVector, PackedGlwe, ValueRange};
+use veilmoe_engine::{
+    ClientKey, Encoding, EngineError, Evaluator, GgswBit, LweVector, PackedGlwe, ValueRange,
+};
 use veilmoe_model::QuantizedMoe;
 
 /// Largest noise standard deviation of a wide slot output, in m-bit read steps of the expert
@@ -120,13 +122,15 @@ impl MoeLayer {
         for o in outs {
             let w = o.encoding().width;
             let read_step = 2f64.powi(self.model.expert_output_shift() as i32 - w as i32 - 1);
-            let std_steps = o.variance().sqrt() / read_step;
-            if std_steps > WIDE_OUTPUT_NOISE_STEPS {
-                return Err(config(format!(
-                    "the expert outputs' noise is {std_steps:.3} read steps (std), above \
-                     {WIDE_OUTPUT_NOISE_STEPS}: W2 rows are too large for this preset \
-                     (requantize the model with `veilmoe quantize` for it)"
-                )));
+            let allowed = (WIDE_OUTPUT_NOISE_STEPS * read_step).powi(2);
+            if o.variance() > allowed {
+                return Err(EngineError::NoiseBudget {
+                    context: "wide expert output (what the client decrypts; W2 rows too large \
+                              for this preset)",
+                    variance: o.variance(),
+                    budget: allowed,
+                }
+                .into());
             }
         }
         Ok(())

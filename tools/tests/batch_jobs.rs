@@ -3,6 +3,8 @@
 //! model; a killed job resumed without losing or duplicating a record; a sharded batch merged
 //! into exactly the unsharded result; and bad input refused in one line with no output file.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -466,8 +468,9 @@ fn a_model_file_from_quantize_serves_encrypt_infer_and_decrypt() {
     ok(&out);
     let said = String::from_utf8_lossy(&out.stderr).to_string();
     let id = said
-        .split("model ")
-        .nth(1)
+        .lines()
+        .find(|l| l.starts_with("wrote "))
+        .and_then(|l| l.split(": model ").nth(1))
         .and_then(|s| s.split_whitespace().next())
         .unwrap_or_else(|| panic!("no model id in: {said}"))
         .to_string();
@@ -582,5 +585,35 @@ fn a_model_file_from_quantize_serves_encrypt_infer_and_decrypt() {
         );
         assert!(!out_batch.exists());
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `veilmoe quantize` runs one token on the target preset before writing: a model that exceeds
+/// the preset's noise budget is refused there, with the stage and what to change, and no model
+/// file is written (the client never encrypts for a model `infer` would stop on).
+#[test]
+fn quantize_refuses_a_model_the_preset_cannot_run() {
+    let dir = tmpdir("quantize-refused");
+    let tight = common::tight_preset(&dir);
+    let out_file = dir.join("model.vmm");
+    let out = veilmoe()
+        .args(["quantize", "--allow-insecure", "--preset"])
+        .arg(&tight)
+        .arg("--out")
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: the model does not run on preset `tight`")
+            && last.contains("exceeds the budget"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out_file.exists());
+    // its fidelity to the float model was reported on the way
+    assert!(err.contains("fidelity to the float model"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -7,6 +7,7 @@ use crate::jobs::encrypt::encrypt_batch;
 use crate::jobs::infer::{infer, InferOptions};
 use crate::jobs::merge::merge;
 use crate::model_source::{ModelArgs, ModelSource};
+use crate::params::probe::{probe_token, ProbeKeys};
 use crate::progress::RecordProgress;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -15,7 +16,7 @@ use veilmoe_engine::format;
 use veilmoe_engine::ClientKey;
 use veilmoe_model::data::read_records;
 use veilmoe_model::model_file::write_model_file;
-use veilmoe_model::QuantizedClassifier;
+use veilmoe_model::{reference_fidelity, QuantizedClassifier, Rounding};
 use veilmoe_protocols::session::Shard;
 use veilmoe_protocols::{ClientSession, ServerSession, Strategy};
 
@@ -58,14 +59,21 @@ impl Keygen {
 }
 
 /// Quantizes a model once into a quantized-model file: integer weights, public quantization,
-/// client-side head and model id. The client keeps it; every later command takes it.
+/// client-side head and model id. The client keeps it; every later command takes it. Before
+/// writing, the model runs one token through the encrypted layer on the preset (keys made in
+/// memory): a model that would exceed the preset's noise budget or encodings is refused here,
+/// with the cause, never in the middle of `infer` after the client has encrypted. Its fidelity
+/// to the float model is printed per stage.
 #[derive(Args)]
 pub struct Quantize {
     #[command(flatten)]
     model: ModelArgs,
-    /// The preset the model will run on (sets the bits a PBS reads).
+    /// The preset the model will run on (sets the bits a PBS reads and the noise budget).
     #[arg(long, default_value = "default")]
     preset: String,
+    /// The strategy the model will run with (the check runs it).
+    #[arg(long, value_enum, default_value = "select")]
+    strategy: Strategy,
     /// The model file to write.
     #[arg(long)]
     out: PathBuf,
@@ -80,7 +88,28 @@ impl Quantize {
         if let ModelSource::File(p) = &source {
             bail!("{} is already a quantized-model file", p.display());
         }
-        let model = source.load_classifier(preset.message_bits)?;
+        let strategy = self.strategy.oblivious()?;
+        let (model, float) = source.load_with_float(preset.message_bits)?;
+        if let Some(f) = &float {
+            let fid = reference_fidelity(&f.float, &model, &f.records, &mut Rounding::Exact)?;
+            eprintln!("fidelity to the float model ({}): {fid}", f.origin);
+            for s in &fid.stages {
+                eprintln!("  {:<16} {}", s.stage, s.fidelity);
+            }
+        }
+        eprintln!("checking one token on preset {preset} (keys in memory) ...");
+        let keys = ProbeKeys::generate(&preset);
+        let probe = probe_token(&keys.client, &keys.server, &model.moe, strategy)?;
+        if !probe.within_limits() {
+            bail!(
+                "the model does not run on preset `{}` with {}: {}",
+                preset.name,
+                self.strategy,
+                probe.refusal.clone().unwrap_or_else(|| {
+                    "a read exceeds the noise budget (`params check` names the stage)".into()
+                })
+            );
+        }
         let note = format!(
             "{} quantized for {}-bit reads (preset {})",
             source.label(),

@@ -102,7 +102,9 @@ pub fn probe_token(
     let (y_terms, refusal) = match outcome {
         Ok(n) => (Some(n), None),
         Err(ProtocolError::Engine(EngineError::NoiseBudget {
-            context, variance, ..
+            context,
+            variance,
+            budget,
         })) => (
             None,
             Some(format!(
