@@ -13,7 +13,7 @@
 //! blind rotations to one (L = 3 on `default` and `test`).
 
 use crate::accounting::OpKind;
-use crate::ciphertext::{LweKeyKind, LweVector};
+use crate::ciphertext::LweVector;
 use crate::encoding::Encoding;
 use crate::error::{EngineError, Result};
 use crate::evaluator::{with_scratch, Evaluator};
@@ -28,14 +28,7 @@ impl<'k> Evaluator<'k> {
     /// ciphertext: keyswitch, one many-LUT blind rotation, and `k + 1` private functional
     /// packing keyswitches per GGSW level.
     pub fn circuit_bootstrap(&self, bits: &LweVector) -> Result<Vec<GgswBit>> {
-        self.check_key_set(bits.key_set())?;
-        if bits.key_kind() != LweKeyKind::Big {
-            return Err(EngineError::shape(
-                "circuit bootstrap",
-                "big-key input",
-                "small-key input",
-            ));
-        }
+        self.check_big_input(bits, "circuit bootstrap")?;
         let r = bits.range();
         if r.min < 0 || r.max > 1 {
             return Err(EngineError::range(

@@ -1,8 +1,9 @@
 //! The server's handle: a server key plus the operation log. Every homomorphic operation is a
-//! method of [`Evaluator`] (in `linear`, `pbs`, `select` and `packing`), so every one is counted
+//! method of [`Evaluator`] (in `linear`, `pbs`, `cbs`, `select` and `packing`), so every one is counted
 //! under the current stage tag and appears in the operation trace.
 
 use crate::accounting::OpLog;
+use crate::ciphertext::{LweKeyKind, LweVector};
 use crate::error::{EngineError, Result};
 use crate::format::KeySetId;
 use crate::keys::ServerKey;
@@ -46,6 +47,20 @@ impl<'k> Evaluator<'k> {
                 expected: self.key.key_set().to_string(),
                 found: found.to_string(),
             });
+        }
+        Ok(())
+    }
+
+    /// Checks that `x` is under this evaluator's key set and the big LWE key, which every
+    /// operation that keyswitches, packs or embeds a vector needs.
+    pub(crate) fn check_big_input(&self, x: &LweVector, context: &'static str) -> Result<()> {
+        self.check_key_set(x.key_set())?;
+        if x.key_kind() != LweKeyKind::Big {
+            return Err(EngineError::shape(
+                context,
+                "big-key input",
+                "small-key input",
+            ));
         }
         Ok(())
     }

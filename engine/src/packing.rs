@@ -3,8 +3,8 @@
 //! a PBS per value on our machines, so protocols count it and avoid it where a layout allows.
 
 use crate::accounting::OpKind;
-use crate::ciphertext::{LweKeyKind, LweVector, PackedGlwe};
-use crate::error::{EngineError, Result};
+use crate::ciphertext::{LweVector, PackedGlwe};
+use crate::error::Result;
 use crate::evaluator::Evaluator;
 use crate::noise;
 use tfhe::core_crypto::prelude::*;
@@ -12,14 +12,7 @@ use tfhe::core_crypto::prelude::*;
 impl<'k> Evaluator<'k> {
     /// Packs `x` (big key) N values per GLWE, value `i` to coefficient `i % N` of GLWE `i / N`.
     pub fn pack(&self, x: &LweVector) -> Result<PackedGlwe> {
-        self.check_key_set(x.key_set())?;
-        if x.key_kind() != LweKeyKind::Big {
-            return Err(EngineError::shape(
-                "packing keyswitch",
-                "big-key input",
-                "small-key input",
-            ));
-        }
+        self.check_big_input(x, "packing keyswitch")?;
         let p = self.preset();
         let n = p.glwe.polynomial_size;
         let glwes = x.len().div_ceil(n).max(1);

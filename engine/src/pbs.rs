@@ -14,14 +14,7 @@ use tfhe::core_crypto::prelude::*;
 impl<'k> Evaluator<'k> {
     /// Keyswitches big-key ciphertexts to the small key.
     pub fn keyswitch(&self, x: &LweVector) -> Result<LweVector> {
-        self.check_key_set(x.key_set())?;
-        if x.key_kind() != LweKeyKind::Big {
-            return Err(EngineError::shape(
-                "keyswitch",
-                "big-key input",
-                "small-key input",
-            ));
-        }
+        self.check_big_input(x, "keyswitch")?;
         let key = self.key();
         let small = key.ksk.output_key_lwe_dimension().to_lwe_size();
         let big = x.as_list().lwe_size().0;
@@ -48,14 +41,7 @@ impl<'k> Evaluator<'k> {
 
     /// Refuses an input whose noise exceeds the preset's failure-probability budget.
     fn check_pbs_input(&self, x: &LweVector, lut: &Lut) -> Result<()> {
-        self.check_key_set(x.key_set())?;
-        if x.key_kind() != LweKeyKind::Big {
-            return Err(EngineError::shape(
-                "PBS",
-                "big-key input (PBS keyswitches itself)",
-                "small-key input",
-            ));
-        }
+        self.check_big_input(x, "PBS (it keyswitches itself)")?;
         if x.encoding().width != lut.input().width || x.encoding().signed != lut.input().signed {
             return Err(EngineError::shape(
                 "PBS",

@@ -173,13 +173,7 @@ impl<'k> Evaluator<'k> {
         let first = inputs
             .first()
             .ok_or_else(|| EngineError::shape("CMUX tree", "at least one input", 0))?;
-        if first.key_kind() != LweKeyKind::Big {
-            return Err(EngineError::shape(
-                "CMUX tree",
-                "big-key LWE inputs",
-                "small-key inputs",
-            ));
-        }
+        self.check_big_input(first, "CMUX tree")?;
         for x in inputs {
             first.check_compatible(x, "CMUX tree")?;
             if x.len() != first.len() {
@@ -199,13 +193,7 @@ impl<'k> Evaluator<'k> {
     /// bit is 1, zero if it is 0. Exact for any width, so a wide accumulator can be scaled by
     /// the bits of an encrypted gate without a PBS.
     pub fn external_product_lwe(&self, bit: &GgswBit, x: &LweVector) -> Result<LweVector> {
-        if x.key_kind() != LweKeyKind::Big {
-            return Err(EngineError::shape(
-                "external product",
-                "big-key LWE input",
-                "small-key input",
-            ));
-        }
+        self.check_big_input(x, "external product")?;
         let product = self.external_product(bit, &self.embed_lwe(x))?;
         Ok(self.extract_constants(&product))
     }
