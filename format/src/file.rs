@@ -102,15 +102,18 @@ fn write_via_temporary(path: &Path, bytes: &[u8], secret: bool) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("veilmoe-format-{}", std::process::id()));
+    /// A directory of this test's own: tests run in parallel threads of one process, and a
+    /// shared directory let `reads_are_bounded_and_writes_atomic` count the temporary file of
+    /// `secrets_are_owner_only`'s write as a leftover (a failure seen once in CI-like runs).
+    fn dir(test: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("veilmoe-format-{}-{test}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         d
     }
 
     #[test]
     fn reads_are_bounded_and_writes_atomic() {
-        let d = dir();
+        let d = dir("bounded");
         let p = d.join("a.bin");
         write_atomic(&p, &[1, 2, 3]).unwrap();
         assert_eq!(read_file(&p, 3).unwrap(), vec![1, 2, 3]);
@@ -135,7 +138,7 @@ mod tests {
     #[test]
     fn secrets_are_owner_only() {
         use std::os::unix::fs::PermissionsExt;
-        let p = dir().join("secret.key");
+        let p = dir("secret").join("secret.key");
         write_secret(&p, b"s").unwrap();
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
