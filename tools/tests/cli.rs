@@ -88,3 +88,48 @@ fn inspect_refuses_bad_files_in_one_line() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `bench moe --json` counts every operation of a token both in total and per stage, and the
+/// per-stage counts add up to the totals (the circuit bootstraps of the index bits sit in
+/// `index-ggsw`, one per bit).
+#[test]
+fn bench_moe_counts_operations_per_stage() {
+    let out = veilmoe()
+        .args([
+            "bench",
+            "moe",
+            "--preset",
+            "test",
+            "--allow-insecure",
+            "--experts",
+            "4",
+            "--strategy",
+            "select",
+            "--d",
+            "4",
+            "--h",
+            "4",
+            "--runs",
+            "1",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let case = &v["cases"][0];
+    let stages = case["ops_per_stage"].as_object().unwrap();
+    for (kind, total) in case["ops"].as_object().unwrap() {
+        let sum: u64 = stages
+            .values()
+            .filter_map(|s| s[kind.as_str()].as_u64())
+            .sum();
+        assert_eq!(sum, total.as_u64().unwrap(), "{kind}");
+    }
+    assert_eq!(stages["index-ggsw"]["circuit_bootstrap"], 2);
+    assert!(stages["expert"]["pbs"].as_u64().unwrap() >= 4);
+}

@@ -37,6 +37,9 @@ pub struct MoeCase {
     pub ops: BTreeMap<String, u64>,
     /// Wall time of the median token's stages (router, top-k, index-ggsw, select, expert, ...).
     pub stage_ms: BTreeMap<String, f64>,
+    /// Operation counts of one token per stage, by kind (where the PBS, circuit bootstraps and
+    /// external products go).
+    pub ops_per_stage: BTreeMap<String, BTreeMap<String, u64>>,
     /// The cost model's estimate from the token's operation trace (`params estimate`'s method)
     /// and its ratio to the measured median.
     pub estimated_ms_per_token: f64,
@@ -67,6 +70,21 @@ fn ops_of(ev: &Evaluator) -> BTreeMap<String, u64> {
         .iter()
         .map(|k| (k.name().to_string(), ev.ops().total(*k)))
         .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+/// Operation counts per stage of one token, by kind name.
+fn per_stage(ev: &Evaluator) -> BTreeMap<String, BTreeMap<String, u64>> {
+    ev.ops()
+        .counts()
+        .into_iter()
+        .map(|(stage, kinds)| {
+            let kinds = kinds
+                .into_iter()
+                .map(|(k, v)| (k.name().to_string(), v))
+                .collect();
+            (stage, kinds)
+        })
         .collect()
 }
 
@@ -113,6 +131,7 @@ pub fn run_moe(
             };
             let mut runs = Vec::with_capacity(b.runs);
             let mut ops = BTreeMap::new();
+            let mut ops_per_stage = BTreeMap::new();
             let mut stages: Vec<BTreeMap<String, f64>> = Vec::new();
             let mut traces = Vec::new();
             for r in 0..b.runs {
@@ -125,6 +144,7 @@ pub fn run_moe(
                 layer.forward(&ev, &ct, strategy).map_err(err)?;
                 runs.push(t.elapsed().as_secs_f64() * 1e3);
                 ops = ops_of(&ev);
+                ops_per_stage = per_stage(&ev);
                 stages.push(ev.ops().stage_ms());
                 traces.push(ev.ops().trace());
             }
@@ -152,6 +172,7 @@ pub fn run_moe(
                 runs_ms: runs,
                 ops,
                 stage_ms,
+                ops_per_stage,
                 estimated_ms_per_token: estimated,
                 estimate_over_measured: estimated / median,
             });
