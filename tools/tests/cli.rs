@@ -8,6 +8,15 @@ fn veilmoe() -> Command {
     Command::new(env!("CARGO_BIN_EXE_veilmoe"))
 }
 
+/// A success, or the command's stderr in the failure message.
+fn ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("veilmoe-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -23,11 +32,7 @@ fn keygen_then_inspect() {
         .arg(&dir)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("INSECURE"));
     let out = veilmoe()
         .args(["inspect", "--json"])
@@ -115,11 +120,7 @@ fn bench_moe_counts_operations_per_stage() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let case = &v["cases"][0];
     let stages = case["ops_per_stage"].as_object().unwrap();
