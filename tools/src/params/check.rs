@@ -50,6 +50,32 @@ pub struct FidelityCheck {
     /// The records compared on.
     pub records: String,
     pub fidelity: Fidelity,
+    /// The first stage whose cosine to the float values falls below [`FAITHFUL_COSINE`], in
+    /// the order the token meets them (block output last); `None` when every stage keeps it.
+    pub first_lossy_stage: Option<String>,
+}
+
+/// A stage whose mean cosine to the float model is below this has visibly lost meaning.
+pub const FAITHFUL_COSINE: f64 = 0.9;
+
+impl FidelityCheck {
+    fn new(records: String, fidelity: Fidelity) -> FidelityCheck {
+        let first_lossy_stage = fidelity
+            .stages
+            .iter()
+            .map(|s| (s.stage, s.fidelity.cosine_mean))
+            .chain(std::iter::once((
+                "block output",
+                fidelity.block_output.cosine_mean,
+            )))
+            .find(|(_, c)| *c < FAITHFUL_COSINE)
+            .map(|(s, _)| s.to_string());
+        FidelityCheck {
+            records,
+            fidelity,
+            first_lossy_stage,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -94,11 +120,11 @@ pub fn check(
     let fidelity = match &float {
         Some(f) => {
             status(&format!("fidelity to the float model on {} ...", f.origin));
-            Some(FidelityCheck {
-                records: f.origin.clone(),
-                fidelity: reference_fidelity(&f.float, &model, &f.records, &mut Rounding::Exact)
+            Some(FidelityCheck::new(
+                f.origin.clone(),
+                reference_fidelity(&f.float, &model, &f.records, &mut Rounding::Exact)
                     .map_err(ProtocolError::from)?,
-            })
+            ))
         }
         None => None,
     };
@@ -221,6 +247,16 @@ impl std::fmt::Display for CheckReport {
                 match fd.top1_agreement {
                     Some(t) => writeln!(f, ", predictions on {:.1} %", 100.0 * t)?,
                     None => writeln!(f)?,
+                }
+                match &fc.first_lossy_stage {
+                    Some(stage) => writeln!(
+                        f,
+                        "    precision is first lost at: {stage} (cosine below {FAITHFUL_COSINE})"
+                    )?,
+                    None => writeln!(
+                        f,
+                        "    every stage keeps a cosine of {FAITHFUL_COSINE} or more"
+                    )?,
                 }
             }
             None => writeln!(
