@@ -356,3 +356,51 @@ fn argmax_over_few_experts_is_exact_with_ties() {
 fn argmax_over_128_experts_feeds_circuit_bootstrapping() {
     check_argmax(128, 4);
 }
+
+/// The quantizer's W2 limit and the layer's wide-output noise check agree: a gated Mixtral
+/// top-2 block (whose slot outputs take one more bit) quantized from large random weights, so
+/// that its W2 rows reach the limit, runs through the encrypted layer without a noise refusal.
+#[test]
+fn a_top2_model_at_the_w2_limit_runs() {
+    use veilmoe::model::{quantize_with, FloatMoeModel, QuantizeOptions};
+    let (d, h, e) = (8, 8, 4);
+    let float = FloatMoeModel::random(
+        config(d, h, e, 2, FfnKind::GatedSilu, Gating::SoftmaxSelected),
+        2.0,
+        77,
+    );
+    let mut rng = Rng::new(77);
+    let records: Vec<Vec<f32>> = (0..64)
+        .map(|_| {
+            (0..d)
+                .map(|_| rng.range(-1000, 1000) as f32 / 1000.0)
+                .collect()
+        })
+        .collect();
+    let opts = QuantizeOptions {
+        search: false,
+        ..QuantizeOptions::for_message_bits(4)
+    };
+    let (q, report) = quantize_with(&float, &opts, &records).unwrap();
+    let limit = opts.w2_norm2_limit(true, true);
+    let h = q.moe.config.h.0;
+    let largest = q
+        .moe
+        .experts
+        .iter()
+        .flat_map(|x| x.w2.chunks(h).map(|r| r.iter().map(|w| w * w).sum::<i64>()))
+        .max()
+        .unwrap();
+    assert!(
+        largest * 2 > limit && largest <= limit,
+        "W2 rows should reach the limit {limit}: largest {largest} ({report:?})"
+    );
+    let k = test_keys();
+    let ev = Evaluator::new(&k.server);
+    let layer = MoeLayer::new(&ev, q.moe.clone()).unwrap();
+    let x = vec![3i64; d];
+    let out = layer
+        .forward(&ev, &layer.encrypt(&k.client, &x).unwrap(), &Select)
+        .expect("a model within the quantizer's W2 limit passes the wide-output noise check");
+    assert_eq!(out.slot_outputs.len(), 2);
+}

@@ -55,3 +55,12 @@ pub struct MoeConfig {
     pub ffn: FfnKind,
     pub gating: Gating,
 }
+
+impl MoeConfig {
+    /// Whether the layer subtracts two slot outputs (the Mixtral top-2 gate combination
+    /// `G o2 + g1 (o1 - o2)`): the slot outputs' encoding then needs one more bit, which the
+    /// encrypted layer and the quantizer's noise limit both account for.
+    pub fn subtracts_slot_outputs(&self) -> bool {
+        self.top_k.0 == 2 && self.gating == Gating::SoftmaxSelected
+    }
+}

@@ -216,9 +216,7 @@ impl QuantizedMoe {
     /// subtracts two slot outputs (Mixtral top-2 gate combination) so that the difference stays
     /// representable.
     pub fn slot_output_width(&self) -> u32 {
-        let complementary =
-            self.config.top_k.0 == 2 && self.config.gating == Gating::SoftmaxSelected;
-        self.expert_output_width() + complementary as u32
+        self.expert_output_width() + self.config.subtracts_slot_outputs() as u32
     }
 
     /// Random weights for tests and benchmarks: each row has a few non-zero entries so that

@@ -9,10 +9,12 @@ use veilmoe_engine::{
 };
 use veilmoe_model::QuantizedMoe;
 
-/// Largest noise standard deviation of a wide slot output, in m-bit read steps of the expert
-/// output: what the client decrypts stays within a small fraction of the step an m-bit read
-/// would have rounded to (the quantizer aims at 0.1; the margin covers the CMUX tree).
-pub const WIDE_OUTPUT_NOISE_STEPS: f64 = 0.125;
+/// Largest noise standard deviation of a wide slot output, as a factor on the standard
+/// deviation of a PBS input at the preset's budget, at the expert output's own encoding width
+/// (each extra bit of the slot encoding divides the allowance by 2). The quantizer keeps W2
+/// rows within 2.68 (`QuantizeOptions::wide_output_noise`); the margin covers the CMUX tree.
+/// On `default` this is 0.028 read step: far below the read's rounding the output used to get.
+pub const WIDE_OUTPUT_NOISE: f64 = 3.35;
 
 /// A model prepared for one server key: weights laid out and tables filled once.
 pub struct MoeLayer {
@@ -95,7 +97,7 @@ impl MoeLayer {
                 index_ggsw: &index_ggsw,
             },
         )?;
-        self.check_output_noise(&slot_outputs)?;
+        self.check_output_noise(ev, &slot_outputs)?;
         ev.set_stage("combine");
         let y_terms = self.combine(ev, &routing.gates, &slot_outputs)?;
         // The client checks responses against the public structure: the layer must produce it.
@@ -115,14 +117,17 @@ impl MoeLayer {
         })
     }
 
-    /// Refuses slot outputs whose tracked noise exceeds [`WIDE_OUTPUT_NOISE_STEPS`] read steps
-    /// (the quantizer keeps W2 rows within 0.1; the rest is the CMUX tree's). The bound
-    /// follows from the public architecture and weights, never from the token.
-    fn check_output_noise(&self, outs: &[LweVector]) -> Result<()> {
+    /// Refuses slot outputs whose tracked noise exceeds [`WIDE_OUTPUT_NOISE`] times the PBS
+    /// budget's standard deviation (at the expert output's width). The bound follows from the
+    /// public architecture and weights, never from the token.
+    fn check_output_noise(&self, ev: &Evaluator, outs: &[LweVector]) -> Result<()> {
+        let budget = veilmoe_engine::noise::pbs_input_budget(ev.preset());
         for o in outs {
-            let w = o.encoding().width;
-            let read_step = 2f64.powi(self.model.expert_output_shift() as i32 - w as i32 - 1);
-            let allowed = (WIDE_OUTPUT_NOISE_STEPS * read_step).powi(2);
+            let extra = o
+                .encoding()
+                .width
+                .saturating_sub(self.model.expert_output_width());
+            let allowed = budget * WIDE_OUTPUT_NOISE.powi(2) / 4f64.powi(extra as i32);
             if o.variance() > allowed {
                 return Err(EngineError::NoiseBudget {
                     context: "wide expert output (what the client decrypts; W2 rows too large \

@@ -184,6 +184,43 @@ impl FloatMoeModel {
         crate::math::argmax(&out)
     }
 
+    /// A Mixtral-format block with Gaussian weights of standard deviation `std` / sqrt(fan-in)
+    /// and no head, as a freshly initialised checkpoint has (for tests and benchmarks: a model
+    /// not trained for veilmoe's reads). A plain FFN gets no W3.
+    pub fn random(config: MoeConfig, std: f64, seed: u64) -> FloatMoeModel {
+        let mut rng = crate::random::SplitMix(seed);
+        let (d, h, e) = (config.d.0, config.h.0, config.experts.0);
+        let mut mat = |r: usize, c: usize| {
+            let s = std / (c as f64).sqrt();
+            Array2::from_shape_fn((r, c), |_| (rng.gaussian() * s) as f32)
+        };
+        let router = mat(e, d);
+        let experts = (0..e)
+            .map(|_| FloatExpert {
+                w1: mat(h, d),
+                b1: None,
+                w3: (config.ffn == FfnKind::GatedSilu).then(|| mat(h, d)),
+                b3: None,
+                w2: mat(d, h),
+                b2: None,
+            })
+            .collect();
+        FloatMoeModel {
+            family: Family::Mixtral,
+            origin: format!("random (seed {seed})"),
+            layer: 0,
+            config,
+            router,
+            router_bias: None,
+            experts,
+            head: None,
+            residual: false,
+            input_scale: 1.0,
+            quantization: None,
+            not_evaluated: Vec::new(),
+        }
+    }
+
     /// Checks that the weights match the configuration (for models built in code).
     pub fn validate(&self) -> std::result::Result<(), String> {
         let c = &self.config;

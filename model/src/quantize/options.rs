@@ -9,10 +9,13 @@ pub struct QuantizeOptions {
     /// The preset's noise budget: largest 2-norm of a dot product over PBS outputs that a PBS
     /// still reads within the preset's failure probability.
     pub max_norm2: f64,
-    /// Largest noise standard deviation of a wide (unread) expert output, in m-bit read steps.
-    /// No PBS reads `W2 a`: its noise only blurs what the client decrypts, so W2 rows may be far
-    /// larger than a read's budget allows (see [`QuantizeOptions::w2_norm2_limit`]). 0.1 step is
-    /// a third of the rounding error (std 0.29 step) that a read of the output used to add.
+    /// How much noise a wide (unread) expert output may carry, as a factor on the standard
+    /// deviation of a PBS input at the preset's budget (a dot product of 2-norm `max_norm2`
+    /// over PBS outputs). No PBS reads `W2 a`: its noise only blurs what the client decrypts, so
+    /// W2 rows may be larger than a read's budget allows (see
+    /// [`QuantizeOptions::w2_norm2_limit`]). At 2.68 the output's noise std stays within 0.023
+    /// read step on `default` (whose budget std is 0.0085 read step), a tenth of the rounding
+    /// error (std 0.29 step) a read of the output used to add.
     pub wide_output_noise: f64,
     /// Shift of the first-stage reads: the first-stage weights get about this many bits of
     /// precision (wider costs nothing in noise: the packed inputs are fresh encryptions).
@@ -36,7 +39,7 @@ impl QuantizeOptions {
         QuantizeOptions {
             message_bits,
             max_norm2: 5.0,
-            wide_output_noise: 0.1,
+            wide_output_noise: 2.68,
             first_stage_shift: 10,
             gate_bits: 3,
             search: true,
@@ -47,20 +50,16 @@ impl QuantizeOptions {
 
     /// Largest squared 2-norm of an integer W2 row: its output's noise (the hidden PBS outputs'
     /// noise times the row, doubled for a gated FFN whose hidden values are differences of two
-    /// PBS outputs) stays within `wide_output_noise` read steps. A read at the PBS budget
-    /// (2-norm `max_norm2`) has a standard deviation of `1 / (2 z)` read steps, `z` the
-    /// Gaussian quantile of the presets' 2^-128 failure probability.
-    pub fn w2_norm2_limit(&self, gated: bool) -> i64 {
-        let budget_std_steps = 1.0 / (2.0 * BUDGET_QUANTILE);
-        let norm = self.max_norm2 * self.wide_output_noise / budget_std_steps;
+    /// PBS outputs) stays within `wide_output_noise` times the budget's standard deviation. Where
+    /// the layer subtracts two slot outputs (`wider`: Mixtral top-2), their encoding is one bit
+    /// wider, which doubles the noise relative to the value: the limit is a quarter.
+    pub fn w2_norm2_limit(&self, gated: bool, wider: bool) -> i64 {
+        let norm = self.max_norm2 * self.wide_output_noise;
         let gated_factor = if gated { 2.0 } else { 1.0 };
-        ((norm * norm / gated_factor).floor() as i64).max(1)
+        let width_factor = if wider { 4.0 } else { 1.0 };
+        ((norm * norm / gated_factor / width_factor).floor() as i64).max(1)
     }
 }
-
-/// A read at the PBS noise budget fails with probability 2^-128 on the secure presets: its half
-/// box is this many standard deviations.
-const BUDGET_QUANTILE: f64 = 13.4;
 
 /// The choices the search makes (see the module docs). A model trained for one quantization
 /// (quantization-aware training) declares it in config.json (`"veilmoe": {"quantization":

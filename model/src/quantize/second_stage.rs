@@ -74,7 +74,9 @@ impl Context<'_> {
         let sigma2 = (max_real / choice.w2_top.max(1e-6)).max(1e-30);
         // No PBS reads W2 a (the output leaves wide): the limit is the client's decryption
         // noise, not a read's budget.
-        let limit = self.opts.w2_norm2_limit(gated);
+        let limit = self
+            .opts
+            .w2_norm2_limit(gated, m.config.subtracts_slot_outputs());
         let clip = ((limit as f64).sqrt().floor() as i64).max(1);
         let l1_budget = choice.w2_l1.unwrap_or(i64::MAX).max(1);
         let mut stage = SecondStage {
