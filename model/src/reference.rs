@@ -147,12 +147,17 @@ impl QuantizedMoe {
     /// Requantized pre-activations `read(W1 x + b1)` of expert `e`: the values its activation
     /// (or, gated, its silu factor) reads.
     pub fn pre_activations(&self, e: usize, x: &[i64], rounding: &mut Rounding) -> Vec<i64> {
-        let w = &self.experts[e];
         let s = self.input_shift();
-        matvec(&w.w1, w.b1.as_deref(), self.config.h.0, x)
+        self.w1_accumulators(e, x)
             .into_iter()
             .map(|a| rounding.read(a, s))
             .collect()
+    }
+
+    /// `W1 x + b1` of expert `e` (exact).
+    fn w1_accumulators(&self, e: usize, x: &[i64]) -> Vec<i64> {
+        let w = &self.experts[e];
+        matvec(&w.w1, w.b1.as_deref(), self.config.h.0, x)
     }
 
     /// Hidden activations of expert `e` (one requantizing read per unit, plus the exact product
@@ -160,13 +165,15 @@ impl QuantizedMoe {
     pub fn hidden(&self, e: usize, x: &[i64], rounding: &mut Rounding) -> Vec<i64> {
         let (h, s, q) = (self.config.h.0, self.input_shift(), &self.quant);
         let w = &self.experts[e];
-        let u = matvec(&w.w1, w.b1.as_deref(), h, x);
         match self.config.ffn {
-            FfnKind::Plain(act) => u
-                .iter()
-                .map(|&a| q.activation(act, rounding.read(a, s)))
+            FfnKind::Plain(act) => self
+                .pre_activations(e, x, rounding)
+                .into_iter()
+                .map(|v| q.activation(act, v))
                 .collect(),
             FfnKind::GatedSilu => {
+                // the two factors' reads alternate per unit (the simulated rounding's order)
+                let u = self.w1_accumulators(e, x);
                 let v = matvec(w.w3.as_deref().unwrap_or(&[]), w.b3.as_deref(), h, x);
                 u.iter()
                     .zip(&v)

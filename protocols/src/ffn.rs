@@ -49,7 +49,8 @@ impl FfnTables {
         let small = Encoding::signed(q.message_bits);
         let input = Encoding::signed(model.input_width());
         let shift = model.input_shift();
-        let hidden = Encoding::signed(model.slot_output_width());
+        // W2 a keeps the activations' encoding: the slot outputs' public encoding
+        let hidden = crate::layer::output_encoding(model);
         let (act, linear, qsq) = match model.config.ffn {
             FfnKind::Plain(a) => (
                 Lut::requantize(p, input, shift, hidden, |v| q.activation(a, v))?,
