@@ -198,3 +198,26 @@ fn moe_layer_on_default() {
         "outputs beyond their noise: {off} / 640"
     );
 }
+
+/// The `capacity` strategy on `default`: 8 tokens, top-2, 3 slots per expert (16 entries for 12
+/// slots: some overflow), checked against the capacity rule and the integer reference.
+#[test]
+fn capacity_batch_on_default() {
+    use veilmoe::model::{ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig, TopK};
+    let (_, client, server) = default_keys();
+    let cfg = MoeConfig {
+        d: ModelDim(8),
+        h: HiddenDim(8),
+        experts: ExpertCount(4),
+        top_k: TopK(2),
+        ffn: FfnKind::GatedSilu,
+        gating: Gating::SoftmaxSelected,
+    };
+    let (entries, dropped) =
+        common::capacity::check_capacity_batch(client, server, cfg, 8, vec![3, 3, 3, 3], 21);
+    assert_eq!(entries, 16);
+    assert!(
+        dropped >= 4,
+        "16 entries for 12 slots drop at least 4, got {dropped}"
+    );
+}

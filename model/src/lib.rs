@@ -4,6 +4,8 @@
 //!   models with their forward pass, a Mixtral-format writer, and the embedded demo model;
 //! - [`arch`], [`quant`], [`quantized`]: the public architecture, the integer semantics and
 //!   quantization parameters, and the quantized MoE layer;
+//! - [`capacity`]: the capacity dispatch rule (slots per destination, overflow) and its slot
+//!   numbering;
 //! - [`classifier`]: one quantized block with its input quantizer and client-side head, and its
 //!   [`ModelId`];
 //! - [`model_file`]: the quantized-model file (the project's envelope, kind `QuantizedModel`);
@@ -18,6 +20,7 @@
 //! `cargo tree -p veilmoe-model` has no tfhe: the encrypted path lives in veilmoe-protocols.
 
 pub mod arch;
+pub mod capacity;
 pub mod checkpoint;
 pub mod classifier;
 pub mod data;
@@ -38,7 +41,7 @@ pub use classifier::{Head, InputQuantizer, ModelId, QuantizedClassifier};
 pub use data::{digits_split, embedded_digits, load_labelled, read_records, Dataset};
 pub use error::{ModelError, Result};
 pub use fidelity::{reference_fidelity, Fidelity, StageFidelity, VectorFidelity};
-pub use math::{argmax, median, top_k};
+pub use math::{argmax, index_bits, median, top_k};
 pub use ndarray;
 pub use quant::{Activation, QuantParams};
 pub use quantize::{

@@ -1,5 +1,5 @@
 //! Small numeric helpers every stage shares (one copy each): argmax and top-k with ties to the
-//! lowest index, the median, the sigmoid.
+//! lowest index, the median, the sigmoid, the number of bits of an index.
 
 /// Indices of the `k` largest values, largest first, ties to the lowest index (values that do
 /// not compare, NaN, count as ties).
@@ -47,6 +47,12 @@ pub fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
+/// Bits of an index that takes `n` values (`ceil(log2 n)`; 0 for one value or none): the
+/// router's expert index, a dispatch's entry and slot numbers.
+pub fn index_bits(n: usize) -> usize {
+    (usize::BITS - (n.max(1) - 1).leading_zeros()) as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +72,11 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert_eq!(median(&[]), 0.0);
+    }
+
+    #[test]
+    fn index_bits_are_ceil_log2() {
+        let got: Vec<usize> = [0, 1, 2, 3, 4, 5, 8, 9, 16, 17].map(index_bits).to_vec();
+        assert_eq!(got, vec![0, 0, 1, 2, 2, 3, 3, 4, 4, 5]);
     }
 }

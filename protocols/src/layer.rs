@@ -19,8 +19,8 @@ pub const WIDE_OUTPUT_NOISE: f64 = 3.35;
 /// A model prepared for one server key: weights laid out and tables filled once.
 pub struct MoeLayer {
     model: QuantizedMoe,
-    router: RouterTables,
-    ffn: FfnTables,
+    pub(crate) router: RouterTables,
+    pub(crate) ffn: FfnTables,
 }
 
 /// The encrypted result of one token. Everything is under the client's key; the client
@@ -120,7 +120,7 @@ impl MoeLayer {
     /// Refuses slot outputs whose tracked noise exceeds [`WIDE_OUTPUT_NOISE`] times the PBS
     /// budget's standard deviation (at the expert output's width). The bound follows from the
     /// public architecture and weights, never from the token.
-    fn check_output_noise(&self, ev: &Evaluator, outs: &[LweVector]) -> Result<()> {
+    pub(crate) fn check_output_noise(&self, ev: &Evaluator, outs: &[LweVector]) -> Result<()> {
         let budget = veilmoe_engine::noise::pbs_input_budget(ev.preset());
         for o in outs {
             let extra = o

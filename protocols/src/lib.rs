@@ -5,6 +5,8 @@
 //! - [`strategy`]: oblivious expert evaluation (select, compute-all) and the INSECURE
 //!   public-routing reference, and the [`Strategy`] a job names;
 //! - [`layer`]: the MoE layer end to end;
+//! - [`dispatch`]: oblivious capacity dispatch (entries to the public slots of their chosen
+//!   destinations) and [`capacity`], the MoE layer over a batch with expert capacities;
 //! - [`simulate`]: the plaintext reference's simulation of a preset's approximate reads;
 //! - [`session`]: the client/server session API and every wire message (batch and results
 //!   records, their headers, shards): the client encrypts records into a request and decrypts a
@@ -13,6 +15,8 @@
 //! Models (checkpoints, quantization, the integer reference, data) live in the crypto-free
 //! [`veilmoe_model`] crate, re-exported as [`model`].
 
+pub mod capacity;
+pub mod dispatch;
 pub mod error;
 pub mod ffn;
 pub mod layer;

@@ -18,7 +18,7 @@ use veilmoe_engine::{
     ValueRange, WeightMatrix,
 };
 use veilmoe_model::quant;
-use veilmoe_model::{Gating, QuantizedMoe};
+use veilmoe_model::{index_bits, Gating, QuantizedMoe};
 
 /// Lookup tables and weights of the router, built once per model and preset.
 pub struct RouterTables {
@@ -101,10 +101,6 @@ impl Routing {
     }
 }
 
-fn bits_for(n: usize) -> usize {
-    (usize::BITS - (n.max(1) - 1).leading_zeros()) as usize
-}
-
 impl RouterTables {
     pub fn new(ev: &Evaluator, model: &QuantizedMoe) -> Result<RouterTables> {
         model.validate()?;
@@ -136,7 +132,7 @@ impl RouterTables {
         let bit_refresh = Lut::univariate(p, index_encoding, index_encoding, |v| v.clamp(0, 1))?;
         // u = 2 (s + L - 1) + c0 in [0, 2L - 1], s the pair's path sum above the first round:
         // the pair's subtree wins iff s = 0; then c0 says which leaf.
-        let levels = bits_for(e) as i64;
+        let levels = index_bits(e) as i64;
         let onehot_pairs = if e.is_power_of_two() && (2..=16).contains(&e) {
             let win = 2 * (levels - 1);
             let left = move |u: i64| (u == win) as i64;
@@ -219,7 +215,7 @@ impl RouterTables {
 
     /// Number of index bits.
     pub fn index_bits(&self) -> usize {
-        bits_for(self.experts)
+        index_bits(self.experts)
     }
 
     /// Router logits of a packed token.

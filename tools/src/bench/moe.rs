@@ -1,8 +1,9 @@
 //! `veilmoe bench moe`: per-token time and operation counts of the encrypted MoE layer for each
 //! strategy and number of experts, measured side by side in one process.
 
+use super::capacity::{run_capacity, CapacityBench, CapacityCase};
 use super::primitives::BenchError;
-use super::timing::machine_name;
+use super::timing::{machine_name, median_run};
 use crate::params::estimate::{calibrate_units, estimate_ms};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -24,6 +25,8 @@ pub struct MoeBench {
     pub top_k: usize,
     pub ffn: FfnKind,
     pub runs: usize,
+    /// Also time batches under expert capacities (`None`: not measured).
+    pub capacity: Option<CapacityBench>,
 }
 
 #[derive(Serialize)]
@@ -56,6 +59,8 @@ pub struct MoeReport {
     pub top_k: usize,
     pub ffn: String,
     pub cases: Vec<MoeCase>,
+    /// Batches under expert capacities, per number of experts (when asked for).
+    pub capacity_cases: Vec<CapacityCase>,
     /// Encrypted argmax of 8 values (one-hot and index bits): median ms and PBS count.
     pub argmax8_ms: f64,
     pub argmax8_pbs: u64,
@@ -65,7 +70,7 @@ pub struct MoeReport {
     pub unit_costs_ms: BTreeMap<String, f64>,
 }
 
-fn ops_of(ev: &Evaluator) -> BTreeMap<String, u64> {
+pub(super) fn ops_of(ev: &Evaluator) -> BTreeMap<String, u64> {
     OpKind::ALL
         .iter()
         .map(|k| (k.name().to_string(), ev.ops().total(*k)))
@@ -73,8 +78,8 @@ fn ops_of(ev: &Evaluator) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// Operation counts per stage of one token, by kind name.
-fn per_stage(ev: &Evaluator) -> BTreeMap<String, BTreeMap<String, u64>> {
+/// Operation counts per stage of one evaluation, by kind name.
+pub(super) fn ops_per_stage(ev: &Evaluator) -> BTreeMap<String, BTreeMap<String, u64>> {
     ev.ops()
         .counts()
         .into_iter()
@@ -106,6 +111,7 @@ pub fn run_moe(
     let threads = rayon::current_num_threads();
     let quant = QuantParams::for_message_bits(preset.message_bits);
     let mut cases = Vec::new();
+    let mut capacity_cases = Vec::new();
     let reveal = |bits: &veilmoe_engine::LweVector| -> Result<usize, ProtocolError> {
         // INSECURE by design: stands for the client revealing the routing to the server.
         let v = client.decrypt_lwe(bits)?;
@@ -144,19 +150,11 @@ pub fn run_moe(
                 layer.forward(&ev, &ct, strategy).map_err(err)?;
                 runs.push(t.elapsed().as_secs_f64() * 1e3);
                 ops = ops_of(&ev);
-                ops_per_stage = per_stage(&ev);
+                ops_per_stage = self::ops_per_stage(&ev);
                 stages.push(ev.ops().stage_ms());
                 traces.push(ev.ops().trace());
             }
-            let median = median(&runs);
-            // The run closest to the median (its stages and trace are reported).
-            let at = (0..runs.len())
-                .min_by(|&i, &j| {
-                    (runs[i] - median)
-                        .abs()
-                        .total_cmp(&(runs[j] - median).abs())
-                })
-                .unwrap_or(0);
+            let (median, at) = median_run(&runs);
             let stage_ms = stages.get(at).cloned().unwrap_or_default();
             let (estimated, _) = estimate_ms(
                 traces.get(at).map(Vec::as_slice).unwrap_or(&[]),
@@ -176,6 +174,14 @@ pub fn run_moe(
                 estimated_ms_per_token: estimated,
                 estimate_over_measured: estimated / median,
             });
+        }
+        if let Some(cb) = b.capacity {
+            let c = run_capacity(&client, &server, &layer, cb, b.runs)?;
+            progress(&format!(
+                "capacity E={e} T={} {:?}: {:.0} ms/token, {} of {} entries dropped",
+                cb.batch, c.capacities, c.median_ms_per_token, c.dropped, c.entries
+            ));
+            capacity_cases.push(c);
         }
     }
     // Argmax of 8 encrypted values.
@@ -236,6 +242,14 @@ pub fn run_moe(
             s / p,
         );
     }
+    for c in &capacity_cases {
+        if let Some(s) = find(Strategy::Select, c.experts) {
+            ratios.insert(
+                format!("capacity_over_select_e{}", c.experts),
+                c.median_ms_per_token / s,
+            );
+        }
+    }
     Ok(MoeReport {
         preset: preset.name.clone(),
         machine: machine_name(),
@@ -245,6 +259,7 @@ pub fn run_moe(
         top_k: b.top_k,
         ffn: b.ffn.name(),
         cases,
+        capacity_cases,
         argmax8_ms: median(&times),
         argmax8_pbs: pbs,
         ratios,

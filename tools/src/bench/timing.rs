@@ -31,3 +31,13 @@ pub fn machine_name() -> String {
         .unwrap_or(1);
     format!("{model}, {cores} cores")
 }
+
+/// The median of `runs` and the index of the run closest to it (whose stages and trace a
+/// benchmark reports); `(0, 0)` for none.
+pub fn median_run(runs: &[f64]) -> (f64, usize) {
+    let med = veilmoe_model::median(runs);
+    let at = (0..runs.len())
+        .min_by(|&i, &j| (runs[i] - med).abs().total_cmp(&(runs[j] - med).abs()))
+        .unwrap_or(0);
+    (med, at)
+}

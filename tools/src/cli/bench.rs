@@ -1,6 +1,7 @@
 //! `veilmoe bench`: benchmarks printing text or JSON.
 
 use super::load_preset;
+use crate::bench::capacity::CapacityBench;
 use crate::bench::moe::{run_moe, MoeBench, MoeReport};
 use crate::bench::primitives::{run_primitives, PrimitiveBench, PrimitiveReport};
 use crate::bench::scaling::{plot_svg, run_scaling, ScalingBench};
@@ -37,9 +38,15 @@ pub enum Bench {
         /// Expert FFN: relu, gelu, silu or gated-silu.
         #[arg(long, default_value = "gated-silu")]
         ffn: String,
-        /// Timed tokens per case (median reported).
+        /// Timed tokens per case (median reported); timed batches for --capacity-batch.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Also time the `capacity` strategy on batches of this many tokens (0: not measured).
+        #[arg(long, default_value_t = 0)]
+        capacity_batch: usize,
+        /// Slots per expert: ceil(factor * batch * top_k / experts).
+        #[arg(long, default_value_t = 1.25)]
+        capacity_factor: f64,
         #[arg(long)]
         json: bool,
         #[arg(long)]
@@ -132,6 +139,22 @@ impl std::fmt::Display for MoeReport {
                 c.ops.get("pbs").unwrap_or(&0),
                 c.ops.get("circuit_bootstrap").unwrap_or(&0),
                 if c.leaks_routing { "  (INSECURE)" } else { "" }
+            )?;
+        }
+        for c in &self.capacity_cases {
+            writeln!(
+                f,
+                "  {:<15} E={:<4} {:>10.0} ms/token  batch {} slots {:?}  per batch: pbs {} cbs {} ext-products {}  dropped {}/{}",
+                "capacity",
+                c.experts,
+                c.median_ms_per_token,
+                c.batch,
+                c.capacities,
+                c.ops_per_batch.get("pbs").unwrap_or(&0),
+                c.ops_per_batch.get("circuit_bootstrap").unwrap_or(&0),
+                c.ops_per_batch.get("external_product").unwrap_or(&0),
+                c.dropped,
+                c.entries
             )?;
         }
         write!(
@@ -233,11 +256,17 @@ impl Bench {
                 top_k,
                 ffn,
                 runs,
+                capacity_batch,
+                capacity_factor,
                 json,
                 allow_insecure,
             } => {
                 let preset = load_preset(&preset, allow_insecure)?;
                 let ffn = parse_ffn(&ffn)?;
+                let capacity = (capacity_batch > 0).then_some(CapacityBench {
+                    batch: capacity_batch,
+                    factor: capacity_factor,
+                });
                 if experts.is_empty() || experts.iter().any(|&e| e == 0 || e > 128) {
                     bail!("--experts takes numbers between 1 and 128");
                 }
@@ -255,6 +284,7 @@ impl Bench {
                     top_k,
                     ffn,
                     runs,
+                    capacity,
                 };
                 let report = run_moe(&preset, &bench, &mut |line| eprintln!("{line}"))?;
                 print_report(&report, json)?;
