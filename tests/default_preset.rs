@@ -221,3 +221,21 @@ fn capacity_batch_on_default() {
         "16 entries for 12 slots drop at least 4, got {dropped}"
     );
 }
+
+/// Encrypted routing over a pool of three models, per input, on `default`: four inputs, each
+/// checked against the reference (router, chosen model's output, the others' terms zero).
+#[test]
+fn pool_per_input_on_default() {
+    use veilmoe::protocols::pool::PoolLayer;
+    let (_, client, server) = default_keys();
+    let ev = Evaluator::new(server);
+    let layer = PoolLayer::new(&ev, common::pool::pool()).unwrap();
+    let mut chosen = std::collections::BTreeSet::new();
+    for x in [[7, 7, 0, 1], [-8, 7, 2, 0], [3, -8, -1, 5], [0, 0, 0, 0]] {
+        chosen.insert(common::pool::check_pool_input(client, &ev, &layer, &x));
+    }
+    assert!(
+        chosen.len() >= 2,
+        "inputs should reach several models: {chosen:?}"
+    );
+}

@@ -8,6 +8,8 @@
 //!   numbering;
 //! - [`classifier`]: one quantized block with its input quantizer and client-side head, and its
 //!   [`ModelId`];
+//! - [`pool`]: a pool of classifiers over one input with a cost-aware router, its checks and its
+//!   plaintext routing;
 //! - [`model_file`]: the quantized-model file (the project's envelope, kind `QuantizedModel`);
 //! - [`quantize`]: float model -> quantized classifier, calibrated, and accuracy helpers;
 //! - [`fidelity`]: how far a quantized or decrypted block is from its float model;
@@ -28,6 +30,7 @@ pub mod error;
 pub mod fidelity;
 pub mod math;
 pub mod model_file;
+pub mod pool;
 pub mod quant;
 pub mod quantize;
 pub mod quantized;

@@ -21,6 +21,26 @@ pub struct ExpertWeights {
     pub b2: Option<Vec<i64>>,
 }
 
+/// What an encrypted router needs, whoever owns it (an MoE layer's router over its experts, a
+/// pool's router over its models): the public shape, the integer weights, the quantization and
+/// the first-stage read of the accumulators `W x + b`.
+#[derive(Debug, Clone, Copy)]
+pub struct RouterSpec<'a> {
+    pub d: usize,
+    /// Destinations (experts, or pool models).
+    pub experts: usize,
+    pub top_k: usize,
+    pub gating: Gating,
+    /// experts x d
+    pub weights: &'a [i64],
+    pub bias: Option<&'a [i64]>,
+    pub quant: &'a QuantParams,
+    /// Encoding width of the encrypted input, whose top `message_bits` bits the logit read takes.
+    pub input_width: u32,
+    /// Switch gating's partition-sum read shift (unused by Mixtral gating).
+    pub partition_shift: u32,
+}
+
 /// A quantized MoE layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuantizedMoe {
@@ -178,6 +198,21 @@ impl QuantizedMoe {
     /// Shift of the first-stage requantization (`input_width - message_bits`).
     pub fn input_shift(&self) -> u32 {
         self.input_width() - self.quant.message_bits
+    }
+
+    /// The layer's router, as the encrypted router tables take it.
+    pub fn router_spec(&self) -> RouterSpec<'_> {
+        RouterSpec {
+            d: self.config.d.0,
+            experts: self.config.experts.0,
+            top_k: self.config.top_k.0,
+            gating: self.config.gating,
+            weights: &self.router,
+            bias: self.router_bias.as_deref(),
+            quant: &self.quant,
+            input_width: self.input_width(),
+            partition_shift: self.partition_shift(),
+        }
     }
 
     /// Worst-case range of one expert output `W2 a + b2`.

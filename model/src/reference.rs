@@ -12,7 +12,7 @@
 
 use crate::arch::{FfnKind, Gating};
 use crate::quant::{self, round_shift};
-use crate::quantized::QuantizedMoe;
+use crate::quantized::{QuantizedMoe, RouterSpec};
 use crate::random::SplitMix;
 use ndarray::{Array1, ArrayView2};
 
@@ -82,23 +82,31 @@ fn matvec(w: &[i64], b: Option<&[i64]>, rows: usize, x: &[i64]) -> Vec<i64> {
     y.to_vec()
 }
 
+impl RouterSpec<'_> {
+    /// Router accumulators `Wr x + br` (exact).
+    pub fn accumulators(&self, x: &[i64]) -> Vec<i64> {
+        matvec(self.weights, self.bias, self.experts, x)
+    }
+
+    /// Logits from router accumulators: the top `message_bits` bits of the input width, read
+    /// through the logit table.
+    pub fn logits(&self, acc: &[i64], rounding: &mut Rounding) -> Vec<i64> {
+        let s = self.input_width - self.quant.message_bits;
+        acc.iter()
+            .map(|&a| self.quant.logit(rounding.read(a, s)))
+            .collect()
+    }
+}
+
 impl QuantizedMoe {
     /// Router accumulators `Wr x + br` (exact).
     pub fn router_accumulators(&self, x: &[i64]) -> Vec<i64> {
-        matvec(
-            &self.router,
-            self.router_bias.as_deref(),
-            self.config.experts.0,
-            x,
-        )
+        self.router_spec().accumulators(x)
     }
 
     /// Logits from router accumulators.
     pub fn logits(&self, acc: &[i64], rounding: &mut Rounding) -> Vec<i64> {
-        let s = self.input_shift();
-        acc.iter()
-            .map(|&a| self.quant.logit(rounding.read(a, s)))
-            .collect()
+        self.router_spec().logits(acc, rounding)
     }
 
     /// Switch gating: the partition sum of a slot whose logit is `v` (exact).

@@ -7,6 +7,8 @@
 //! - [`layer`]: the MoE layer end to end;
 //! - [`dispatch`]: oblivious capacity dispatch (entries to the public slots of their chosen
 //!   destinations) and [`capacity`], the MoE layer over a batch with expert capacities;
+//! - [`pool`]: encrypted routing over a pool of models, per input (every model runs, the
+//!   circuit-bootstrapped one-hot keeps the chosen model's output);
 //! - [`simulate`]: the plaintext reference's simulation of a preset's approximate reads;
 //! - [`session`]: the client/server session API and every wire message (batch and results
 //!   records, their headers, shards): the client encrypts records into a request and decrypts a
@@ -20,6 +22,7 @@ pub mod dispatch;
 pub mod error;
 pub mod ffn;
 pub mod layer;
+pub mod pool;
 pub mod router;
 pub mod session;
 pub mod simulate;

@@ -18,6 +18,7 @@ use veilmoe_engine::{
     ValueRange, WeightMatrix,
 };
 use veilmoe_model::quant;
+use veilmoe_model::quantized::RouterSpec;
 use veilmoe_model::{index_bits, Gating, QuantizedMoe};
 
 /// Lookup tables and weights of the router, built once per model and preset.
@@ -102,10 +103,17 @@ impl Routing {
 }
 
 impl RouterTables {
+    /// The tables of an MoE layer's router (the model is validated first).
     pub fn new(ev: &Evaluator, model: &QuantizedMoe) -> Result<RouterTables> {
         model.validate()?;
+        Self::from_spec(ev, &model.router_spec())
+    }
+
+    /// The tables of any router (an MoE layer's, a model pool's): weights laid out, logit,
+    /// tournament and gate tables filled. The owner has validated the spec's shapes.
+    pub fn from_spec(ev: &Evaluator, spec: &RouterSpec) -> Result<RouterTables> {
         let p = ev.preset();
-        let q = &model.quant;
+        let q = spec.quant;
         let m = q.message_bits;
         // A model quantized for fewer bits than the preset reads runs on it unchanged: its
         // tables have fewer, wider boxes, so every read has more noise margin than the preset's
@@ -116,13 +124,17 @@ impl RouterTables {
                 p.name, p.message_bits
             )));
         }
-        let (e, d) = (model.config.experts.0, model.config.d.0);
+        let (e, d) = (spec.experts, spec.d);
         let small = Encoding::signed(m);
-        let width = model.input_width();
-        let shift = model.input_shift();
+        let width = spec.input_width;
+        let shift = width.checked_sub(m).ok_or_else(|| {
+            config(format!(
+                "the router's input width {width} is below its {m}-bit reads"
+            ))
+        })?;
         let router = PackedWeights::new(
             p,
-            WeightMatrix::new(Rows(e), Cols(d), model.router.clone())?,
+            WeightMatrix::new(Rows(e), Cols(d), spec.weights.to_vec())?,
         );
         let logit = Lut::requantize(p, Encoding::signed(width), shift, small, |v| q.logit(v))?;
         let cmp = Lut::univariate(p, small, small, |dv| (dv < 0) as i64)?;
@@ -174,11 +186,11 @@ impl RouterTables {
             .collect::<veilmoe_engine::Result<Vec<_>>>()?;
         let zhi = q.switch_cap() as i128 * e as i128;
         let switch_encoding = Encoding::signed(quant::read_width(0, zhi, m));
-        let (switch_terms, switch_gate_bits) = if model.config.gating == Gating::SoftmaxThenTopK {
+        let (switch_terms, switch_gate_bits) = if spec.gating == Gating::SoftmaxThenTopK {
             let terms = Lut::univariate(p, small, switch_encoding, |dv| {
                 quant::switch_term(dv, q.logit_scale, q.switch_numerator, q.switch_cap())
             })?;
-            let zs = model.partition_shift();
+            let zs = spec.partition_shift;
             let bits = (0..q.gate_bits)
                 .map(|b| {
                     Lut::requantize(p, switch_encoding, zs, gate_encoding, |zq| {
@@ -192,7 +204,7 @@ impl RouterTables {
         };
         Ok(RouterTables {
             router,
-            bias: model.router_bias.clone(),
+            bias: spec.bias.map(<[i64]>::to_vec),
             logit,
             cmp,
             relu_neg,
@@ -205,8 +217,8 @@ impl RouterTables {
             switch_terms,
             switch_gate_bits,
             experts: e,
-            top_k: model.config.top_k.0,
-            gating: model.config.gating,
+            top_k: spec.top_k,
+            gating: spec.gating,
             index_encoding,
             gate_max: q.gate_max(),
             switch_encoding,

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod capacity;
+pub mod pool;
 pub mod wide;
 
 use std::sync::OnceLock;

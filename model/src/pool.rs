@@ -1,0 +1,210 @@
+//! A pool of classifiers over one input, with a cost-aware router (SecureRouter's setting): the
+//! router scores every pool model on the input and the input is answered by the top-scoring
+//! one. Cost-awareness lives in the router's weights: trained on utility targets (is pool model
+//! `m` right on the example?), its logits estimate each model's utility, and `lambda * cost_m`
+//! is folded into the bias of row `m`, so the encrypted argmax picks `utility - lambda * cost`.
+//!
+//! Every model of a pool takes the same quantized input (one input quantizer, one message
+//! width) and gives the same number of outputs; the router is a top-1 router over the models
+//! with the models' quantization. The encrypted evaluation lives in `veilmoe_protocols::pool`;
+//! this module is the plaintext side: the pool, its checks and its reference.
+
+use crate::arch::Gating;
+use crate::classifier::QuantizedClassifier;
+use crate::error::{config, ModelError, Result};
+use crate::quant::{self, QuantParams};
+use crate::quantized::{affine_range, RouterSpec, MAX_WEIGHT};
+use crate::reference::Rounding;
+use serde::{Deserialize, Serialize};
+
+/// Most models a pool may hold.
+pub const MAX_POOL: usize = 16;
+
+/// The router over a pool's models: one integer row per model (`models x d`, row-major).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolRouter {
+    pub weights: Vec<i64>,
+    pub bias: Option<Vec<i64>>,
+    pub quant: QuantParams,
+}
+
+/// Pool models and their router.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pool {
+    pub models: Vec<QuantizedClassifier>,
+    pub router: PoolRouter,
+}
+
+/// What the plaintext reference gives for one input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolChoice {
+    /// The router's integer logits, one per model.
+    pub logits: Vec<i64>,
+    /// The chosen model (top logit, ties to the lowest index).
+    pub model: usize,
+}
+
+impl Pool {
+    /// Checks every model, that they share their input and output shape, and the router's shape
+    /// and weights. A pool read from a file is used only after this.
+    pub fn validate(&self) -> Result<()> {
+        let m = self.models.len();
+        if m == 0 || m > MAX_POOL {
+            return Err(config(format!(
+                "a pool holds 1 to {MAX_POOL} models, got {m}"
+            )));
+        }
+        let first = &self.models[0];
+        for (i, c) in self.models.iter().enumerate() {
+            c.validate()?;
+            if c.features() != first.features() {
+                return Err(config(format!(
+                    "pool model {i} takes {} features, model 0 takes {}",
+                    c.features(),
+                    first.features()
+                )));
+            }
+            if c.input != first.input || c.moe.quant.message_bits != first.moe.quant.message_bits {
+                return Err(config(format!(
+                    "pool model {i} quantizes its input differently from model 0 (every model \
+                     of a pool reads the same encrypted input)"
+                )));
+            }
+            if c.outputs() != first.outputs() {
+                return Err(config(format!(
+                    "pool model {i} gives {} outputs, model 0 gives {}",
+                    c.outputs(),
+                    first.outputs()
+                )));
+            }
+        }
+        let r = &self.router;
+        r.quant.validate()?;
+        if r.quant.message_bits != first.moe.quant.message_bits {
+            return Err(config(format!(
+                "the pool router reads {} bits, its models {}",
+                r.quant.message_bits, first.moe.quant.message_bits
+            )));
+        }
+        let d = first.features();
+        if r.weights.len() != m * d || r.bias.as_ref().is_some_and(|b| b.len() != m) {
+            return Err(ModelError::Weights(format!(
+                "pool router: {} weights and {} biases for {m} models of {d} features",
+                r.weights.len(),
+                r.bias.as_ref().map_or(0, Vec::len)
+            )));
+        }
+        if r.weights
+            .iter()
+            .chain(r.bias.iter().flatten())
+            .any(|w| w.abs() > MAX_WEIGHT)
+        {
+            return Err(ModelError::Weights(format!(
+                "pool router: a weight is above {MAX_WEIGHT} in magnitude"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Number of features every model takes.
+    pub fn features(&self) -> usize {
+        self.models[0].features()
+    }
+
+    /// Encoding width of the router's encrypted input (its own first-stage read).
+    pub fn router_input_width(&self) -> u32 {
+        let q = &self.router.quant;
+        let (lo, hi) = affine_range(
+            &self.router.weights,
+            self.router.bias.as_deref(),
+            self.features(),
+            q.input_min(),
+            q.input_max(),
+        );
+        quant::read_width(lo, hi, q.message_bits)
+    }
+
+    /// The router as the encrypted router tables take it: top-1 over the models.
+    pub fn router_spec(&self) -> RouterSpec<'_> {
+        RouterSpec {
+            d: self.features(),
+            experts: self.models.len(),
+            top_k: 1,
+            gating: Gating::SoftmaxSelected,
+            weights: &self.router.weights,
+            bias: self.router.bias.as_deref(),
+            quant: &self.router.quant,
+            input_width: self.router_input_width(),
+            partition_shift: 0,
+        }
+    }
+
+    /// The router's choice for a quantized input (the plaintext reference of the encrypted
+    /// routing; `rounding` as for the models).
+    pub fn choose(&self, x_q: &[i64], rounding: &mut Rounding) -> PoolChoice {
+        let spec = self.router_spec();
+        let logits = spec.logits(&spec.accumulators(x_q), rounding);
+        let model = crate::math::argmax(&logits);
+        PoolChoice { logits, model }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::{ExpertCount, FfnKind, HiddenDim, ModelDim, MoeConfig, TopK};
+    use crate::classifier::InputQuantizer;
+    use crate::quant::Activation;
+    use crate::quantized::QuantizedMoe;
+
+    fn classifier(h: usize, seed: u64) -> QuantizedClassifier {
+        let cfg = MoeConfig {
+            d: ModelDim(4),
+            h: HiddenDim(h),
+            experts: ExpertCount(1),
+            top_k: TopK(1),
+            ffn: FfnKind::Plain(Activation::Relu),
+            gating: Gating::SoftmaxSelected,
+        };
+        QuantizedClassifier {
+            moe: QuantizedMoe::random(cfg, QuantParams::for_message_bits(4), seed, true),
+            input: InputQuantizer {
+                input_scale: 0.5,
+                input_zero_point: 0,
+            },
+            x_scale: 0.0,
+            y_scale: 1.0,
+            head: None,
+        }
+    }
+
+    fn pool() -> Pool {
+        Pool {
+            models: vec![classifier(2, 1), classifier(8, 2)],
+            router: PoolRouter {
+                weights: vec![1, 0, 0, 0, -1, 0, 0, 0],
+                bias: Some(vec![0, 1]),
+                quant: QuantParams::for_message_bits(4),
+            },
+        }
+    }
+
+    #[test]
+    fn the_router_picks_the_top_logit_and_bad_pools_are_refused() {
+        let p = pool();
+        p.validate().unwrap();
+        let hi = p.choose(&[7, 0, 0, 0], &mut Rounding::Exact);
+        let lo = p.choose(&[-8, 0, 0, 0], &mut Rounding::Exact);
+        assert_eq!((hi.model, lo.model), (0, 1), "{hi:?} {lo:?}");
+
+        let mut bad = p.clone();
+        bad.models[1].input.input_scale = 0.25;
+        assert!(bad.validate().is_err());
+        let mut bad = p.clone();
+        bad.router.weights.pop();
+        assert!(bad.validate().is_err());
+        let mut bad = p.clone();
+        bad.models.clear();
+        assert!(bad.validate().is_err());
+    }
+}
