@@ -239,3 +239,22 @@ fn pool_per_input_on_default() {
         "inputs should reach several models: {chosen:?}"
     );
 }
+
+/// A pool batch on `default`: 6 inputs, 2 + 1 + 1 slots and 2 fallback slots, checked against
+/// the placement rule and each model's reference (exact reads: noise-only tolerance).
+#[test]
+fn pool_batch_on_default() {
+    use veilmoe::protocols::pool::PoolLayer;
+    let (_, client, server) = default_keys();
+    let layer = PoolLayer::new(&Evaluator::new(server), common::pool::pool()).unwrap();
+    let xs = vec![
+        vec![-8, 7, -8, 7],
+        vec![7, 7, 1, 0],
+        vec![-2, 5, 0, 3],
+        vec![0, -8, -5, -2],
+        vec![-6, 2, 4, 6],
+        vec![5, 4, -7, 1],
+    ];
+    let (placements, ..) = common::pool::check_batch(client, server, &layer, &xs);
+    assert_eq!(placements.len(), 6);
+}

@@ -1,13 +1,15 @@
 //! Encrypted routing over a pool of models, per input, on the `test` preset: the router's
 //! logits within one read step of the reference and its choice exact from them, the chosen
 //! model's output equal to its reference, every other model's terms zero, and operation traces
-//! that do not depend on which model was chosen.
+//! that do not depend on which model was chosen; and batches with per-model capacities and a
+//! fallback model, against the plaintext placement rule (`veilmoe_model::pool::place`).
 
 mod common;
 
-use common::pool::{check_pool_input, pool, D};
+use common::pool::{check_batch, check_pool_input, pool, D};
 use common::{test_keys, Rng};
 use veilmoe::engine::Evaluator;
+use veilmoe::model::pool::Placement;
 use veilmoe::protocols::pool::PoolLayer;
 use veilmoe::protocols::Select;
 
@@ -53,5 +55,62 @@ fn pool_traces_do_not_depend_on_the_choice() {
     );
     for t in &traces[1..] {
         assert_eq!(t, &traces[0], "the trace differs between inputs");
+    }
+}
+
+/// Batches with capacities: varied routing, and a batch of distinct inputs that all pick the
+/// same model (its slot fills, the fallback fills, the rest is dropped); identical operation
+/// traces.
+#[test]
+fn pool_batches_follow_the_placement_rule_obliviously() {
+    let keys = test_keys();
+    let layer = PoolLayer::new(&Evaluator::new(&keys.server), pool()).unwrap();
+    let mut rng = Rng::new(21);
+    let mut batches: Vec<Vec<Vec<i64>>> = (0..2)
+        .map(|_| (0..6).map(|_| rng.vec(D, -8, 7)).collect())
+        .collect();
+    // every input (distinct inputs) picks model 1: one fills its slot, two the fallback's, the
+    // rest is dropped
+    batches.push(vec![
+        vec![-8, 7, -8, 7],
+        vec![-5, 3, 7, -8],
+        vec![-2, 5, 0, 3],
+        vec![-4, 6, -5, -2],
+        vec![-6, 2, 4, 6],
+        vec![-3, 4, -7, 1],
+    ]);
+    let mut traces = Vec::new();
+    let mut powers = Vec::new();
+    let mut last = Vec::new();
+    let mut kinds = std::collections::HashSet::new();
+    for xs in &batches {
+        let (placements, trace, held, distinguished) =
+            check_batch(&keys.client, &keys.server, &layer, xs);
+        powers.push((held, distinguished));
+        last = placements.clone();
+        for p in placements {
+            kinds.insert(std::mem::discriminant(&p));
+        }
+        traces.push(trace);
+    }
+    assert_eq!(
+        kinds.len(),
+        3,
+        "chosen, fallback and dropped should all occur"
+    );
+    // the last batch's inputs are chosen so that every slot holding an input other than 0
+    // (its fallback slots included) is told apart from input 0
+    let (held, distinguished) = powers[2];
+    let chosen = last
+        .iter()
+        .filter(|p| matches!(p, Placement::Chosen(_)))
+        .count();
+    assert_eq!(
+        chosen, 1,
+        "every input of the last batch picks model 1: {last:?}"
+    );
+    assert!(held >= 2 && distinguished == held, "test power {powers:?}");
+    for t in &traces[1..] {
+        assert_eq!(t, &traces[0], "the trace differs between batches");
     }
 }

@@ -30,7 +30,7 @@ pub mod random;
 pub mod security;
 pub mod select;
 
-pub use accounting::{NoisyReads, OpKind, OpLog};
+pub use accounting::{NoisyReads, OpEvent, OpKind, OpLog};
 pub use ciphertext::{LweKeyKind, LweVector, PackedGlwe, SeededPackedGlwe};
 pub use encoding::{Encoding, FixedPoint, ValueRange};
 pub use error::{EngineError, Result};

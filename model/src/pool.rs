@@ -10,6 +10,7 @@
 //! this module is the plaintext side: the pool, its checks and its reference.
 
 use crate::arch::Gating;
+use crate::capacity::{assign, Capacities};
 use crate::classifier::QuantizedClassifier;
 use crate::error::{config, ModelError, Result};
 use crate::quant::{self, QuantParams};
@@ -33,6 +34,87 @@ pub struct PoolRouter {
 pub struct Pool {
     pub models: Vec<QuantizedClassifier>,
     pub router: PoolRouter,
+}
+
+/// Public capacities of a pool batch: slots per model, and the fallback model's extra slots for
+/// the inputs whose chosen model was full.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolCapacities {
+    pub per_model: Capacities,
+    pub fallback_model: usize,
+    pub fallback_slots: usize,
+}
+
+/// Where an input of a batch is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// In this global slot of its chosen model (`PoolCapacities::per_model` numbering).
+    Chosen(usize),
+    /// In this fallback slot (its chosen model was full).
+    Fallback(usize),
+    /// Nowhere: its model and the fallback were full.
+    Dropped,
+}
+
+impl PoolCapacities {
+    /// Checks the capacities against a pool of `models` models and a batch of `inputs`.
+    pub fn validate(&self, models: usize, inputs: usize) -> Result<()> {
+        if self.per_model.destinations() != models {
+            return Err(config(format!(
+                "capacities for {} models, the pool has {models}",
+                self.per_model.destinations()
+            )));
+        }
+        if self.fallback_model >= models {
+            return Err(config(format!(
+                "fallback model {} is not in the pool of {models}",
+                self.fallback_model
+            )));
+        }
+        Capacities::new(vec![self.fallback_slots])?;
+        if self.per_model.total() + self.fallback_slots < inputs {
+            return Err(config(format!(
+                "capacities sum to {} slots for a batch of {inputs} inputs: they must cover it",
+                self.per_model.total() + self.fallback_slots
+            )));
+        }
+        Ok(())
+    }
+
+    /// Slots in all (the chosen models' and the fallback's).
+    pub fn total(&self) -> usize {
+        self.per_model.total() + self.fallback_slots
+    }
+
+    /// The model serving a global slot (fallback slots follow the models' slots).
+    pub fn model_of(&self, slot: usize) -> Option<usize> {
+        match self.per_model.locate(slot) {
+            Some((m, _)) => Some(m),
+            None => (slot < self.total()).then_some(self.fallback_model),
+        }
+    }
+}
+
+/// The batch rule: inputs in order take the next free slot of their chosen model; the inputs
+/// that found it full then take, in order, the fallback model's extra slots; the rest are
+/// dropped. The encrypted batch computes exactly this.
+pub fn place(choices: &[usize], caps: &PoolCapacities) -> Result<Vec<Placement>> {
+    let first = assign(choices, &caps.per_model)?;
+    let overflowed: Vec<usize> = (0..choices.len()).filter(|&i| first[i].is_none()).collect();
+    let second = assign(
+        &vec![0; overflowed.len()],
+        &Capacities::new(vec![caps.fallback_slots])?,
+    )?;
+    let mut out: Vec<Placement> = first
+        .iter()
+        .map(|g| g.map_or(Placement::Dropped, Placement::Chosen))
+        .collect();
+    for (&i, s) in overflowed.iter().zip(second) {
+        if let Some(s) = s {
+            out[i] = Placement::Fallback(s);
+        }
+    }
+    Ok(out)
 }
 
 /// What the plaintext reference gives for one input.
@@ -206,5 +288,33 @@ mod tests {
         let mut bad = p.clone();
         bad.models.clear();
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn batches_fill_chosen_models_then_the_fallback() {
+        let caps = PoolCapacities {
+            per_model: Capacities::new(vec![1, 2]).unwrap(),
+            fallback_model: 0,
+            fallback_slots: 1,
+        };
+        caps.validate(2, 4).unwrap();
+        let got = place(&[1, 1, 1, 0, 0], &caps).unwrap();
+        use Placement::*;
+        assert_eq!(
+            got,
+            vec![Chosen(1), Chosen(2), Fallback(0), Chosen(0), Dropped]
+        );
+        assert_eq!(caps.model_of(3), Some(0));
+        assert_eq!(caps.model_of(4), None);
+        assert!(
+            caps.validate(2, 5).is_err(),
+            "4 slots cannot cover 5 inputs"
+        );
+        assert!(caps.validate(3, 4).is_err());
+        let bad = PoolCapacities {
+            fallback_model: 2,
+            ..caps
+        };
+        assert!(bad.validate(2, 4).is_err());
     }
 }

@@ -43,11 +43,15 @@ pub struct Dispatch {
     /// Per entry: the bits of its global slot + 1 (least significant first; all 0 when the
     /// entry overflowed), for the client.
     pub slot_ids: Vec<LweVector>,
+    /// Per entry: 1 when it chose a destination and found no free slot (leveled: the sum of its
+    /// choice minus the sum of its threshold crossings; a fallback round reads it again).
+    pub overflow: Vec<LweVector>,
 }
 
-/// Bits of an entry's slot id (values `0..=total slots`).
+/// Bits of an entry's slot id (values `0..=total slots`; at least one bit, which stays 0 when
+/// there is no slot at all).
 pub fn slot_id_bits(caps: &Capacities) -> usize {
-    index_bits(caps.total() + 1)
+    index_bits(caps.total() + 1).max(1)
 }
 
 /// Client side: an entry's global slot from its decrypted slot-id bits (`None`: it overflowed).
@@ -181,7 +185,32 @@ pub fn dispatch(ev: &Evaluator, choices: &[LweVector], caps: &Capacities) -> Res
         let refs: Vec<&LweVector> = bits.iter().collect();
         slot_ids.push(LweVector::concat(&refs)?);
     }
-    Ok(Dispatch { sources, slot_ids })
+
+    // Overflow flags: chose something, placed nowhere.
+    let mut overflow = Vec::with_capacity(n);
+    for (t, choice) in choices.iter().enumerate() {
+        let mut parts = (0..caps.destinations())
+            .map(|e| Ok(choice.slice(e..e + 1)?))
+            .collect::<Result<Vec<_>>>()?;
+        let mut coeffs = vec![1; parts.len()];
+        for (e, &c) in caps.per_destination().iter().enumerate() {
+            for s in 0..c {
+                parts.push(th(e, s, t)?);
+                coeffs.push(-1);
+                if t > 0 {
+                    parts.push(th(e, s, t - 1)?);
+                    coeffs.push(1);
+                }
+            }
+        }
+        let refs: Vec<&LweVector> = parts.iter().collect();
+        overflow.push(ev.linear_combination_within(&refs, &coeffs, bit, within)?);
+    }
+    Ok(Dispatch {
+        sources,
+        slot_ids,
+        overflow,
+    })
 }
 
 /// `[Q_te >= j]` for `j = 1..=c` (index `j - 1`), each a vector over the `N` entries: zero (a

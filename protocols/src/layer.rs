@@ -3,9 +3,10 @@
 use crate::error::{config, Result};
 use crate::ffn::FfnTables;
 use crate::router::{Gates, RouterTables, Routing};
-use crate::strategy::{ExpertStrategy, SlotInput};
+use crate::strategy::{select_from_products, ExpertStrategy, SlotInput};
 use veilmoe_engine::{
-    ClientKey, Encoding, EngineError, Evaluator, GgswBit, LweVector, PackedGlwe, ValueRange,
+    ClientKey, Encoding, EngineError, Evaluator, GgswBit, LweVector, PackedGlwe, PackedRows,
+    ValueRange,
 };
 use veilmoe_model::QuantizedMoe;
 
@@ -21,6 +22,13 @@ pub struct MoeLayer {
     model: QuantizedMoe,
     pub(crate) router: RouterTables,
     pub(crate) ffn: FfnTables,
+}
+
+/// A token's first-stage products, still packed: the router's accumulators and, per expert,
+/// `(W1 x + b1, W3 x + b3)` (W3 for gated FFNs only).
+pub struct FirstStage {
+    pub router: PackedRows,
+    pub experts: Vec<(PackedRows, Option<PackedRows>)>,
 }
 
 /// The encrypted result of one token. Everything is under the client's key; the client
@@ -75,19 +83,7 @@ impl MoeLayer {
         strategy: &dyn ExpertStrategy,
     ) -> Result<MoeOutput> {
         let routing = self.router.route(ev, x)?;
-        let l = self.router.index_bits();
-        ev.set_stage("index-ggsw");
-        let index_ggsw: Vec<Vec<GgswBit>> = if strategy.needs_index_ggsw() && l > 0 {
-            routing
-                .slots
-                .iter()
-                .map(|s| Ok(ev.circuit_bootstrap(&s.index_bits)?))
-                .collect::<Result<_>>()?
-        } else if strategy.needs_index_ggsw() {
-            routing.slots.iter().map(|_| Vec::new()).collect()
-        } else {
-            Vec::new()
-        };
+        let index_ggsw = self.index_ggsw(ev, &routing, strategy.needs_index_ggsw())?;
         let slot_outputs = strategy.slot_outputs(
             ev,
             &self.ffn,
@@ -97,6 +93,88 @@ impl MoeLayer {
                 index_ggsw: &index_ggsw,
             },
         )?;
+        self.finish(ev, routing, slot_outputs)
+    }
+
+    /// Every first-stage product of a token (router, each expert's W1 and W3), still packed:
+    /// what a CMUX tree chooses among when a batch's tokens are dispatched to slots
+    /// ([`MoeLayer::select_first_stage`]). Choosing after the products keeps the CMUX noise
+    /// out of the weights' amplification.
+    pub fn first_stage(&self, ev: &Evaluator, x: &PackedGlwe) -> Result<FirstStage> {
+        let router = self.router.products(ev, x)?;
+        ev.set_stage("expert-products");
+        let experts = (0..self.model.config.experts.0)
+            .map(|e| self.ffn.first_stage(ev, e, x))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(FirstStage { router, experts })
+    }
+
+    /// The first stage of `candidates[index]`, `index` given by GGSW bits (least significant
+    /// first): one CMUX tree per packed product.
+    pub fn select_first_stage(
+        &self,
+        ev: &Evaluator,
+        index: &[GgswBit],
+        candidates: &[FirstStage],
+    ) -> Result<FirstStage> {
+        let experts = self.model.config.experts.0;
+        if candidates.is_empty() || candidates.iter().any(|c| c.experts.len() != experts) {
+            return Err(config(format!(
+                "first stages to choose from must each have {experts} experts' products"
+            )));
+        }
+        let tree =
+            |all: Vec<PackedRows>| -> Result<PackedRows> { Ok(ev.cmux_tree_rows(index, &all)?) };
+        let router = tree(candidates.iter().map(|c| c.router.clone()).collect())?;
+        let experts = (0..experts)
+            .map(|e| {
+                let u = tree(candidates.iter().map(|c| c.experts[e].0.clone()).collect())?;
+                let v: Option<Vec<PackedRows>> =
+                    candidates.iter().map(|c| c.experts[e].1.clone()).collect();
+                Ok((u, v.map(tree).transpose()?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(FirstStage { router, experts })
+    }
+
+    /// Evaluates the layer, Select-Then-Compute, from a token's first-stage products.
+    pub fn forward_first_stage(&self, ev: &Evaluator, fs: &FirstStage) -> Result<MoeOutput> {
+        let routing = self.router.route_products(ev, &fs.router)?;
+        let index_ggsw = self.index_ggsw(ev, &routing, true)?;
+        let slot_outputs = select_from_products(ev, &self.ffn, &fs.experts, &index_ggsw)?;
+        self.finish(ev, routing, slot_outputs)
+    }
+
+    /// Circuit-bootstraps each slot's index bits (none when the strategy does not need them;
+    /// empty lists for a single expert).
+    fn index_ggsw(
+        &self,
+        ev: &Evaluator,
+        routing: &Routing,
+        needed: bool,
+    ) -> Result<Vec<Vec<GgswBit>>> {
+        ev.set_stage("index-ggsw");
+        if !needed {
+            return Ok(Vec::new());
+        }
+        if self.router.index_bits() == 0 {
+            return Ok(routing.slots.iter().map(|_| Vec::new()).collect());
+        }
+        routing
+            .slots
+            .iter()
+            .map(|s| Ok(ev.circuit_bootstrap(&s.index_bits)?))
+            .collect()
+    }
+
+    /// Checks the slot outputs' noise, combines them by the gates and checks the result's
+    /// public structure.
+    fn finish(
+        &self,
+        ev: &Evaluator,
+        routing: Routing,
+        slot_outputs: Vec<LweVector>,
+    ) -> Result<MoeOutput> {
         self.check_output_noise(ev, &slot_outputs)?;
         ev.set_stage("combine");
         let y_terms = self.combine(ev, &routing.gates, &slot_outputs)?;

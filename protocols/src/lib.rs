@@ -8,7 +8,8 @@
 //! - [`dispatch`]: oblivious capacity dispatch (entries to the public slots of their chosen
 //!   destinations) and [`capacity`], the MoE layer over a batch with expert capacities;
 //! - [`pool`]: encrypted routing over a pool of models, per input (every model runs, the
-//!   circuit-bootstrapped one-hot keeps the chosen model's output);
+//!   circuit-bootstrapped one-hot keeps the chosen model's output) and [`pool_batch`], a batch
+//!   with public per-model capacities and a fallback model (each model runs on its slots only);
 //! - [`simulate`]: the plaintext reference's simulation of a preset's approximate reads;
 //! - [`session`]: the client/server session API and every wire message (batch and results
 //!   records, their headers, shards): the client encrypts records into a request and decrypts a
@@ -23,6 +24,7 @@ pub mod error;
 pub mod ffn;
 pub mod layer;
 pub mod pool;
+pub mod pool_batch;
 pub mod router;
 pub mod session;
 pub mod simulate;

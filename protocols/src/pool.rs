@@ -66,6 +66,30 @@ impl PoolLayer {
         &self.pool
     }
 
+    pub(crate) fn layers(&self) -> &[MoeLayer] {
+        &self.layers
+    }
+
+    /// The router on an input: its logits and the one-hot of the chosen model.
+    pub(crate) fn choose(
+        &self,
+        ev: &Evaluator,
+        input: &PoolInput,
+    ) -> Result<(LweVector, LweVector)> {
+        if input.models.len() != self.layers.len() {
+            return Err(config(format!(
+                "an input encrypted for {} models, the pool has {}",
+                input.models.len(),
+                self.layers.len()
+            )));
+        }
+        ev.set_stage("pool-router");
+        let logits = self.router.logits(ev, &input.router)?;
+        ev.set_stage("pool-top-1");
+        let onehot = self.router.argmax_logits(ev, &logits)?.onehot;
+        Ok((logits, onehot))
+    }
+
     /// Client side: a quantized input (the pool's shared input quantizer) encrypted for the
     /// router and every model.
     pub fn encrypt(&self, client: &ClientKey, x: &[i64]) -> Result<PoolInput> {
@@ -90,17 +114,7 @@ impl PoolLayer {
         input: &PoolInput,
         strategy: &dyn ExpertStrategy,
     ) -> Result<PoolOutput> {
-        if input.models.len() != self.layers.len() {
-            return Err(config(format!(
-                "an input encrypted for {} models, the pool has {}",
-                input.models.len(),
-                self.layers.len()
-            )));
-        }
-        ev.set_stage("pool-router");
-        let logits = self.router.logits(ev, &input.router)?;
-        ev.set_stage("pool-top-1");
-        let onehot = self.router.argmax_logits(ev, &logits)?.onehot;
+        let (logits, onehot) = self.choose(ev, input)?;
         ev.set_stage("pool-ggsw");
         let bits = ev.circuit_bootstrap(&onehot)?;
         let mut terms = Vec::with_capacity(self.layers.len());

@@ -14,8 +14,8 @@
 
 use crate::error::{config, Result};
 use veilmoe_engine::{
-    ClientKey, Cols, Encoding, Evaluator, Lut, LweVector, PackedGlwe, PackedWeights, Rows,
-    ValueRange, WeightMatrix,
+    ClientKey, Cols, Encoding, Evaluator, Lut, LweVector, PackedGlwe, PackedRows, PackedWeights,
+    Rows, ValueRange, WeightMatrix,
 };
 use veilmoe_model::quant;
 use veilmoe_model::quantized::RouterSpec;
@@ -237,9 +237,28 @@ impl RouterTables {
         Ok(ev.pbs(&acc, &self.logit)?)
     }
 
+    /// The router's accumulators `Wr x + br`, still packed (for a CMUX tree to choose among
+    /// several tokens' before they are read).
+    pub fn products(&self, ev: &Evaluator, x: &PackedGlwe) -> Result<PackedRows> {
+        ev.set_stage("router");
+        Ok(ev.packed_products(&self.router, self.bias.as_deref(), x)?)
+    }
+
     /// The full routing of one token.
     pub fn route(&self, ev: &Evaluator, x: &PackedGlwe) -> Result<Routing> {
         let logits = self.logits(ev, x)?;
+        self.route_logits(ev, logits)
+    }
+
+    /// The full routing from packed router accumulators ([`RouterTables::products`]).
+    pub fn route_products(&self, ev: &Evaluator, acc: &PackedRows) -> Result<Routing> {
+        ev.set_stage("router");
+        let logits = ev.pbs(&ev.extract_rows(acc)?, &self.logit)?;
+        self.route_logits(ev, logits)
+    }
+
+    /// Top-k and gates from the logits.
+    fn route_logits(&self, ev: &Evaluator, logits: LweVector) -> Result<Routing> {
         ev.set_stage("top-k");
         let need_value = self.top_k > 1 || self.gating == Gating::SoftmaxThenTopK;
         let first = self.argmax(ev, &logits, need_value)?;

@@ -16,7 +16,7 @@
 use crate::error::{ProtocolError, Result};
 use crate::ffn::FfnTables;
 use crate::router::Routing;
-use veilmoe_engine::{Evaluator, GgswBit, LweVector, PackedGlwe};
+use veilmoe_engine::{Evaluator, GgswBit, LweVector, PackedGlwe, PackedRows};
 
 /// What a strategy gets for one token.
 pub struct SlotInput<'a> {
@@ -60,32 +60,43 @@ impl ExpertStrategy for Select {
         x: &PackedGlwe,
         input: &SlotInput,
     ) -> Result<Vec<LweVector>> {
-        let e = ffn.experts.len();
         ev.set_stage("expert-products");
-        let mut firsts = Vec::with_capacity(e);
-        for i in 0..e {
-            firsts.push(ffn.first_stage(ev, i, x)?);
-        }
-        let u_all: Vec<_> = firsts.iter().map(|f| f.0.clone()).collect();
-        let v_all: Option<Vec<_>> = firsts.iter().map(|f| f.1.clone()).collect();
-        let mut outs = Vec::with_capacity(input.index_ggsw.len());
-        for bits in input.index_ggsw {
-            ev.set_stage("select");
-            let u = ev.extract_rows(&ev.cmux_tree_rows(bits, &u_all)?)?;
-            let v = match &v_all {
-                Some(v_all) => Some(ev.extract_rows(&ev.cmux_tree_rows(bits, v_all)?)?),
-                None => None,
-            };
-            ev.set_stage("expert");
-            let a = ffn.hidden(ev, &u, v.as_ref())?;
-            let ys = (0..e)
-                .map(|i| ffn.second_stage(ev, i, &a))
-                .collect::<Result<Vec<_>>>()?;
-            ev.set_stage("select");
-            outs.push(ev.cmux_tree_lwe(bits, &ys)?);
-        }
-        Ok(outs)
+        let firsts = (0..ffn.experts.len())
+            .map(|i| ffn.first_stage(ev, i, x))
+            .collect::<Result<Vec<_>>>()?;
+        select_from_products(ev, ffn, &firsts, input.index_ggsw)
     }
+}
+
+/// Select-Then-Compute from every expert's packed first-stage products: per slot, CMUX-select
+/// the chosen expert's products by its GGSW index bits, read ONE expert's activations, run every
+/// expert's second stage (leveled) and CMUX-select the chosen output.
+pub(crate) fn select_from_products(
+    ev: &Evaluator,
+    ffn: &FfnTables,
+    firsts: &[(PackedRows, Option<PackedRows>)],
+    index_ggsw: &[Vec<GgswBit>],
+) -> Result<Vec<LweVector>> {
+    let e = firsts.len();
+    let u_all: Vec<_> = firsts.iter().map(|f| f.0.clone()).collect();
+    let v_all: Option<Vec<_>> = firsts.iter().map(|f| f.1.clone()).collect();
+    let mut outs = Vec::with_capacity(index_ggsw.len());
+    for bits in index_ggsw {
+        ev.set_stage("select");
+        let u = ev.extract_rows(&ev.cmux_tree_rows(bits, &u_all)?)?;
+        let v = match &v_all {
+            Some(v_all) => Some(ev.extract_rows(&ev.cmux_tree_rows(bits, v_all)?)?),
+            None => None,
+        };
+        ev.set_stage("expert");
+        let a = ffn.hidden(ev, &u, v.as_ref())?;
+        let ys = (0..e)
+            .map(|i| ffn.second_stage(ev, i, &a))
+            .collect::<Result<Vec<_>>>()?;
+        ev.set_stage("select");
+        outs.push(ev.cmux_tree_lwe(bits, &ys)?);
+    }
+    Ok(outs)
 }
 
 /// Every expert evaluated, outputs combined obliviously (the naive baseline).

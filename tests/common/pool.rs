@@ -2,12 +2,16 @@
 //! against the plaintext reference (shared by the `test` and `default` preset tests).
 
 use super::wide::{hidden_read_slack, noise_steps};
-use veilmoe::engine::{ClientKey, Evaluator};
+use super::Rng;
+use veilmoe::engine::{ClientKey, Evaluator, OpEvent, ServerKey};
+use veilmoe::model::capacity::Capacities;
+use veilmoe::model::pool::{place, Placement, PoolCapacities};
 use veilmoe::model::pool::{Pool, PoolRouter};
 use veilmoe::model::{
     argmax, Activation, ExpertCount, FfnKind, Gating, HiddenDim, InputQuantizer, ModelDim,
     MoeConfig, QuantParams, QuantizedClassifier, QuantizedMoe, Rounding, TopK,
 };
+use veilmoe::protocols::layer::decrypt_terms;
 use veilmoe::protocols::pool::PoolLayer;
 use veilmoe::protocols::Select;
 
@@ -22,8 +26,31 @@ pub fn classifier(h: usize, e: usize, ffn: FfnKind, seed: u64) -> QuantizedClass
         ffn,
         gating: Gating::SoftmaxSelected,
     };
+    // First-stage rows with a single weight 1 and no bias: every first-stage accumulator is an
+    // input value, read whole (input shift 0), so every hidden read is exact and a slot's output
+    // must equal its input's reference up to ciphertext noise alone.
+    let mut moe = QuantizedMoe::random(cfg, QuantParams::for_message_bits(4), seed, true);
+    let mut rng = Rng::new(seed);
+    let mut unit_rows = |rows: usize| -> Vec<i64> {
+        let mut w = vec![0; rows * D];
+        for r in 0..rows {
+            w[r * D + rng.range(0, D as i64 - 1) as usize] = 1;
+        }
+        w
+    };
+    moe.router = unit_rows(e);
+    moe.router_bias = None;
+    for x in &mut moe.experts {
+        x.w1 = unit_rows(h);
+        x.b1 = None;
+        if x.w3.is_some() {
+            x.w3 = Some(unit_rows(h));
+            x.b3 = None;
+        }
+    }
+    assert_eq!(moe.input_shift(), 0, "the fixture's reads must be exact");
     QuantizedClassifier {
-        moe: QuantizedMoe::random(cfg, QuantParams::for_message_bits(4), seed, true),
+        moe,
         input: InputQuantizer {
             input_scale: 0.5,
             input_zero_point: 0,
@@ -39,7 +66,7 @@ pub fn classifier(h: usize, e: usize, ffn: FfnKind, seed: u64) -> QuantizedClass
 pub fn pool() -> Pool {
     Pool {
         models: vec![
-            classifier(2, 1, FfnKind::Plain(Activation::Relu), 1),
+            classifier(3, 1, FfnKind::Plain(Activation::Relu), 4),
             classifier(4, 2, FfnKind::Plain(Activation::Silu), 2),
             classifier(4, 4, FfnKind::GatedSilu, 3),
         ],
@@ -71,21 +98,7 @@ pub fn check_pool_input(client: &ClientKey, ev: &Evaluator, layer: &PoolLayer, x
     let (m, y) = out.decrypt(client, pool).unwrap();
     assert_eq!(m, argmax(&logits), "choice from logits {logits:?}");
     // the chosen model's output: its reference, up to noise and off-by-one hidden reads
-    let model = &pool.models[m].moe;
-    let want = model.reference(&x, &mut Rounding::Exact);
-    let (e, h) = (want.selected[0], model.config.h.0);
-    let slack = hidden_read_slack(model);
-    let noise: i64 = out.terms[m].iter().map(|(c, t)| c * noise_steps(t)).sum();
-    for (i, (a, b)) in y.iter().zip(&want.y).enumerate() {
-        let l1: i64 = model.experts[e].w2[i * h..(i + 1) * h]
-            .iter()
-            .map(|w| w.abs())
-            .sum();
-        assert!(
-            (a - b).abs() <= l1 * slack + noise,
-            "model {m} output {i}: {a} vs reference {b}"
-        );
-    }
+    check_model_output(pool, m, &x, &y, &out.terms[m]);
     // every other model's terms: encryptions of zero
     for (k, terms) in out.terms.iter().enumerate().filter(|(k, _)| *k != m) {
         for (_, t) in terms {
@@ -97,4 +110,126 @@ pub fn check_pool_input(client: &ClientKey, ev: &Evaluator, layer: &PoolLayer, x
         }
     }
     m
+}
+
+/// Per output value of pool model `m` on `x`: its integer reference and how far a correct
+/// decryption may be from it (the terms' noise plus one off-by-one hidden read per unit, through
+/// W2).
+pub fn reference_with_tolerance(
+    pool: &Pool,
+    m: usize,
+    x: &[i64],
+    terms: &[(i64, veilmoe::engine::LweVector)],
+) -> Vec<(i64, i64)> {
+    let model = &pool.models[m].moe;
+    let want = model.reference(x, &mut Rounding::Exact);
+    let (e, h) = (want.selected[0], model.config.h.0);
+    let slack = hidden_read_slack(model);
+    let noise: i64 = terms.iter().map(|(c, t)| c * noise_steps(t)).sum();
+    want.y
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            let l1: i64 = model.experts[e].w2[i * h..(i + 1) * h]
+                .iter()
+                .map(|w| w.abs())
+                .sum();
+            (b, l1 * slack + noise)
+        })
+        .collect()
+}
+
+/// The decrypted output `y` of pool model `m` on `x` (from `terms`) equals the model's integer
+/// reference within [`reference_with_tolerance`].
+pub fn check_model_output(
+    pool: &Pool,
+    m: usize,
+    x: &[i64],
+    y: &[i64],
+    terms: &[(i64, veilmoe::engine::LweVector)],
+) {
+    for (i, (a, (b, tol))) in y
+        .iter()
+        .zip(reference_with_tolerance(pool, m, x, terms))
+        .enumerate()
+    {
+        assert!(
+            (a - b).abs() <= tol,
+            "model {m} output {i}: {a} vs reference {b} (allowed {tol})"
+        );
+    }
+}
+
+pub fn capacities() -> PoolCapacities {
+    PoolCapacities {
+        per_model: Capacities::new(vec![2, 1, 1]).unwrap(),
+        fallback_model: 2,
+        fallback_slots: 2,
+    }
+}
+
+/// Runs one batch and checks it: placements equal the rule on the routing decrypted from the
+/// logits; every slot (empty ones hold input 0) equals its model's reference on its input; each
+/// input's answer is its slot's. Returns the placements and the operation trace.
+pub fn check_batch(
+    client: &ClientKey,
+    server: &ServerKey,
+    layer: &PoolLayer,
+    xs: &[Vec<i64>],
+) -> (Vec<Placement>, Vec<OpEvent>, usize, usize) {
+    let ev = Evaluator::new(server);
+    let pool = layer.pool();
+    let caps = capacities();
+    let inputs: Vec<_> = xs
+        .iter()
+        .map(|x| layer.encrypt(client, x).unwrap())
+        .collect();
+    let out = layer.forward_batch(&ev, &inputs, &caps).unwrap();
+    let choices: Vec<usize> = out
+        .logits
+        .iter()
+        .map(|l| argmax(&client.decrypt_lwe(l).unwrap()))
+        .collect();
+    let want = place(&choices, &caps).unwrap();
+    let got = out.decrypt_placements(client).unwrap();
+    assert_eq!(got, want, "placements for choices {choices:?}");
+    let per_model = caps.per_model.total();
+    let mut holder = vec![0usize; caps.total()];
+    for (i, p) in want.iter().enumerate() {
+        match p {
+            Placement::Chosen(g) => holder[*g] = i,
+            Placement::Fallback(s) => holder[per_model + s] = i,
+            Placement::Dropped => {}
+        }
+    }
+    let (mut held, mut distinguished) = (0, 0);
+    for (slot, terms) in out.slots.iter().enumerate() {
+        let m = caps.model_of(slot).unwrap();
+        let y = decrypt_terms(client, terms).unwrap();
+        check_model_output(pool, m, &xs[holder[slot]], &y, terms);
+        // power: a slot holding input i != 0 whose reference is beyond both tolerances from
+        // input 0's (what a slot with all-zero source bits computes) proves its wiring
+        if holder[slot] != 0 {
+            held += 1;
+            let own = reference_with_tolerance(pool, m, &xs[holder[slot]], terms);
+            let zero = reference_with_tolerance(pool, m, &xs[0], terms);
+            if own
+                .iter()
+                .zip(&zero)
+                .any(|((a, ta), (b, tb))| (a - b).abs() > ta + tb)
+            {
+                distinguished += 1;
+            }
+        }
+    }
+    for (i, answer) in out.decrypt(client, pool).unwrap().iter().enumerate() {
+        match (want[i], answer) {
+            (Placement::Dropped, None) => {}
+            (Placement::Chosen(g), Some(a)) => assert_eq!(Some(a.model), caps.model_of(g)),
+            (Placement::Fallback(_), Some(a)) => assert_eq!(a.model, caps.fallback_model),
+            (p, a) => panic!("input {i}: placement {p:?}, answer {a:?}"),
+        }
+    }
+    eprintln!("placements {got:?}: {distinguished} of {held} slots holding inputs other than 0 distinguished from input 0");
+    (got, ev.ops().trace(), held, distinguished)
 }

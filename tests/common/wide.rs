@@ -8,8 +8,13 @@ use veilmoe::model::{FfnKind, QuantizedMoe, Rounding};
 use veilmoe::protocols::MoeOutput;
 
 /// Largest change of one hidden activation when each requantizing read that feeds it comes out
-/// one step off (the approximate step of the encrypted path).
+/// one step off (the approximate step of the encrypted path); 0 when the first stage is read
+/// whole (no requantization, so no approximate step).
 pub fn hidden_read_slack(model: &QuantizedMoe) -> i64 {
+    if model.input_shift() == 0 {
+        // every first-stage accumulator is read whole: the reads are exact
+        return 0;
+    }
     let q = &model.quant;
     let (lo, hi) = (q.input_min(), q.input_max());
     let near = |v: i64| {
