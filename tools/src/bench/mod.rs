@@ -1,9 +1,11 @@
 //! Benchmark workloads, shared by `veilmoe bench` and the criterion benches: per-primitive
 //! medians ([`primitives`]), the encrypted MoE layer per token by strategy and number of
-//! experts ([`moe`]) and over batches with expert capacities ([`capacity`]), and throughput against threads ([`scaling`]).
+//! experts ([`moe`]) and over batches with expert capacities ([`capacity`]), routing over a
+//! pool of models ([`route`]), and throughput against threads ([`scaling`]).
 
 pub mod capacity;
 pub mod moe;
 pub mod primitives;
+pub mod route;
 pub mod scaling;
 pub mod timing;

@@ -4,6 +4,7 @@ use super::load_preset;
 use crate::bench::capacity::CapacityBench;
 use crate::bench::moe::{run_moe, MoeBench, MoeReport};
 use crate::bench::primitives::{run_primitives, PrimitiveBench, PrimitiveReport};
+use crate::bench::route::{run_route, RouteBench, RouteReport};
 use crate::bench::scaling::{plot_svg, run_scaling, ScalingBench};
 use crate::report::print_report;
 use anyhow::{bail, Result};
@@ -47,6 +48,40 @@ pub enum Bench {
         /// Slots per expert: ceil(factor * batch * top_k / experts).
         #[arg(long, default_value_t = 1.25)]
         capacity_factor: f64,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        allow_insecure: bool,
+    },
+    /// Encrypted routing over a pool of models of the given shapes (random weights: under FHE
+    /// the time depends on the shapes and public capacities only): time per input of always the
+    /// largest model, the per-input oblivious mode and batches with per-model capacities.
+    Route {
+        #[arg(long, default_value = "default")]
+        preset: String,
+        #[arg(long, default_value_t = 64)]
+        d: usize,
+        /// Comma-separated hidden size of each pool model, smallest model first (gated SiLU).
+        #[arg(long, value_delimiter = ',', default_value = "4,16,64")]
+        hidden: Vec<usize>,
+        /// Comma-separated experts of each pool model (top-1).
+        #[arg(long, value_delimiter = ',', default_value = "1,1,4")]
+        experts: Vec<usize>,
+        /// Inputs per batch.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Comma-separated slots per pool model in a batch.
+        #[arg(long, value_delimiter = ',', default_value = "4,2,1")]
+        capacities: Vec<usize>,
+        /// The model that takes the inputs whose chosen model is full.
+        #[arg(long, default_value_t = 0)]
+        fallback_model: usize,
+        /// The fallback model's extra slots.
+        #[arg(long, default_value_t = 1)]
+        fallback_slots: usize,
+        /// Timed inputs (and batches) per case.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
         #[arg(long)]
         json: bool,
         #[arg(long)]
@@ -169,6 +204,40 @@ impl std::fmt::Display for MoeReport {
     }
 }
 
+impl std::fmt::Display for RouteReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "preset {}  threads {}  {}  d={} pool h={:?} E={:?}",
+            self.preset, self.threads, self.machine, self.d, self.hidden, self.experts
+        )?;
+        for (m, ms) in self.model_ms.iter().enumerate() {
+            writeln!(f, "  model {m} alone          {ms:>10.0} ms/input")?;
+        }
+        writeln!(
+            f,
+            "  per-input oblivious  {:>10.0} ms/input",
+            self.per_input_ms
+        )?;
+        writeln!(
+            f,
+            "  batch of {:<3}         {:>10.0} ms/input  slots {:?} + {} fallback on model {}  per batch: pbs {} cbs {}",
+            self.batch,
+            self.batch_ms_per_input,
+            self.capacities,
+            self.fallback_slots,
+            self.fallback_model,
+            self.batch_ops.get("pbs").unwrap_or(&0),
+            self.batch_ops.get("circuit_bootstrap").unwrap_or(&0)
+        )?;
+        write!(
+            f,
+            "  always-largest / batch: {:.2} (target >= 1.9)  per-input / always-largest: {:.2}",
+            self.largest_over_batch, self.per_input_over_largest
+        )
+    }
+}
+
 fn parse_ffn(ffn: &str) -> Result<FfnKind> {
     Ok(match ffn {
         "relu" => FfnKind::Plain(Activation::Relu),
@@ -182,6 +251,39 @@ fn parse_ffn(ffn: &str) -> Result<FfnKind> {
 impl Bench {
     pub fn run(self) -> Result<()> {
         match self {
+            Bench::Route {
+                preset,
+                d,
+                hidden,
+                experts,
+                batch,
+                capacities,
+                fallback_model,
+                fallback_slots,
+                runs,
+                json,
+                allow_insecure,
+            } => {
+                let preset = load_preset(&preset, allow_insecure)?;
+                if hidden.is_empty() || hidden.len() != experts.len() {
+                    bail!("--hidden and --experts must name the same number of pool models");
+                }
+                if runs == 0 || batch == 0 || d == 0 {
+                    bail!("--runs, --batch and --d must be positive");
+                }
+                let bench = RouteBench {
+                    d,
+                    hidden,
+                    experts,
+                    batch,
+                    capacities,
+                    fallback_model,
+                    fallback_slots,
+                    runs,
+                };
+                let report = run_route(&preset, &bench, &mut |line| eprintln!("{line}"))?;
+                print_report(&report, json)?;
+            }
             Bench::Scaling {
                 preset,
                 threads,
