@@ -10,6 +10,7 @@ use common::pool::{check_batch, check_pool_input, pool, D};
 use common::{test_keys, Rng};
 use veilmoe::engine::Evaluator;
 use veilmoe::model::pool::Placement;
+use veilmoe::model::Rounding;
 use veilmoe::protocols::pool::PoolLayer;
 use veilmoe::protocols::Select;
 
@@ -72,13 +73,29 @@ fn pool_batches_follow_the_placement_rule_obliviously() {
     // every input (distinct inputs) picks model 1: one fills its slot, two the fallback's, the
     // rest is dropped
     batches.push(vec![
-        vec![-8, 7, -8, 7],
-        vec![-5, 3, 7, -8],
-        vec![-2, 5, 0, 3],
-        vec![-4, 6, -5, -2],
-        vec![-6, 2, 4, 6],
-        vec![-3, 4, -7, 1],
+        vec![-7, 2, -3, -8],
+        vec![-8, 1, 1, 7],
+        vec![-8, 1, -8, 5],
+        vec![-6, 3, 0, 2],
+        vec![-8, 2, -8, -1],
+        vec![-5, 1, -6, 4],
     ]);
+    // each of them picks model 1 by the exact reference, which the encrypted router equals
+    // (its reads are whole)
+    let pool_ref = layer.pool();
+    assert_eq!(
+        pool_ref.router_input_width(),
+        4,
+        "the router's reads must be exact"
+    );
+    for x in &batches[2] {
+        let c = pool_ref.choose(x, &mut Rounding::Exact);
+        assert_eq!(
+            c.model, 1,
+            "input {x:?} must pick model 1: logits {:?}",
+            c.logits
+        );
+    }
     let mut traces = Vec::new();
     let mut powers = Vec::new();
     let mut last = Vec::new();

@@ -7,6 +7,7 @@ pub mod wide;
 
 use std::sync::OnceLock;
 use veilmoe::engine::{ClientKey, Preset, ServerKey};
+use veilmoe::model::QuantizedMoe;
 
 pub struct Keys {
     pub client: ClientKey,
@@ -46,4 +47,31 @@ impl Rng {
     pub fn vec(&mut self, n: usize, lo: i64, hi: i64) -> Vec<i64> {
         (0..n).map(|_| self.range(lo, hi)).collect()
     }
+}
+
+/// Replaces the first stage (router, W1, W3) by rows with a single weight 1 and no bias: every
+/// first-stage accumulator is then an input value, read whole (input shift 0), so every read of
+/// the layer is exact: the encrypted routing equals the reference's, and a slot's output equals
+/// its input's reference up to ciphertext noise alone.
+pub fn exact_first_stage(moe: &mut QuantizedMoe, seed: u64) {
+    let (d, h, e) = (moe.config.d.0, moe.config.h.0, moe.config.experts.0);
+    let mut rng = Rng::new(seed);
+    let mut unit_rows = |rows: usize| -> Vec<i64> {
+        let mut w = vec![0; rows * d];
+        for r in 0..rows {
+            w[r * d + rng.range(0, d as i64 - 1) as usize] = 1;
+        }
+        w
+    };
+    moe.router = unit_rows(e);
+    moe.router_bias = None;
+    for x in &mut moe.experts {
+        x.w1 = unit_rows(h);
+        x.b1 = None;
+        if x.w3.is_some() {
+            x.w3 = Some(unit_rows(h));
+            x.b3 = None;
+        }
+    }
+    assert_eq!(moe.input_shift(), 0, "the first stage must be read whole");
 }

@@ -2,7 +2,6 @@
 //! against the plaintext reference (shared by the `test` and `default` preset tests).
 
 use super::wide::{hidden_read_slack, noise_steps};
-use super::Rng;
 use veilmoe::engine::{ClientKey, Evaluator, OpEvent, ServerKey};
 use veilmoe::model::capacity::Capacities;
 use veilmoe::model::pool::{place, Placement, PoolCapacities};
@@ -26,29 +25,8 @@ pub fn classifier(h: usize, e: usize, ffn: FfnKind, seed: u64) -> QuantizedClass
         ffn,
         gating: Gating::SoftmaxSelected,
     };
-    // First-stage rows with a single weight 1 and no bias: every first-stage accumulator is an
-    // input value, read whole (input shift 0), so every hidden read is exact and a slot's output
-    // must equal its input's reference up to ciphertext noise alone.
     let mut moe = QuantizedMoe::random(cfg, QuantParams::for_message_bits(4), seed, true);
-    let mut rng = Rng::new(seed);
-    let mut unit_rows = |rows: usize| -> Vec<i64> {
-        let mut w = vec![0; rows * D];
-        for r in 0..rows {
-            w[r * D + rng.range(0, D as i64 - 1) as usize] = 1;
-        }
-        w
-    };
-    moe.router = unit_rows(e);
-    moe.router_bias = None;
-    for x in &mut moe.experts {
-        x.w1 = unit_rows(h);
-        x.b1 = None;
-        if x.w3.is_some() {
-            x.w3 = Some(unit_rows(h));
-            x.b3 = None;
-        }
-    }
-    assert_eq!(moe.input_shift(), 0, "the fixture's reads must be exact");
+    super::exact_first_stage(&mut moe, seed);
     QuantizedClassifier {
         moe,
         input: InputQuantizer {
@@ -61,8 +39,7 @@ pub fn classifier(h: usize, e: usize, ffn: FfnKind, seed: u64) -> QuantizedClass
     }
 }
 
-/// Three models of increasing size; the router's rows favour model 0, 1 or 2 by the sign of
-/// the first two features.
+/// Three models of increasing size; the router scores model m by feature m.
 pub fn pool() -> Pool {
     Pool {
         models: vec![
@@ -70,9 +47,11 @@ pub fn pool() -> Pool {
             classifier(4, 2, FfnKind::Plain(Activation::Silu), 2),
             classifier(4, 4, FfnKind::GatedSilu, 3),
         ],
+        // One feature per model, no bias: the router's reads are exact too (width 4), so the
+        // encrypted choice equals the reference's: model m scores feature m.
         router: PoolRouter {
-            weights: vec![1, 1, 0, 0, -1, 1, 0, 0, 0, -2, 0, 0],
-            bias: Some(vec![0, 1, 2]),
+            weights: vec![1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0],
+            bias: None,
             quant: QuantParams::for_message_bits(4),
         },
     }
@@ -163,7 +142,7 @@ pub fn check_model_output(
 pub fn capacities() -> PoolCapacities {
     PoolCapacities {
         per_model: Capacities::new(vec![2, 1, 1]).unwrap(),
-        fallback_model: 2,
+        fallback_model: 0,
         fallback_slots: 2,
     }
 }
