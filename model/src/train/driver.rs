@@ -2,7 +2,9 @@
 //! trained-for quantization, and the final measurements, in that order.
 
 use super::optim::{l1_grad, project_first_stage, project_w2, Adam};
-use super::params::{init, to_model, C, D, INPUT_SCALE, MESSAGE_BITS, TOTAL};
+use super::params::{
+    init, to_model, Layout, C, D, INPUT_SCALE, MAX_TRAIN_EXPERTS, MAX_TRAIN_HIDDEN, MESSAGE_BITS,
+};
 use super::{TrainOptions, Trained};
 use crate::data::Dataset;
 use crate::error::{ModelError, Result};
@@ -19,6 +21,8 @@ const ORDER_SEED_MIX: u64 = 0xD1_6175;
 /// stream through both phases, so that the order keeps being reshuffled from where it was).
 pub(super) struct Trainer<'a> {
     pub(super) opts: &'a TrainOptions,
+    /// Where each tensor sits in the parameter vector (from [`TrainOptions::shape`]).
+    pub(super) l: Layout,
     pub(super) train: &'a Dataset,
     pub(super) test: &'a Dataset,
     /// The training records as the block sees them (`raw * INPUT_SCALE`), unaugmented: what
@@ -32,12 +36,14 @@ pub(super) struct Trainer<'a> {
 impl<'a> Trainer<'a> {
     fn new(opts: &'a TrainOptions, train: &'a Dataset, test: &'a Dataset) -> Trainer<'a> {
         let xs: Vec<Vec<f64>> = train.features.iter().map(|r| block_input(r)).collect();
+        let l = Layout::new(opts.shape);
         Trainer {
             opts,
+            l,
             train,
             test,
             xs,
-            p: init(opts.seed),
+            p: init(&l, opts.seed),
             rng: SplitMix(opts.seed ^ ORDER_SEED_MIX),
             order: (0..train.len()).collect(),
         }
@@ -54,12 +60,12 @@ impl<'a> Trainer<'a> {
         keep_w2: bool,
     ) {
         let o = self.opts;
-        l1_grad(&self.p, &mut g, o.l1, o.l1_w2, batch_len);
+        l1_grad(&self.l, &self.p, &mut g, o.l1, o.l1_w2, batch_len);
         g.iter_mut().for_each(|v| *v /= batch_len as f64);
-        adam.step(&mut self.p, &g, lr, (o.weight_decay, o.w2_decay));
-        project_first_stage(&mut self.p, o.l1_radius, o.router_radius);
+        adam.step(&self.l, &mut self.p, &g, lr, (o.weight_decay, o.w2_decay));
+        project_first_stage(&self.l, &mut self.p, o.l1_radius, o.router_radius);
         if keep_w2 {
-            project_w2(&mut self.p, o.w2_keep);
+            project_w2(&self.l, &mut self.p, o.w2_keep);
         }
     }
 }
@@ -70,8 +76,8 @@ pub(super) fn block_input(raw: &[f32]) -> Vec<f64> {
 }
 
 /// Zero gradient of all parameters.
-pub(super) fn zero_grad() -> Vec<f64> {
-    vec![0.0; TOTAL]
+pub(super) fn zero_grad(l: &Layout) -> Vec<f64> {
+    vec![0.0; l.total]
 }
 
 /// Trains the digits model on `train` (the quantization is calibrated on it too) and measures
@@ -87,6 +93,7 @@ pub fn train_digits(
     test: &Dataset,
     log: &mut dyn FnMut(&str),
 ) -> Result<Trained> {
+    check_shape(opts)?;
     check_data(train, "training")?;
     check_data(test, "test")?;
     if train.is_empty() {
@@ -102,21 +109,27 @@ pub fn train_digits(
     // 2. quantization-aware phase, for the choice the search finds for the float model
     let calib = &train.features;
     let quantize_opts = QuantizeOptions::for_message_bits(MESSAGE_BITS);
-    let (_, float_phase_report) = quantize_with(&to_model(&t.p), &quantize_opts, calib)?;
+    let (_, float_phase_report) = quantize_with(&to_model(&t.l, &t.p), &quantize_opts, calib)?;
     log(&format!(
         "quantization of the float model:\n{float_phase_report}"
     ));
-    let choice = QuantChoice {
-        logit_zero_point: None,
-        router_center: true,
-        w2_l1: Some(opts.w2_l1_budget),
-        ..float_phase_report.choice
+    let choice = match opts.quantization {
+        Some(pinned) => QuantChoice {
+            logit_zero_point: None,
+            ..pinned
+        },
+        None => QuantChoice {
+            logit_zero_point: None,
+            router_center: true,
+            w2_l1: Some(opts.w2_l1_budget),
+            ..float_phase_report.choice
+        },
     };
     let qat_epochs = t.qat_phase(&quantize_opts, &choice, log)?;
 
     // The model declares the quantization it was trained for (with the router's zero point
     // of the final weights), so every consumer quantizes it the same way.
-    let mut model = to_model(&t.p);
+    let mut model = to_model(&t.l, &t.p);
     let (_, last) = quantize_fixed(&model, &quantize_opts, &choice, calib)?;
     model.quantization = Some(QuantChoice {
         logit_zero_point: Some(last.logit_zero_point),
@@ -135,6 +148,19 @@ pub fn train_digits(
         diagnosis: measured.diagnosis,
         robustness: measured.robustness,
     })
+}
+
+/// Refuses shapes outside what the training has been measured on (and empty ones).
+fn check_shape(opts: &TrainOptions) -> Result<()> {
+    let s = opts.shape;
+    if !(1..=MAX_TRAIN_EXPERTS).contains(&s.experts) || !(1..=MAX_TRAIN_HIDDEN).contains(&s.hidden)
+    {
+        return Err(ModelError::Config(format!(
+            "training shape E = {}, h = {}: E must be 1..={MAX_TRAIN_EXPERTS} and h 1..={MAX_TRAIN_HIDDEN}",
+            s.experts, s.hidden
+        )));
+    }
+    Ok(())
 }
 
 /// Refuses records that are not 8x8 digits with a label below 10 (the architecture is fixed).

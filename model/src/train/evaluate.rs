@@ -2,6 +2,7 @@
 //! its Mixtral files, quantized with the choice it declares.
 
 use super::driver::Trainer;
+use super::params::Layout;
 use super::qat::{q_expert, OutputRead, QInput, Steps};
 use super::{Diagnosis, Robustness};
 use crate::checkpoint::FloatMoeModel;
@@ -53,7 +54,7 @@ impl Trainer<'_> {
             )?),
             None => None,
         };
-        let diagnosis = diagnose(&self.p, &quantized, &loaded, test, &report)?;
+        let diagnosis = diagnose(&self.l, &self.p, &quantized, &loaded, test, &report)?;
         log_diagnosis(&diagnosis, log);
         let searched_opts = QuantizeOptions {
             use_model_choice: false,
@@ -148,6 +149,7 @@ impl Robustness {
 /// Quantized accuracy under integer and float routing, and without the output read's
 /// rounding (where do the points go?), with the trained parameters `p`'s own head.
 fn diagnose(
+    l: &Layout,
     p: &[f64],
     qc: &QuantizedClassifier,
     m: &FloatMoeModel,
@@ -167,7 +169,7 @@ fn diagnose(
         let ei = argmax(&input.logits(qc));
         let ef = m.route(&m.model_input(raw)).0[0];
         let correct = |e: usize, read: OutputRead| {
-            (argmax(&q_expert(p, qc, &steps, e, &input, label, read).q) == label) as usize
+            (argmax(&q_expert((l, p), qc, &steps, e, &input, label, read).q) == label) as usize
         };
         d.routes_agree += (ei == ef) as usize;
         d.integer_routing_correct += correct(ei, OutputRead::Rounded);

@@ -4,7 +4,9 @@
 //!
 //! Architecture: d = 64 pixels (real input = raw / 16), E = 4 experts, top-1 routing (the
 //! Mixtral gate of a single expert is 1, so the encrypted path needs no gate arithmetic),
-//! gated SiLU experts with h = 16, a residual connection and a 10-class head.
+//! gated SiLU experts with h = 16, a residual connection and a 10-class head. E and h are
+//! [`TrainOptions::shape`]: the model pool trains smaller and larger models with the same
+//! recipe.
 //!
 //! Training is pure Rust and deterministic (SplitMix64; the same options and data give
 //! bit-identical weights, whatever the number of threads):
@@ -64,15 +66,32 @@ mod qat;
 mod tests;
 
 pub use driver::train_digits;
+pub use params::{TrainShape, MAX_TRAIN_EXPERTS, MAX_TRAIN_HIDDEN};
 
 use crate::checkpoint::FloatMoeModel;
 use crate::classifier::QuantizedClassifier;
-use crate::quantize::{AccuracyReport, QuantizeReport};
+use crate::quantize::{AccuracyReport, QuantChoice, QuantizeReport};
+
+/// The quantization the embedded demo model was trained for (its config.json declares it, with
+/// the logit zero point of its final weights).
+pub const DEMO_QUANTIZATION: QuantChoice = QuantChoice {
+    router_prune: 0.05,
+    w1_prune: 0.0,
+    w3_prune: 0.05,
+    act_clip: 0.85,
+    w2_top: 3.0,
+    w2_l1: Some(3),
+    router_center: true,
+    logit_zero_point: None,
+    switch_numerator: None,
+};
 
 /// What [`train_digits`] does; [`Default`] gives the options the embedded demo model was
 /// trained with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainOptions {
+    /// Experts and hidden units of the trained block (the demo's by default).
+    pub shape: TrainShape,
     /// Seed of the initial weights and of the record order (and augmentation).
     pub seed: u64,
     /// Epochs of float training.
@@ -114,6 +133,12 @@ pub struct TrainOptions {
     /// Weight of the quantized loss of every expert that one router read rounding the other
     /// way could select instead of the top one (its logit within one step of the top).
     pub router_alt: f64,
+    /// The quantization the quantization-aware phase trains for (its logit zero point is
+    /// placed from the final weights). `None`: the choice the quantizer's search finds for the
+    /// float-phase model. The default is the choice the demo model was trained for, which the
+    /// search found before its space and the W2 limit changed (issue 13): pinned, the defaults
+    /// keep reproducing the demo model whatever the search finds today.
+    pub quantization: Option<QuantChoice>,
     /// Seeds of the final simulated-vs-exact measurement (`0..agreement_seeds`).
     pub agreement_seeds: u64,
     /// Standard deviation (a fraction of the torus) of a preset's read noise, for the final
@@ -125,6 +150,7 @@ pub struct TrainOptions {
 impl Default for TrainOptions {
     fn default() -> Self {
         TrainOptions {
+            shape: TrainShape::default(),
             seed: 7,
             float_epochs: 120,
             qat_epochs: 60,
@@ -142,6 +168,7 @@ impl Default for TrainOptions {
             quant_weight: 2.0,
             w2_decay: 30.0,
             router_alt: 1.0,
+            quantization: Some(DEMO_QUANTIZATION),
             agreement_seeds: 5,
             read_noise_std: None,
         }

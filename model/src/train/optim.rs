@@ -1,7 +1,7 @@
 //! The optimizer and what shapes the weights after each step (penalties, projections onto the
 //! sets that quantize well), and the order and augmentation of the training records.
 
-use super::params::{D, E, H, HW, TOTAL, W1, W2, WR};
+use super::params::{Layout, D};
 use crate::random::SplitMix;
 
 /// AdamW state over all parameters.
@@ -12,24 +12,31 @@ pub(super) struct Adam {
 }
 
 impl Adam {
-    pub(super) fn new() -> Adam {
+    pub(super) fn new(l: &Layout) -> Adam {
         Adam {
-            m: vec![0.0; TOTAL],
-            v: vec![0.0; TOTAL],
+            m: vec![0.0; l.total],
+            v: vec![0.0; l.total],
             t: 0,
         }
     }
 
     /// One AdamW step: decoupled weight decay `wd` on every weight, `wd + wd_w2` on W2.
-    pub(super) fn step(&mut self, p: &mut [f64], g: &[f64], lr: f64, (wd, wd_w2): (f64, f64)) {
+    pub(super) fn step(
+        &mut self,
+        l: &Layout,
+        p: &mut [f64],
+        g: &[f64],
+        lr: f64,
+        (wd, wd_w2): (f64, f64),
+    ) {
         self.t += 1;
         let (b1, b2) = (0.9f64, 0.999f64);
         let c1 = 1.0 - b1.powi(self.t);
         let c2 = 1.0 - b2.powi(self.t);
-        for i in 0..TOTAL {
+        for i in 0..l.total {
             self.m[i] = b1 * self.m[i] + (1.0 - b1) * g[i];
             self.v[i] = b2 * self.v[i] + (1.0 - b2) * g[i] * g[i];
-            let decay = if (W2..HW).contains(&i) {
+            let decay = if (l.w2..l.hw).contains(&i) {
                 wd + wd_w2
             } else {
                 wd
@@ -41,11 +48,11 @@ impl Adam {
 
 /// Adds the L1 penalties' (sub)gradients for a batch of `n` records (the batch gradient is
 /// divided by `n` afterwards): `l1` on the first stage (router, W1, W3), `l1_w2` on W2.
-pub(super) fn l1_grad(p: &[f64], g: &mut [f64], l1: f64, l1_w2: f64, n: usize) {
-    for i in WR..W2 {
+pub(super) fn l1_grad(l: &Layout, p: &[f64], g: &mut [f64], l1: f64, l1_w2: f64, n: usize) {
+    for i in l.wr..l.w2 {
         g[i] += l1 * n as f64 * p[i].signum();
     }
-    for i in W2..HW {
+    for i in l.w2..l.hw {
         g[i] += l1_w2 * n as f64 * p[i].signum();
     }
 }
@@ -74,24 +81,25 @@ pub(super) fn project_l1(v: &mut [f64], r: f64) {
 /// First-stage rows onto their L1 balls: veilmoe's reads are scaled from worst-case
 /// accumulator ranges (L1 norms), and W1 rows share one read scale, so no row may grow far
 /// beyond the others.
-pub(super) fn project_first_stage(p: &mut [f64], radius: f64, router_radius: f64) {
-    for e in 0..E {
-        project_l1(&mut p[WR + e * D..WR + (e + 1) * D], router_radius);
+pub(super) fn project_first_stage(l: &Layout, p: &mut [f64], radius: f64, router_radius: f64) {
+    for e in 0..l.e {
+        project_l1(&mut p[l.wr + e * D..l.wr + (e + 1) * D], router_radius);
     }
     // W1 and W3 rows are contiguous: 2 E H rows of D.
-    for r in 0..2 * E * H {
-        project_l1(&mut p[W1 + r * D..W1 + (r + 1) * D], radius);
+    for r in 0..2 * l.e * l.h {
+        project_l1(&mut p[l.w1 + r * D..l.w1 + (r + 1) * D], radius);
     }
 }
 
 /// Keeps the `keep` largest weights of each W2 row (the rest become zero): the output read's
 /// shift follows the worst W2 row.
-pub(super) fn project_w2(p: &mut [f64], keep: usize) {
-    for r in 0..E * D {
-        let row = &mut p[W2 + r * H..W2 + (r + 1) * H];
-        let mut idx: Vec<usize> = (0..H).collect();
+pub(super) fn project_w2(l: &Layout, p: &mut [f64], keep: usize) {
+    let h = l.h;
+    for r in 0..l.e * D {
+        let row = &mut p[l.w2 + r * h..l.w2 + (r + 1) * h];
+        let mut idx: Vec<usize> = (0..h).collect();
         idx.sort_by(|&a, &b| row[b].abs().total_cmp(&row[a].abs()));
-        for &j in &idx[keep.min(H)..] {
+        for &j in &idx[keep.min(h)..] {
             row[j] = 0.0;
         }
     }
@@ -171,14 +179,16 @@ mod tests {
 
     #[test]
     fn w2_projection_keeps_the_largest_weights() {
-        let mut p = vec![0.0; TOTAL];
+        let l = Layout::new(Default::default());
+        let (h, w2) = (l.h, l.w2);
+        let mut p = vec![0.0; l.total];
         let mut rng = SplitMix(5);
-        p[W2..HW].iter_mut().for_each(|v| *v = rng.gaussian());
+        p[w2..l.hw].iter_mut().for_each(|v| *v = rng.gaussian());
         let before = p.clone();
-        project_w2(&mut p, 2);
-        for r in 0..E * D {
-            let row = &p[W2 + r * H..W2 + (r + 1) * H];
-            let old = &before[W2 + r * H..W2 + (r + 1) * H];
+        project_w2(&l, &mut p, 2);
+        for r in 0..l.e * D {
+            let row = &p[w2 + r * h..w2 + (r + 1) * h];
+            let old = &before[w2 + r * h..w2 + (r + 1) * h];
             assert_eq!(row.iter().filter(|&&v| v != 0.0).count(), 2);
             let kept_min = row
                 .iter()
@@ -191,7 +201,7 @@ mod tests {
                 .fold(0f64, |a, (o, _)| a.max(o.abs()));
             assert!(kept_min >= dropped_max);
         }
-        assert_eq!(p[..W2], before[..W2]);
+        assert_eq!(p[..w2], before[..w2]);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The trained architecture, its flat parameter vector, and the float forward and backward
 //! pieces both phases share (head, second stage, first stage, router).
 //!
-//! The parameters are one `Vec<f64>` of [`TOTAL`] values, in this order: the router `[E, D]`,
-//! W1 `[E, H, D]`, W3 `[E, H, D]`, W2 `[E, D, H]`, the head's weight `[C, D]` and its bias `[C]`
+//! The parameters are one `Vec<f64>` of [`Layout::total`] values, in this order: the router
+//! `[E, D]`, W1 `[E, H, D]`, W3 `[E, H, D]`, W2 `[E, D, H]`, the head's weight `[C, D]` and its bias `[C]`
 //! (row-major, as [`to_model`] reads them into a [`FloatMoeModel`]).
 
 use crate::arch::{ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig, TopK};
@@ -13,35 +13,86 @@ use ndarray::{Array1, Array2};
 
 /// Pixels of an 8x8 digit (d).
 pub(super) const D: usize = 64;
-/// Experts (E).
-pub(super) const E: usize = 4;
-/// Hidden units of an expert (h).
-pub(super) const H: usize = 16;
+/// The default experts (E) and hidden units (h): the embedded demo model's shape.
+const DEMO_EXPERTS: usize = 4;
+const DEMO_HIDDEN: usize = 16;
 /// Classes.
 pub(super) const C: usize = 10;
 /// The block's real input is `raw * INPUT_SCALE` (pixels 0..16 to 0..1).
 pub(super) const INPUT_SCALE: f64 = 1.0 / 16.0;
 /// Bits of the presets the model is trained for.
 pub(super) const MESSAGE_BITS: u32 = 4;
+/// Largest trainable expert count and hidden width: the quantizer and the encrypted path take
+/// more, but the training's cost grows with `E * h` and nothing larger has been measured.
+pub const MAX_TRAIN_EXPERTS: usize = 16;
+pub const MAX_TRAIN_HIDDEN: usize = 128;
 
-// Flat parameter layout: where each tensor starts.
-pub(super) const WR: usize = 0;
-pub(super) const W1: usize = WR + E * D;
-pub(super) const W3: usize = W1 + E * H * D;
-pub(super) const W2: usize = W3 + E * H * D;
-pub(super) const HW: usize = W2 + E * D * H;
-pub(super) const HB: usize = HW + C * D;
-/// Number of parameters.
-pub(super) const TOTAL: usize = HB + C;
+/// The trained block's shape: experts (E) and hidden units per expert (h); d = 64 pixels and
+/// the 10 classes are the digits'. The default is the demo model's (E = 4, h = 16); the pool
+/// trains smaller and larger models with the same recipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainShape {
+    pub experts: usize,
+    pub hidden: usize,
+}
 
-pub(super) fn w1(p: &[f64], e: usize, j: usize, k: usize) -> f64 {
-    p[W1 + (e * H + j) * D + k]
+impl Default for TrainShape {
+    fn default() -> Self {
+        TrainShape {
+            experts: DEMO_EXPERTS,
+            hidden: DEMO_HIDDEN,
+        }
+    }
 }
-pub(super) fn w3(p: &[f64], e: usize, j: usize, k: usize) -> f64 {
-    p[W3 + (e * H + j) * D + k]
+
+/// Where each tensor of the flat parameter vector starts, for one [`TrainShape`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Layout {
+    /// Experts (E).
+    pub(super) e: usize,
+    /// Hidden units of an expert (h).
+    pub(super) h: usize,
+    pub(super) wr: usize,
+    pub(super) w1: usize,
+    pub(super) w3: usize,
+    pub(super) w2: usize,
+    pub(super) hw: usize,
+    pub(super) hb: usize,
+    /// Number of parameters.
+    pub(super) total: usize,
 }
-pub(super) fn w2(p: &[f64], e: usize, i: usize, j: usize) -> f64 {
-    p[W2 + (e * D + i) * H + j]
+
+impl Layout {
+    pub(super) fn new(shape: TrainShape) -> Layout {
+        let (e, h) = (shape.experts, shape.hidden);
+        let wr = 0;
+        let w1 = wr + e * D;
+        let w3 = w1 + e * h * D;
+        let w2 = w3 + e * h * D;
+        let hw = w2 + e * D * h;
+        let hb = hw + C * D;
+        Layout {
+            e,
+            h,
+            wr,
+            w1,
+            w3,
+            w2,
+            hw,
+            hb,
+            total: hb + C,
+        }
+    }
+
+    pub(super) fn w1(&self, p: &[f64], e: usize, j: usize, k: usize) -> f64 {
+        p[self.w1 + (e * self.h + j) * D + k]
+    }
+    pub(super) fn w3(&self, p: &[f64], e: usize, j: usize, k: usize) -> f64 {
+        p[self.w3 + (e * self.h + j) * D + k]
+    }
+    pub(super) fn w2(&self, p: &[f64], e: usize, i: usize, j: usize) -> f64 {
+        p[self.w2 + (e * D + i) * self.h + j]
+    }
 }
 
 /// `x * sigmoid(x)` (in this form: the arithmetic the trained weights were produced with).
@@ -60,25 +111,25 @@ pub(super) fn softmax(v: &[f64]) -> Vec<f64> {
 }
 
 /// Initial parameters from `seed`: small Gaussian router rows, W1 and W3 at `1/sqrt(D)`, W2 at
-/// `0.1/sqrt(H)` (the residual path carries the input at first), a zero head.
-pub(super) fn init(seed: u64) -> Vec<f64> {
+/// `0.1/sqrt(h)` (the residual path carries the input at first), a zero head.
+pub(super) fn init(l: &Layout, seed: u64) -> Vec<f64> {
     let mut rng = SplitMix(seed);
-    let mut p = vec![0.0; TOTAL];
-    for v in &mut p[WR..W1] {
+    let mut p = vec![0.0; l.total];
+    for v in &mut p[l.wr..l.w1] {
         *v = 0.1 * rng.gaussian();
     }
-    for v in &mut p[W1..W2] {
+    for v in &mut p[l.w1..l.w2] {
         *v = rng.gaussian() / (D as f64).sqrt();
     }
-    for v in &mut p[W2..HW] {
-        *v = 0.1 * rng.gaussian() / (H as f64).sqrt();
+    for v in &mut p[l.w2..l.hw] {
+        *v = 0.1 * rng.gaussian() / (l.h as f64).sqrt();
     }
     p
 }
 
 /// The parameters as a Mixtral-family [`FloatMoeModel`] (f32, residual, top-1, no biases but
 /// the head's; no declared quantization).
-pub(super) fn to_model(p: &[f64]) -> FloatMoeModel {
+pub(super) fn to_model(l: &Layout, p: &[f64]) -> FloatMoeModel {
     let mat = |off: usize, r: usize, c: usize| {
         Array2::from_shape_fn((r, c), |(i, j)| p[off + i * c + j] as f32)
     };
@@ -88,28 +139,30 @@ pub(super) fn to_model(p: &[f64]) -> FloatMoeModel {
         layer: 0,
         config: MoeConfig {
             d: ModelDim(D),
-            h: HiddenDim(H),
-            experts: ExpertCount(E),
+            h: HiddenDim(l.h),
+            experts: ExpertCount(l.e),
             top_k: TopK(1),
             ffn: FfnKind::GatedSilu,
             gating: Gating::SoftmaxSelected,
         },
-        router: mat(WR, E, D),
+        router: mat(l.wr, l.e, D),
         router_bias: None,
         not_evaluated: Vec::new(),
-        experts: (0..E)
+        experts: (0..l.e)
             .map(|e| FloatExpert {
-                w1: mat(W1 + e * H * D, H, D),
+                w1: mat(l.w1 + e * l.h * D, l.h, D),
                 b1: None,
-                w3: Some(mat(W3 + e * H * D, H, D)),
+                w3: Some(mat(l.w3 + e * l.h * D, l.h, D)),
                 b3: None,
-                w2: mat(W2 + e * D * H, D, H),
+                w2: mat(l.w2 + e * D * l.h, D, l.h),
                 b2: None,
             })
             .collect(),
         head: Some(FloatHead {
-            weight: mat(HW, C, D),
-            bias: Some(Array1::from_iter(p[HB..HB + C].iter().map(|&v| v as f32))),
+            weight: mat(l.hw, C, D),
+            bias: Some(Array1::from_iter(
+                p[l.hb..l.hb + C].iter().map(|&v| v as f32),
+            )),
         }),
         residual: true,
         input_scale: INPUT_SCALE,
@@ -118,9 +171,9 @@ pub(super) fn to_model(p: &[f64]) -> FloatMoeModel {
 }
 
 /// Head on `z`: class probabilities (softmax of the logits) and the cross-entropy of `label`.
-pub(super) fn head(p: &[f64], z: &[f64], label: usize) -> (Vec<f64>, f64) {
+pub(super) fn head(l: &Layout, p: &[f64], z: &[f64], label: usize) -> (Vec<f64>, f64) {
     let logits: Vec<f64> = (0..C)
-        .map(|c| p[HB + c] + (0..D).map(|k| p[HW + c * D + k] * z[k]).sum::<f64>())
+        .map(|c| p[l.hb + c] + (0..D).map(|k| p[l.hw + c * D + k] * z[k]).sum::<f64>())
         .collect();
     let q = softmax(&logits);
     let loss = -q[label].max(1e-12).ln();
@@ -130,7 +183,7 @@ pub(super) fn head(p: &[f64], z: &[f64], label: usize) -> (Vec<f64>, f64) {
 /// Backward through the head (weight `w`) and the expert's second stage; returns the gradient
 /// at the hidden activations `a`.
 pub(super) fn back_head_w2(
-    p: &[f64],
+    (l, p): (&Layout, &[f64]),
     g: &mut [f64],
     e: usize,
     (q, label): (&[f64], usize),
@@ -141,17 +194,17 @@ pub(super) fn back_head_w2(
     let mut g_z = vec![0.0; D];
     for c in 0..C {
         let gl = w * (q[c] - (c == label) as u8 as f64);
-        g[HB + c] += gl;
+        g[l.hb + c] += gl;
         for k in 0..D {
-            g[HW + c * D + k] += gl * z[k];
-            g_z[k] += gl * p[HW + c * D + k];
+            g[l.hw + c * D + k] += gl * z[k];
+            g_z[k] += gl * p[l.hw + c * D + k];
         }
     }
-    let mut g_a = vec![0.0; H];
+    let mut g_a = vec![0.0; l.h];
     for i in 0..D {
-        for j in 0..H {
-            g[W2 + (e * D + i) * H + j] += g_z[i] * a[j];
-            g_a[j] += w2(p, e, i, j) * g_z[i];
+        for j in 0..l.h {
+            g[l.w2 + (e * D + i) * l.h + j] += g_z[i] * a[j];
+            g_a[j] += l.w2(p, e, i, j) * g_z[i];
         }
     }
     g_a
@@ -159,32 +212,46 @@ pub(super) fn back_head_w2(
 
 /// Accumulates the W1 and W3 gradients of expert `e` from the gradients at its pre-activations
 /// (`g_u`: silu branch, `g_v`: linear branch) on input `x`.
-pub(super) fn first_stage_grad(g: &mut [f64], e: usize, x: &[f64], g_u: &[f64], g_v: &[f64]) {
-    for j in 0..H {
+pub(super) fn first_stage_grad(
+    l: &Layout,
+    g: &mut [f64],
+    e: usize,
+    x: &[f64],
+    g_u: &[f64],
+    g_v: &[f64],
+) {
+    for j in 0..l.h {
         for k in 0..D {
-            g[W1 + (e * H + j) * D + k] += g_u[j] * x[k];
-            g[W3 + (e * H + j) * D + k] += g_v[j] * x[k];
+            g[l.w1 + (e * l.h + j) * D + k] += g_u[j] * x[k];
+            g[l.w3 + (e * l.h + j) * D + k] += g_v[j] * x[k];
         }
     }
 }
 
 /// Router gradient of `sum_e p_e L_e` plus the balance term, for one record.
-pub(super) fn router_grad(g: &mut [f64], x: &[f64], pr: &[f64], losses: &[f64], g_p_extra: &[f64]) {
+pub(super) fn router_grad(
+    l: &Layout,
+    g: &mut [f64],
+    x: &[f64],
+    pr: &[f64],
+    losses: &[f64],
+    g_p_extra: &[f64],
+) {
     let lbar: f64 = pr.iter().zip(losses).map(|(p, l)| p * l).sum();
     // d/dr_e of sum_f p_f c_f = p_e (c_e - sum_f p_f c_f), with c = L + balance gradient
     let cbar: f64 = pr.iter().zip(g_p_extra).map(|(p, c)| p * c).sum::<f64>() + lbar;
-    for e in 0..E {
+    for e in 0..l.e {
         let gr = pr[e] * (losses[e] + g_p_extra[e] - cbar);
         for k in 0..D {
-            g[WR + e * D + k] += gr * x[k];
+            g[l.wr + e * D + k] += gr * x[k];
         }
     }
 }
 
 /// Routing probabilities `softmax(Wr x)` on the block's real input.
-pub(super) fn router_probs(p: &[f64], x: &[f64]) -> Vec<f64> {
-    let r: Vec<f64> = (0..E)
-        .map(|e| (0..D).map(|k| p[WR + e * D + k] * x[k]).sum())
+pub(super) fn router_probs(l: &Layout, p: &[f64], x: &[f64]) -> Vec<f64> {
+    let r: Vec<f64> = (0..l.e)
+        .map(|e| (0..D).map(|k| p[l.wr + e * D + k] * x[k]).sum())
         .collect();
     softmax(&r)
 }

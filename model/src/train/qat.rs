@@ -6,8 +6,8 @@ use super::driver::{block_input, zero_grad, Trainer, BATCH};
 use super::float_phase::{balance_grad, float_record};
 use super::optim::{augment, cosine, shuffle, Adam};
 use super::params::{
-    back_head_w2, first_stage_grad, head, silu, silu_grad, softmax, to_model, w1, D, E, H,
-    INPUT_SCALE, WR,
+    back_head_w2, first_stage_grad, head, silu, silu_grad, softmax, to_model, Layout, D,
+    INPUT_SCALE,
 };
 use super::QatEpoch;
 use crate::classifier::QuantizedClassifier;
@@ -98,7 +98,7 @@ pub(super) struct QTrace {
 /// Quantized (exact integer reference) forward of expert `e` on `input`, with the steps of
 /// the current quantization; the head is the parameters' own (f64).
 pub(super) fn q_expert(
-    p: &[f64],
+    (l, p): (&Layout, &[f64]),
     qc: &QuantizedClassifier,
     steps: &Steps,
     e: usize,
@@ -111,15 +111,16 @@ pub(super) fn q_expert(
     let w = &m.experts[e];
     let xq = &input.xq;
     let (flo, fhi) = qp.factor_range();
-    let mut a_int = vec![0i64; H];
+    let h = l.h;
+    let mut a_int = vec![0i64; h];
     let (mut a, mut s_real, mut v_real, mut ds_du, mut v_pass) = (
-        vec![0.0; H],
-        vec![0.0; H],
-        vec![0.0; H],
-        vec![0.0; H],
-        vec![false; H],
+        vec![0.0; h],
+        vec![0.0; h],
+        vec![0.0; h],
+        vec![0.0; h],
+        vec![false; h],
     );
-    for j in 0..H {
+    for j in 0..h {
         let row = &w.w1[j * D..(j + 1) * D];
         let acc_u: i64 =
             row.iter().zip(xq).map(|(a, b)| a * b).sum::<i64>() + w.b1.as_ref().map_or(0, |b| b[j]);
@@ -136,7 +137,9 @@ pub(super) fn q_expert(
         v_real[j] = lq as f64 * t3;
         a[j] = s_real[j] * v_real[j];
         // straight-through: pass where the table did not clip
-        let u_real = (0..D).map(|k| w1(p, e, j, k) * input.x_hat[k]).sum::<f64>();
+        let u_real = (0..D)
+            .map(|k| l.w1(p, e, j, k) * input.x_hat[k])
+            .sum::<f64>();
         let unclipped = (silu(qu as f64 * qp.act_in_scale) / qp.act_out_scale).round() as i64;
         ds_du[j] = if unclipped > flo && unclipped < fhi {
             silu_grad(u_real)
@@ -146,7 +149,7 @@ pub(super) fn q_expert(
         v_pass[j] = qv >= flo && qv <= fhi;
     }
     let z = head_input(qc, e, xq, &a_int, read);
-    let (q, loss) = head(p, &z, label);
+    let (q, loss) = head(l, p, &z, label);
     QTrace {
         a,
         s_real,
@@ -170,11 +173,12 @@ fn head_input(
 ) -> Vec<f64> {
     let m = &qc.moe;
     let w = &m.experts[e];
+    let h = a_int.len();
     let s2 = m.expert_output_shift();
     let zp = qc.input.input_zero_point;
     (0..D)
         .map(|i| {
-            let acc: i64 = w.w2[i * H..(i + 1) * H]
+            let acc: i64 = w.w2[i * h..(i + 1) * h]
                 .iter()
                 .zip(a_int)
                 .map(|(a, b)| a * b)
@@ -205,6 +209,7 @@ pub(super) struct QatWeights {
 /// other way: its logit is within one step of the top); returns whether the quantized
 /// prediction was right.
 pub(super) fn qat_record(
+    l: &Layout,
     p: &[f64],
     g: &mut [f64],
     qc: &QuantizedClassifier,
@@ -215,12 +220,12 @@ pub(super) fn qat_record(
     let input = QInput::new(qc, raw)?;
     let logits = input.logits(qc);
     let sel = argmax(&logits);
-    let traces: Vec<QTrace> = (0..E)
-        .map(|e| q_expert(p, qc, steps, e, &input, label, OutputRead::Rounded))
+    let traces: Vec<QTrace> = (0..l.e)
+        .map(|e| q_expert((l, p), qc, steps, e, &input, label, OutputRead::Rounded))
         .collect();
     let correct = argmax(&traces[sel].q) == label;
     if w.router > 0.0 {
-        router_grad_int(g, qc, steps, &input, &logits, &traces, w.router);
+        router_grad_int(l, g, qc, steps, (&input, &logits), &traces, w.router);
     }
     for (e, te) in traces.iter().enumerate() {
         let we = if e == sel {
@@ -230,11 +235,11 @@ pub(super) fn qat_record(
         } else {
             continue;
         };
-        let g_a = back_head_w2(p, g, e, (&te.q, label), &te.z, &te.a, we);
-        let g_u: Vec<f64> = (0..H)
+        let g_a = back_head_w2((l, p), g, e, (&te.q, label), &te.z, &te.a, we);
+        let g_u: Vec<f64> = (0..l.h)
             .map(|j| g_a[j] * te.v_real[j] * te.ds_du[j])
             .collect();
-        let g_v: Vec<f64> = (0..H)
+        let g_v: Vec<f64> = (0..l.h)
             .map(|j| {
                 if te.v_pass[j] {
                     g_a[j] * te.s_real[j]
@@ -243,7 +248,7 @@ pub(super) fn qat_record(
                 }
             })
             .collect();
-        first_stage_grad(g, e, &input.x_hat, &g_u, &g_v);
+        first_stage_grad(l, g, e, &input.x_hat, &g_u, &g_v);
     }
     Ok(correct)
 }
@@ -252,11 +257,11 @@ pub(super) fn qat_record(
 /// `weight`): softmax over logit steps, pulled towards the experts with the lowest quantized
 /// loss. A logit clipped at either end of `[0, logit_max]` passes no gradient.
 fn router_grad_int(
+    l: &Layout,
     g: &mut [f64],
     qc: &QuantizedClassifier,
     steps: &Steps,
-    input: &QInput,
-    logits: &[i64],
+    (input, logits): (&QInput, &[i64]),
     traces: &[QTrace],
     weight: f64,
 ) {
@@ -264,14 +269,14 @@ fn router_grad_int(
     let pq = softmax(&logits.iter().map(|&l| l as f64).collect::<Vec<_>>());
     let lbar: f64 = pq.iter().zip(traces).map(|(p, t)| p * t.loss).sum();
     let qp = &qc.moe.quant;
-    for e in 0..E {
+    for e in 0..l.e {
         let raw_logit = round_shift(acc[e], steps.shift) + qp.logit_zero_point;
         if raw_logit < 0 || raw_logit > qp.logit_max() {
             continue;
         }
         let gr = weight * pq[e] * (traces[e].loss - lbar) / steps.router;
         for k in 0..D {
-            g[WR + e * D + k] += gr * input.x_hat[k];
+            g[l.wr + e * D + k] += gr * input.x_hat[k];
         }
     }
 }
@@ -290,7 +295,7 @@ impl Trainer<'_> {
             max_scored: QAT_SCORED,
             ..opts.clone()
         };
-        let mut adam = Adam::new();
+        let mut adam = Adam::new(&self.l);
         let mut progress = Vec::new();
         for epoch in 0..epochs {
             shuffle(&mut self.order, &mut self.rng);
@@ -302,7 +307,7 @@ impl Trainer<'_> {
                 self.step(&mut adam, g, chunk.len(), lr, true);
             }
             if epoch % REPORT_EVERY == REPORT_EVERY - 1 || epoch + 1 == epochs {
-                let m = to_model(&self.p);
+                let m = to_model(&self.l, &self.p);
                 let e = QatEpoch {
                     epoch: epoch + 1,
                     quantized_train_running: correct as f64 / self.train.len() as f64,
@@ -331,22 +336,24 @@ impl Trainer<'_> {
         choice: &QuantChoice,
     ) -> Result<(Vec<f64>, usize)> {
         let o = self.opts;
-        let (qc, rep) = quantize_fixed(&to_model(&self.p), fixed, choice, &self.train.features)?;
+        let l = &self.l;
+        let (qc, rep) = quantize_fixed(&to_model(l, &self.p), fixed, choice, &self.train.features)?;
         let steps = Steps::of(&rep);
         let weights = QatWeights {
             quant: o.quant_weight,
             router: o.router_qat,
             router_alt: o.router_alt,
         };
-        let mut g = zero_grad();
-        let g_p = balance_grad(&self.p, chunk, &self.xs, o.balance);
+        let mut g = zero_grad(l);
+        let g_p = balance_grad(l, &self.p, chunk, &self.xs, o.balance);
         let mut correct = 0;
         for &i in chunk {
             let (features, label) = (&self.train.features[i], self.train.labels[i]);
             let raw = augment(features, o.augment, &mut self.rng);
-            float_record(&self.p, &mut g, &block_input(&raw), label, &g_p);
+            float_record(l, &self.p, &mut g, &block_input(&raw), label, &g_p);
             let raw = augment(features, o.qat_augment, &mut self.rng);
-            correct += qat_record(&self.p, &mut g, &qc, &steps, (&raw, label), &weights)? as usize;
+            correct +=
+                qat_record(l, &self.p, &mut g, &qc, &steps, (&raw, label), &weights)? as usize;
         }
         Ok((g, correct))
     }

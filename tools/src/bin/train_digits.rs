@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 use veilmoe_protocols::engine::Preset;
 use veilmoe_protocols::model::data::{digits_split, embedded_digits, load_labelled};
-use veilmoe_protocols::model::train::{train_digits, TrainOptions};
+use veilmoe_protocols::model::train::{train_digits, TrainOptions, TrainShape};
 use veilmoe_protocols::simulate::read_noise_std;
 
 /// The preset whose simulated reads measure the trained model's robustness.
@@ -90,11 +90,25 @@ struct Args {
     /// Seeds of the final simulated-vs-exact agreement measurement (`0..agreement_seeds`).
     #[arg(long, default_value_t = 5)]
     agreement_seeds: u64,
+    /// Experts of the trained block (the demo's 4 by default).
+    #[arg(long, default_value_t = TrainShape::default().experts)]
+    experts: usize,
+    /// Hidden units per expert (the demo's 16 by default).
+    #[arg(long, default_value_t = TrainShape::default().hidden)]
+    hidden: usize,
+    /// Train for the quantization the search finds for the float-phase model, instead of the
+    /// one the demo model was trained for (pinned by default, so the defaults reproduce it).
+    #[arg(long)]
+    searched_quantization: bool,
 }
 
 impl Args {
     fn options(&self, read_noise_std: f64) -> TrainOptions {
         TrainOptions {
+            shape: TrainShape {
+                experts: self.experts,
+                hidden: self.hidden,
+            },
             seed: self.seed,
             float_epochs: self.float_epochs,
             qat_epochs: self.qat_epochs,
@@ -112,6 +126,11 @@ impl Args {
             quant_weight: self.quant_weight,
             w2_decay: self.w2_decay,
             router_alt: self.router_alt,
+            quantization: if self.searched_quantization {
+                None
+            } else {
+                TrainOptions::default().quantization
+            },
             agreement_seeds: self.agreement_seeds,
             read_noise_std: Some(read_noise_std),
         }
