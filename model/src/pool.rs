@@ -29,6 +29,38 @@ pub struct PoolRouter {
     pub quant: QuantParams,
 }
 
+impl PoolRouter {
+    /// Encoding width of the router's encrypted input of `d` features (its own first-stage
+    /// read, from the rows' worst-case range).
+    pub fn input_width(&self, d: usize) -> u32 {
+        let q = &self.quant;
+        let (lo, hi) = affine_range(
+            &self.weights,
+            self.bias.as_deref(),
+            d,
+            q.input_min(),
+            q.input_max(),
+        );
+        quant::read_width(lo, hi, q.message_bits)
+    }
+
+    /// The router over inputs of `d` features as the encrypted router tables take it: top-1
+    /// over `weights.len() / d` models.
+    pub fn spec(&self, d: usize) -> RouterSpec<'_> {
+        RouterSpec {
+            d,
+            experts: self.weights.len() / d.max(1),
+            top_k: 1,
+            gating: Gating::SoftmaxSelected,
+            weights: &self.weights,
+            bias: self.bias.as_deref(),
+            quant: &self.quant,
+            input_width: self.input_width(d),
+            partition_shift: 0,
+        }
+    }
+}
+
 /// Pool models and their router.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pool {
@@ -195,30 +227,12 @@ impl Pool {
 
     /// Encoding width of the router's encrypted input (its own first-stage read).
     pub fn router_input_width(&self) -> u32 {
-        let q = &self.router.quant;
-        let (lo, hi) = affine_range(
-            &self.router.weights,
-            self.router.bias.as_deref(),
-            self.features(),
-            q.input_min(),
-            q.input_max(),
-        );
-        quant::read_width(lo, hi, q.message_bits)
+        self.router.input_width(self.features())
     }
 
     /// The router as the encrypted router tables take it: top-1 over the models.
     pub fn router_spec(&self) -> RouterSpec<'_> {
-        RouterSpec {
-            d: self.features(),
-            experts: self.models.len(),
-            top_k: 1,
-            gating: Gating::SoftmaxSelected,
-            weights: &self.router.weights,
-            bias: self.router.bias.as_deref(),
-            quant: &self.router.quant,
-            input_width: self.router_input_width(),
-            partition_shift: 0,
-        }
+        self.router.spec(self.features())
     }
 
     /// The router's choice for a quantized input (the plaintext reference of the encrypted

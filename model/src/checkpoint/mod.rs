@@ -52,6 +52,7 @@ pub mod mixtral;
 pub mod qwen2_moe;
 mod save;
 mod store;
+pub(crate) use store::TensorStore;
 pub mod switch;
 
 pub use demo::embedded_demo_model;

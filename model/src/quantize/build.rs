@@ -167,7 +167,7 @@ impl Context<'_> {
     /// the scored records of the largest read, whose shift is `s`) at the top of
     /// `[0, logit_max]`: logits clip at both ends, and only the top ones decide the routing.
     fn placed_logit_zero_point(&self, moe: &QuantizedMoe, s: u32) -> i64 {
-        let mut tops: Vec<i64> = self
+        let tops: Vec<i64> = self
             .scored
             .iter()
             .filter_map(|r| {
@@ -178,9 +178,7 @@ impl Context<'_> {
                     .max()
             })
             .collect();
-        tops.sort_unstable();
-        let p = tops.get(tops.len() * 9 / 10).copied().unwrap_or(0);
-        moe.quant.logit_max() - p
+        placed_logit_zero_point(tops, moe.quant.logit_max())
     }
 
     /// The report of a built candidate (its calibration scores are filled in by `score`).
@@ -257,4 +255,13 @@ fn expert_shells(first: &FirstStage, e: usize, h: usize, d: usize) -> Vec<Expert
             b2: None,
         })
         .collect()
+}
+
+/// The logit zero point that places the 90th percentile of `tops` (each record's largest router
+/// read) at `logit_max`: logits clip at both ends, and only the top ones decide the routing.
+/// One rule for the MoE router and the pool router.
+pub(crate) fn placed_logit_zero_point(mut tops: Vec<i64>, logit_max: i64) -> i64 {
+    tops.sort_unstable();
+    let p = tops.get(tops.len() * 9 / 10).copied().unwrap_or(0);
+    logit_max - p
 }

@@ -163,7 +163,7 @@ impl Context<'_> {
 /// their median): every logit moves by the same amount for any input, so the top-k and the
 /// gates (softmax over selected or over all logits) do not change, while the rows' L1 norms,
 /// which set the router's read step, shrink and the logits are centred for their clip.
-pub(super) fn center_router(
+pub(crate) fn center_router(
     w: &ndarray::Array2<f32>,
     b: Option<&ndarray::Array1<f32>>,
 ) -> (ndarray::Array2<f32>, Option<ndarray::Array1<f32>>) {

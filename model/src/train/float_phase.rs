@@ -93,7 +93,7 @@ pub(super) fn float_record(
         let s: Vec<f64> = u.iter().map(|&t| silu(t)).collect();
         let a: Vec<f64> = s.iter().zip(&v).map(|(s, v)| s * v).collect();
         let z: Vec<f64> = (0..D)
-            .map(|i| x[i] + (0..l.h).map(|j| l.w2(p, e, i, j) * a[j]).sum::<f64>())
+            .map(|i| l.head_input(x[i], (0..l.h).map(|j| l.w2(p, e, i, j) * a[j]).sum::<f64>()))
             .collect();
         let (q, loss) = head(l, p, &z, label);
         losses[e] = loss;

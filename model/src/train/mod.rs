@@ -54,13 +54,14 @@
 //! The code, by job: `params` (the parameter layout, the float forward and backward pieces),
 //! `optim` (AdamW, penalties, projections, record order and augmentation), `float_phase`,
 //! `qat` (the quantization-aware phase), `driver` ([`train_digits`]), `evaluate` (the final
-//! measurements of the trained model).
+//! measurements of the trained model), `pool_router` (the cost-aware router over a model pool).
 
 mod driver;
 mod evaluate;
 mod float_phase;
 mod optim;
 mod params;
+pub mod pool_router;
 mod qat;
 #[cfg(test)]
 mod tests;

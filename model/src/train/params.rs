@@ -34,6 +34,10 @@ pub const MAX_TRAIN_HIDDEN: usize = 128;
 pub struct TrainShape {
     pub experts: usize,
     pub hidden: usize,
+    /// Whether the block adds its input to the expert output (the demo's does: its head leans
+    /// on the exact input and uses the experts as a correction, so a wider block barely helps;
+    /// without it, accuracy grows with the block, as a pool of models of different cost needs).
+    pub residual: bool,
 }
 
 impl Default for TrainShape {
@@ -41,6 +45,7 @@ impl Default for TrainShape {
         TrainShape {
             experts: DEMO_EXPERTS,
             hidden: DEMO_HIDDEN,
+            residual: true,
         }
     }
 }
@@ -52,6 +57,8 @@ pub(super) struct Layout {
     pub(super) e: usize,
     /// Hidden units of an expert (h).
     pub(super) h: usize,
+    /// Whether the head's input carries the block's input ([`TrainShape::residual`]).
+    pub(super) residual: bool,
     pub(super) wr: usize,
     pub(super) w1: usize,
     pub(super) w3: usize,
@@ -74,6 +81,7 @@ impl Layout {
         Layout {
             e,
             h,
+            residual: shape.residual,
             wr,
             w1,
             w3,
@@ -81,6 +89,15 @@ impl Layout {
             hw,
             hb,
             total: hb + C,
+        }
+    }
+
+    /// The head's input from the block's input `x` and the expert output `y` at `i`.
+    pub(super) fn head_input(&self, x: f64, y: f64) -> f64 {
+        if self.residual {
+            x + y
+        } else {
+            y
         }
     }
 
@@ -111,7 +128,8 @@ pub(super) fn softmax(v: &[f64]) -> Vec<f64> {
 }
 
 /// Initial parameters from `seed`: small Gaussian router rows, W1 and W3 at `1/sqrt(D)`, W2 at
-/// `0.1/sqrt(h)` (the residual path carries the input at first), a zero head.
+/// `0.1/sqrt(h)` (the residual path carries the input at first; `1/sqrt(h)` without one), a
+/// zero head.
 pub(super) fn init(l: &Layout, seed: u64) -> Vec<f64> {
     let mut rng = SplitMix(seed);
     let mut p = vec![0.0; l.total];
@@ -121,13 +139,14 @@ pub(super) fn init(l: &Layout, seed: u64) -> Vec<f64> {
     for v in &mut p[l.w1..l.w2] {
         *v = rng.gaussian() / (D as f64).sqrt();
     }
+    let w2_std = if l.residual { 0.1 } else { 1.0 };
     for v in &mut p[l.w2..l.hw] {
-        *v = 0.1 * rng.gaussian() / (l.h as f64).sqrt();
+        *v = w2_std * rng.gaussian() / (l.h as f64).sqrt();
     }
     p
 }
 
-/// The parameters as a Mixtral-family [`FloatMoeModel`] (f32, residual, top-1, no biases but
+/// The parameters as a Mixtral-family [`FloatMoeModel`] (f32, top-1, no biases but
 /// the head's; no declared quantization).
 pub(super) fn to_model(l: &Layout, p: &[f64]) -> FloatMoeModel {
     let mat = |off: usize, r: usize, c: usize| {
@@ -164,7 +183,7 @@ pub(super) fn to_model(l: &Layout, p: &[f64]) -> FloatMoeModel {
                 p[l.hb..l.hb + C].iter().map(|&v| v as f32),
             )),
         }),
-        residual: true,
+        residual: l.residual,
         input_scale: INPUT_SCALE,
         quantization: None,
     }

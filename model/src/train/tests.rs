@@ -5,13 +5,14 @@ use crate::data::{digits_split, embedded_digits, Dataset};
 use crate::math::argmax;
 use crate::random::SplitMix;
 
-/// The demo's layout and a small one of another shape (E = 2, h = 3).
+/// The demo's layout and a small one of another shape (E = 2, h = 3, no residual).
 fn layouts() -> [Layout; 2] {
     [
         Layout::new(TrainShape::default()),
         Layout::new(TrainShape {
             experts: 2,
             hidden: 3,
+            residual: false,
         }),
     ]
 }
@@ -129,7 +130,7 @@ fn parameters_forward_is_the_models(l: &Layout) {
     }
 }
 
-/// Expert `e`'s head input `z = x + W2 (silu(W1 x) * W3 x)`.
+/// Expert `e`'s head input `z = x + W2 (silu(W1 x) * W3 x)` (without `x` when not residual).
 fn expert_z(l: &Layout, p: &[f64], e: usize, x: &[f64]) -> Vec<f64> {
     let a: Vec<f64> = (0..l.h)
         .map(|j| {
@@ -139,7 +140,7 @@ fn expert_z(l: &Layout, p: &[f64], e: usize, x: &[f64]) -> Vec<f64> {
         })
         .collect();
     (0..D)
-        .map(|i| x[i] + (0..l.h).map(|j| l.w2(p, e, i, j) * a[j]).sum::<f64>())
+        .map(|i| l.head_input(x[i], (0..l.h).map(|j| l.w2(p, e, i, j) * a[j]).sum::<f64>()))
         .collect()
 }
 
@@ -234,14 +235,15 @@ fn a_short_training_beats_chance() {
     assert!(log.last().unwrap().starts_with("test, exact reference:"));
 }
 
-/// Another shape trains with the same recipe into a model of that shape (one expert, as the
-/// pool's small models are).
+/// Another shape trains with the same recipe into a model of that shape (one expert and no
+/// residual, as the pool's small models are).
 #[test]
 fn a_single_expert_shape_trains() {
     let (train, test) = small_split(300, 100);
     let shape = TrainShape {
         experts: 1,
         hidden: 2,
+        residual: false,
     };
     let opts = TrainOptions {
         shape,
@@ -253,6 +255,8 @@ fn a_single_expert_shape_trains() {
         (shape.experts, shape.hidden)
     );
     assert_eq!(t.quantized.moe.experts.len(), 1);
+    assert!(!t.model.residual);
+    assert_eq!(t.quantized.x_scale, 0.0);
     assert!(t.exact.quantized_accuracy() > 0.5, "{}", t.exact);
 }
 
@@ -266,7 +270,11 @@ fn shapes_outside_the_trained_range_are_refused() {
         (4, MAX_TRAIN_HIDDEN + 1),
     ] {
         let opts = TrainOptions {
-            shape: TrainShape { experts, hidden },
+            shape: TrainShape {
+                experts,
+                hidden,
+                residual: true,
+            },
             float_epochs: 1,
             qat_epochs: 0,
             ..TrainOptions::default()

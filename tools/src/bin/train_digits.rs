@@ -100,6 +100,9 @@ struct Args {
     /// one the demo model was trained for (pinned by default, so the defaults reproduce it).
     #[arg(long)]
     searched_quantization: bool,
+    /// Leave out the residual connection (the head sees the expert output only).
+    #[arg(long)]
+    no_residual: bool,
 }
 
 impl Args {
@@ -108,6 +111,7 @@ impl Args {
             shape: TrainShape {
                 experts: self.experts,
                 hidden: self.hidden,
+                residual: !self.no_residual,
             },
             seed: self.seed,
             float_epochs: self.float_epochs,
