@@ -231,7 +231,7 @@ fn pool_per_input_on_default() {
     let ev = Evaluator::new(server);
     let layer = PoolLayer::new(&ev, common::pool::pool()).unwrap();
     let mut chosen = std::collections::BTreeSet::new();
-    for x in [[7, 7, 0, 1], [-8, 7, 2, 0], [3, -8, -1, 5], [0, 0, 0, 0]] {
+    for x in [[7, 4, 0, 1], [-8, 7, 2, 0], [3, -8, -1, 5], [0, -4, 5, 0]] {
         chosen.insert(common::pool::check_pool_input(client, &ev, &layer, &x));
     }
     assert!(
@@ -249,11 +249,11 @@ fn pool_batch_on_default() {
     let layer = PoolLayer::new(&Evaluator::new(server), common::pool::pool()).unwrap();
     let xs = vec![
         vec![-8, 7, -8, 7],
-        vec![7, 7, 1, 0],
+        vec![7, 3, 1, 0],
         vec![-2, 5, 0, 3],
         vec![0, -8, -5, -2],
-        vec![-6, 2, 4, 6],
-        vec![5, 4, -7, 1],
+        vec![-6, 2, 6, 6],
+        vec![5, 1, -7, 1],
     ];
     let (placements, ..) = common::pool::check_batch(client, server, &layer, &xs);
     assert_eq!(placements.len(), 6);

@@ -32,6 +32,7 @@ pub mod math;
 pub mod model_file;
 pub mod pool;
 pub mod pool_files;
+pub mod pool_router;
 pub mod quant;
 pub mod quantize;
 pub mod quantized;

@@ -1,65 +1,23 @@
 //! A pool of classifiers over one input, with a cost-aware router (SecureRouter's setting): the
 //! router scores every pool model on the input and the input is answered by the top-scoring
 //! one. Cost-awareness lives in the router's weights: trained on utility targets (is pool model
-//! `m` right on the example?), its logits estimate each model's utility, and `lambda * cost_m`
-//! is folded into the bias of row `m`, so the encrypted argmax picks `utility - lambda * cost`.
+//! `m` right on the example?), its scores estimate each model's utility, and `lambda * cost_m`
+//! is folded into the bias of row `m`, so the top score is `utility - lambda * cost`'s.
 //!
 //! Every model of a pool takes the same quantized input (one input quantizer, one message
-//! width) and gives the same number of outputs; the router is a top-1 router over the models
-//! with the models' quantization. The encrypted evaluation lives in `veilmoe_protocols::pool`;
+//! width) and gives the same number of outputs; the router ([`crate::pool_router`]) finds the
+//! top score by a chain of sign reads, with the models' quantization. The encrypted evaluation lives in `veilmoe_protocols::pool`;
 //! this module is the plaintext side: the pool, its checks and its reference.
 
-use crate::arch::Gating;
 use crate::capacity::{assign, Capacities};
 use crate::classifier::QuantizedClassifier;
-use crate::error::{config, ModelError, Result};
-use crate::quant::{self, QuantParams};
-use crate::quantized::{affine_range, RouterSpec, MAX_WEIGHT};
+use crate::error::{config, Result};
+pub use crate::pool_router::{PoolChoice, PoolRouter, SignRead};
 use crate::reference::Rounding;
 use serde::{Deserialize, Serialize};
 
 /// Most models a pool may hold.
 pub const MAX_POOL: usize = 16;
-
-/// The router over a pool's models: one integer row per model (`models x d`, row-major).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PoolRouter {
-    pub weights: Vec<i64>,
-    pub bias: Option<Vec<i64>>,
-    pub quant: QuantParams,
-}
-
-impl PoolRouter {
-    /// Encoding width of the router's encrypted input of `d` features (its own first-stage
-    /// read, from the rows' worst-case range).
-    pub fn input_width(&self, d: usize) -> u32 {
-        let q = &self.quant;
-        let (lo, hi) = affine_range(
-            &self.weights,
-            self.bias.as_deref(),
-            d,
-            q.input_min(),
-            q.input_max(),
-        );
-        quant::read_width(lo, hi, q.message_bits)
-    }
-
-    /// The router over inputs of `d` features as the encrypted router tables take it: top-1
-    /// over `weights.len() / d` models.
-    pub fn spec(&self, d: usize) -> RouterSpec<'_> {
-        RouterSpec {
-            d,
-            experts: self.weights.len() / d.max(1),
-            top_k: 1,
-            gating: Gating::SoftmaxSelected,
-            weights: &self.weights,
-            bias: self.bias.as_deref(),
-            quant: &self.quant,
-            input_width: self.input_width(d),
-            partition_shift: 0,
-        }
-    }
-}
 
 /// Pool models and their router.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,15 +107,6 @@ pub fn place(choices: &[usize], caps: &PoolCapacities) -> Result<Vec<Placement>>
     Ok(out)
 }
 
-/// What the plaintext reference gives for one input.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PoolChoice {
-    /// The router's integer logits, one per model.
-    pub logits: Vec<i64>,
-    /// The chosen model (top logit, ties to the lowest index).
-    pub model: usize,
-}
-
 impl Pool {
     /// Checks every model, that they share their input and output shape, and the router's shape
     /// and weights. A pool read from a file is used only after this.
@@ -193,28 +142,11 @@ impl Pool {
             }
         }
         let r = &self.router;
-        r.quant.validate()?;
+        r.validate(m, first.features())?;
         if r.quant.message_bits != first.moe.quant.message_bits {
             return Err(config(format!(
                 "the pool router reads {} bits, its models {}",
                 r.quant.message_bits, first.moe.quant.message_bits
-            )));
-        }
-        let d = first.features();
-        if r.weights.len() != m * d || r.bias.as_ref().is_some_and(|b| b.len() != m) {
-            return Err(ModelError::Weights(format!(
-                "pool router: {} weights and {} biases for {m} models of {d} features",
-                r.weights.len(),
-                r.bias.as_ref().map_or(0, Vec::len)
-            )));
-        }
-        if r.weights
-            .iter()
-            .chain(r.bias.iter().flatten())
-            .any(|w| w.abs() > MAX_WEIGHT)
-        {
-            return Err(ModelError::Weights(format!(
-                "pool router: a weight is above {MAX_WEIGHT} in magnitude"
             )));
         }
         Ok(())
@@ -230,27 +162,20 @@ impl Pool {
         self.router.input_width(self.features())
     }
 
-    /// The router as the encrypted router tables take it: top-1 over the models.
-    pub fn router_spec(&self) -> RouterSpec<'_> {
-        self.router.spec(self.features())
-    }
-
     /// The router's choice for a quantized input (the plaintext reference of the encrypted
     /// routing; `rounding` as for the models).
     pub fn choose(&self, x_q: &[i64], rounding: &mut Rounding) -> PoolChoice {
-        let spec = self.router_spec();
-        let logits = spec.logits(&spec.accumulators(x_q), rounding);
-        let model = crate::math::argmax(&logits);
-        PoolChoice { logits, model }
+        self.router.choose(x_q, rounding)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::{ExpertCount, FfnKind, HiddenDim, ModelDim, MoeConfig, TopK};
+    use crate::arch::{ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig, TopK};
     use crate::classifier::InputQuantizer;
     use crate::quant::Activation;
+    use crate::quant::QuantParams;
     use crate::quantized::QuantizedMoe;
 
     fn classifier(h: usize, seed: u64) -> QuantizedClassifier {

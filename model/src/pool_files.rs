@@ -211,9 +211,9 @@ impl PoolFiles {
         })
     }
 
-    /// The pool quantized for `message_bits`-bit reads, calibrated on raw `calibration`
-    /// records (each model with the quantization it declares, the router's zero point on the
-    /// same records), checked as a whole, and its capacities.
+    /// The pool quantized for `message_bits`-bit reads, each model calibrated on raw
+    /// `calibration` records with the quantization it declares, checked as a whole, and its
+    /// capacities.
     pub fn quantize(
         &self,
         message_bits: u32,
@@ -229,11 +229,7 @@ impl PoolFiles {
                     .map_err(|err| config(format!("{origin}: model `{}`: {err}", e.name)))
             })
             .collect::<Result<Vec<_>>>()?;
-        let xs: Vec<Vec<i64>> = calibration
-            .iter()
-            .map(|r| models[0].quantize_input(r))
-            .collect::<Result<_>>()?;
-        let router = self.router.quantize(message_bits, &xs)?;
+        let router = self.router.quantize(message_bits)?;
         let pool = Pool { models, router };
         pool.validate()
             .map_err(|e| config(format!("{origin}: {e}")))?;

@@ -25,6 +25,7 @@ pub mod ffn;
 pub mod layer;
 pub mod pool;
 pub mod pool_batch;
+pub mod pool_router;
 pub mod router;
 pub mod session;
 pub mod simulate;

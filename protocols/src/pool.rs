@@ -5,7 +5,7 @@
 //! through, every other model's become encryptions of zero. The client decrypts the one-hot,
 //! then the chosen model's terms, and applies that model's head.
 //!
-//! Cost per input, all public: the router (M logit reads and the top-1 tournament), M circuit
+//! Cost per input, all public: the router's decision chain ([`crate::pool_router`]), M circuit
 //! bootstraps, every model's full layer, and one external product per value of every output
 //! term. It costs more than the largest model alone: per input, hiding the choice means
 //! running everything. Batches with public per-model capacities ([`crate::dispatch`]) are where a
@@ -17,7 +17,7 @@
 
 use crate::error::{config, session, Result};
 use crate::layer::{decrypt_terms, output_coefficients, MoeLayer};
-use crate::router::RouterTables;
+use crate::pool_router::PoolRouterTables;
 use crate::strategy::ExpertStrategy;
 use veilmoe_engine::{ClientKey, Encoding, Evaluator, LweVector, PackedGlwe, ValueRange};
 use veilmoe_model::pool::Pool;
@@ -25,7 +25,7 @@ use veilmoe_model::pool::Pool;
 /// A pool prepared for one server key.
 pub struct PoolLayer {
     pool: Pool,
-    router: RouterTables,
+    router: PoolRouterTables,
     layers: Vec<MoeLayer>,
 }
 
@@ -37,8 +37,8 @@ pub struct PoolInput {
 
 /// The encrypted result of one input.
 pub struct PoolOutput {
-    /// The router's logits (one per model).
-    pub logits: LweVector,
+    /// The router chain's bits `c_1 .. c_{M-1}` ([`veilmoe_model::pool_router`]).
+    pub decisions: LweVector,
     /// 1 at the chosen model.
     pub onehot: LweVector,
     /// Per model, its output terms `y = sum c * term` times its one-hot bit: zero except for the
@@ -49,7 +49,7 @@ pub struct PoolOutput {
 impl PoolLayer {
     pub fn new(ev: &Evaluator, pool: Pool) -> Result<PoolLayer> {
         pool.validate()?;
-        let router = RouterTables::from_spec(ev, &pool.router_spec())?;
+        let router = PoolRouterTables::new(ev, &pool)?;
         let layers = pool
             .models
             .iter()
@@ -70,7 +70,7 @@ impl PoolLayer {
         &self.layers
     }
 
-    /// The router on an input: its logits and the one-hot of the chosen model.
+    /// The router on an input: its chain's bits and the one-hot of the chosen model.
     pub(crate) fn choose(
         &self,
         ev: &Evaluator,
@@ -83,11 +83,8 @@ impl PoolLayer {
                 self.layers.len()
             )));
         }
-        ev.set_stage("pool-router");
-        let logits = self.router.logits(ev, &input.router)?;
-        ev.set_stage("pool-top-1");
-        let onehot = self.router.argmax_logits(ev, &logits)?.onehot;
-        Ok((logits, onehot))
+        let routing = self.router.route(ev, &input.router)?;
+        Ok((routing.decisions, routing.onehot))
     }
 
     /// Client side: a quantized input (the pool's shared input quantizer) encrypted for the
@@ -99,7 +96,7 @@ impl PoolLayer {
             .map(|l| l.encrypt(client, x))
             .collect::<Result<Vec<_>>>()?;
         let q = &self.pool.router.quant;
-        let width = self.pool.router_input_width();
+        let width = self.router.input_width();
         let router = client
             .encrypt_packed(x, Encoding::signed(width))?
             .with_range(ValueRange::new(q.input_min(), q.input_max())?)?;
@@ -114,7 +111,7 @@ impl PoolLayer {
         input: &PoolInput,
         strategy: &dyn ExpertStrategy,
     ) -> Result<PoolOutput> {
-        let (logits, onehot) = self.choose(ev, input)?;
+        let (decisions, onehot) = self.choose(ev, input)?;
         ev.set_stage("pool-ggsw");
         let bits = ev.circuit_bootstrap(&onehot)?;
         let mut terms = Vec::with_capacity(self.layers.len());
@@ -129,7 +126,7 @@ impl PoolLayer {
             );
         }
         Ok(PoolOutput {
-            logits,
+            decisions,
             onehot,
             terms,
         })
@@ -154,6 +151,14 @@ impl PoolOutput {
             )));
         }
         let m = chosen[0];
+        let decisions = client.decrypt_lwe(&self.decisions)?;
+        if decisions.len() + 1 != pool.models.len()
+            || veilmoe_model::pool_router::chain_winner(&decisions) != Some(m)
+        {
+            return Err(session(format!(
+                "a pool result's chain bits {decisions:?} do not choose its one-hot's model {m}"
+            )));
+        }
         let want = output_coefficients(&pool.models[m].moe);
         if self.terms[m].iter().map(|(c, _)| *c).ne(want) {
             return Err(session(format!(

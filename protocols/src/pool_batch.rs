@@ -38,8 +38,8 @@ pub struct PoolAnswer {
 
 /// The encrypted result of a pool batch.
 pub struct PoolBatchOutput {
-    /// Per input: the router's logits (for the client's own inspection).
-    pub logits: Vec<LweVector>,
+    /// Per input: the router chain's bits (for the client's own inspection).
+    pub decisions: Vec<LweVector>,
     /// Per global slot (each model's slots, then the fallback slots): the serving model's output
     /// terms `y = sum c * term`.
     pub slots: Vec<Vec<(i64, LweVector)>>,
@@ -60,11 +60,11 @@ impl PoolLayer {
     ) -> Result<PoolBatchOutput> {
         let m_count = self.pool().models.len();
         caps.validate(m_count, inputs.len())?;
-        let mut logits = Vec::with_capacity(inputs.len());
+        let mut decisions = Vec::with_capacity(inputs.len());
         let mut onehots = Vec::with_capacity(inputs.len());
         for x in inputs {
             let (l, o) = self.choose(ev, x)?;
-            logits.push(l);
+            decisions.push(l);
             onehots.push(o);
         }
         let chosen = dispatch(ev, &onehots, &caps.per_model)?;
@@ -112,7 +112,7 @@ impl PoolLayer {
             }
         }
         Ok(PoolBatchOutput {
-            logits,
+            decisions,
             slots: slots.into_iter().flatten().collect(),
             chosen_ids: chosen.slot_ids,
             fallback_ids: fallback.slot_ids,

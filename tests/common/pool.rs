@@ -6,9 +6,10 @@ use veilmoe::engine::{ClientKey, Evaluator, OpEvent, ServerKey};
 use veilmoe::model::capacity::Capacities;
 use veilmoe::model::pool::{place, Placement, PoolCapacities};
 use veilmoe::model::pool::{Pool, PoolRouter};
+use veilmoe::model::pool_router::chain_winner;
 use veilmoe::model::{
-    argmax, Activation, ExpertCount, FfnKind, Gating, HiddenDim, InputQuantizer, ModelDim,
-    MoeConfig, QuantParams, QuantizedClassifier, QuantizedMoe, Rounding, TopK,
+    Activation, ExpertCount, FfnKind, Gating, HiddenDim, InputQuantizer, ModelDim, MoeConfig,
+    QuantParams, QuantizedClassifier, QuantizedMoe, Rounding, TopK,
 };
 use veilmoe::protocols::layer::decrypt_terms;
 use veilmoe::protocols::pool::PoolLayer;
@@ -47,8 +48,9 @@ pub fn pool() -> Pool {
             classifier(4, 2, FfnKind::Plain(Activation::Silu), 2),
             classifier(4, 4, FfnKind::GatedSilu, 3),
         ],
-        // One feature per model, no bias: the router's reads are exact too (width 4), so the
-        // encrypted choice equals the reference's: model m scores feature m.
+        // One feature per model, no bias: model m scores feature m. The chain's sign reads
+        // take differences in [-15, 15] at width 6 (a step of 4): an input whose compared
+        // features differ by 0, 1 or 2 sits within a step of an edge, and tests avoid them.
         router: PoolRouter {
             weights: vec![1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0],
             bias: None,
@@ -57,25 +59,36 @@ pub fn pool() -> Pool {
     }
 }
 
-/// Runs `x` through the encrypted pool and checks it: the router's logits within one read step
-/// of the reference and its choice exact from them, the chosen model's output equal to its
-/// reference up to noise and off-by-one hidden reads, every other model's terms zero. Returns
-/// the chosen model.
+/// A random input whose router chain reads are all clear of their edges, so that the
+/// encrypted choice must equal the reference's.
+pub fn clear_input(pool: &Pool, rng: &mut super::Rng) -> Vec<i64> {
+    loop {
+        let x = rng.vec(D, -8, 7);
+        if pool.choose(&x, &mut Rounding::Exact).clear_of_edges {
+            return x;
+        }
+    }
+}
+
+/// Runs `x` (an input clear of the chain's edges) through the encrypted pool and checks it: the
+/// router chain's bits and choice equal the reference's, the chosen model's output equals its
+/// reference up to noise and off-by-one hidden reads, every other model's terms are zero.
+/// Returns the chosen model.
 pub fn check_pool_input(client: &ClientKey, ev: &Evaluator, layer: &PoolLayer, x: &[i64]) -> usize {
     let pool = layer.pool();
-    let spec = pool.router_spec();
     let x = x.to_vec();
+    let want = pool.choose(&x, &mut Rounding::Exact);
+    assert!(
+        want.clear_of_edges,
+        "test input {x:?} has a chain read within a read step of its edge: {want:?}"
+    );
     let out = layer
         .forward(ev, &layer.encrypt(client, &x).unwrap(), &Select)
         .unwrap();
-    // router: logits within one read step, the choice exact from them
-    let logits = client.decrypt_lwe(&out.logits).unwrap();
-    let exact = spec.logits(&spec.accumulators(&x), &mut Rounding::Exact);
-    for (a, b) in logits.iter().zip(&exact) {
-        assert!((a - b).abs() <= 1, "pool logit {a} vs reference {b}");
-    }
+    let decisions = client.decrypt_lwe(&out.decisions).unwrap();
+    assert_eq!(decisions, want.decisions, "router chain on {x:?}");
     let (m, y) = out.decrypt(client, pool).unwrap();
-    assert_eq!(m, argmax(&logits), "choice from logits {logits:?}");
+    assert_eq!(m, want.model, "choice on {x:?}");
     // the chosen model's output: its reference, up to noise and off-by-one hidden reads
     check_model_output(pool, m, &x, &y, &out.terms[m]);
     // every other model's terms: encryptions of zero
@@ -147,8 +160,8 @@ pub fn capacities() -> PoolCapacities {
     }
 }
 
-/// Runs one batch and checks it: placements equal the rule on the routing decrypted from the
-/// logits; every slot (empty ones hold input 0) equals its model's reference on its input; each
+/// Runs one batch and checks it: the routing decrypted from the chain bits equals the
+/// reference's (inputs clear of the chain's edges), placements equal the rule on it; every slot (empty ones hold input 0) equals its model's reference on its input; each
 /// input's answer is its slot's. Returns the placements and the operation trace.
 pub fn check_batch(
     client: &ClientKey,
@@ -165,10 +178,18 @@ pub fn check_batch(
         .collect();
     let out = layer.forward_batch(&ev, &inputs, &caps).unwrap();
     let choices: Vec<usize> = out
-        .logits
+        .decisions
         .iter()
-        .map(|l| argmax(&client.decrypt_lwe(l).unwrap()))
+        .map(|l| chain_winner(&client.decrypt_lwe(l).unwrap()).unwrap())
         .collect();
+    for (x, &c) in xs.iter().zip(&choices) {
+        let want = pool.choose(x, &mut Rounding::Exact);
+        assert!(
+            want.clear_of_edges,
+            "test input {x:?} is not clear: {want:?}"
+        );
+        assert_eq!(c, want.model, "choice on {x:?}");
+    }
     let want = place(&choices, &caps).unwrap();
     let got = out.decrypt_placements(client).unwrap();
     assert_eq!(got, want, "placements for choices {choices:?}");

@@ -260,7 +260,7 @@ fn expert_shells(first: &FirstStage, e: usize, h: usize, d: usize) -> Vec<Expert
 /// The logit zero point that places the 90th percentile of `tops` (each record's largest router
 /// read) at `logit_max`: logits clip at both ends, and only the top ones decide the routing.
 /// One rule for the MoE router and the pool router.
-pub(crate) fn placed_logit_zero_point(mut tops: Vec<i64>, logit_max: i64) -> i64 {
+fn placed_logit_zero_point(mut tops: Vec<i64>, logit_max: i64) -> i64 {
     tops.sort_unstable();
     let p = tops.get(tops.len() * 9 / 10).copied().unwrap_or(0);
     logit_max - p

@@ -59,7 +59,6 @@ mod second_stage;
 pub use accuracy::{
     evaluate_accuracy, float_accuracy, quantized_predictions, rounding_agreement, AccuracyReport,
 };
-pub(crate) use build::placed_logit_zero_point;
 pub(crate) use first_stage::center_router;
 pub use options::{QuantChoice, QuantizeOptions};
 pub use report::QuantizeReport;

@@ -9,22 +9,20 @@
 //! Models are ordered cheapest first: ties (the integer logits are coarse) go to the cheaper.
 //!
 //! Quantization: rows centred over the models (the argmax does not change, the L1 norms that
-//! set the read step shrink), integer weights with the largest at [`ROUTER_WEIGHT_TOP`], the
-//! read shift from the rows' worst-case range (as every first-stage read), and the logit zero
-//! point placed from the calibration records as the MoE router's is.
+//! set the encoding width shrink) and integer weights with the largest at
+//! [`ROUTER_WEIGHT_TOP`]; the chain of sign reads ([`crate::pool_router`]) needs nothing more.
 
 use crate::classifier::QuantizedClassifier;
 use crate::data::Dataset;
 use crate::error::{config, Result};
 use crate::pool::PoolRouter;
-use crate::quant::{read_width, round_shift, QuantParams};
-use crate::quantize::{center_router, placed_logit_zero_point};
-use crate::quantized::affine_range;
+use crate::quant::QuantParams;
+use crate::quantize::center_router;
 use crate::reference::Rounding;
 use ndarray::{Array1, Array2};
 
-/// Integer value of the router's largest weight: fine enough that rounding the weights moves
-/// a logit by far less than one read step (the read step follows the worst-case range).
+/// Integer value of the router's largest weight (the bias is on the same scale): fine enough
+/// that rounding the weights moves a score by far less than the sign reads' noise.
 pub const ROUTER_WEIGHT_TOP: f64 = 64.0;
 /// Ridge penalty per record of the utility regressions (on inputs of magnitude up to 8).
 const RIDGE_PER_RECORD: f64 = 1e-2;
@@ -170,63 +168,30 @@ impl FloatPoolRouter {
         crate::math::argmax(&(self.weights.dot(&x) + &self.bias).to_vec())
     }
 
-    /// The integer router for `message_bits`-bit reads, its logit zero point placed on the
-    /// quantized `calibration` inputs.
-    pub fn quantize(&self, message_bits: u32, calibration: &[Vec<i64>]) -> Result<PoolRouter> {
+    /// The integer router for `message_bits`-bit reads. Only the order of the scores matters
+    /// to the chain's sign reads, whose resolution is the read's noise, not its step: the
+    /// weights are rounded finely ([`ROUTER_WEIGHT_TOP`]) and nothing is calibrated.
+    pub fn quantize(&self, message_bits: u32) -> Result<PoolRouter> {
         let (w, b) = center_router(&self.weights, Some(&self.bias));
         let b = b.unwrap_or_else(|| Array1::zeros(self.models()));
-        let top = w
-            .iter()
-            .chain(b.iter())
-            .fold(0f64, |a, &v| a.max((v as f64).abs()));
+        // the weights set the scale; the bias (which holds `-lambda * cost` and can be far
+        // larger than any weight) takes the same scale in as many integer steps as it needs
+        let top = w.iter().fold(0f64, |a, &v| a.max((v as f64).abs()));
         if top == 0.0 || !top.is_finite() {
             return Err(config(
                 "the pool router's weights are all zero or not finite: it cannot choose",
             ));
         }
         let sigma = top / ROUTER_WEIGHT_TOP;
-        let weights: Vec<i64> = w
-            .iter()
-            .map(|&v| (v as f64 / sigma).round() as i64)
-            .collect();
-        let bias: Vec<i64> = b
-            .iter()
-            .map(|&v| (v as f64 / sigma).round() as i64)
-            .collect();
-        let mut quant = QuantParams::for_message_bits(message_bits);
-        let d = self.weights.ncols();
-        let (lo, hi) = affine_range(
-            &weights,
-            Some(&bias),
-            d,
-            quant.input_min(),
-            quant.input_max(),
-        );
-        let s = read_width(lo, hi, message_bits) - message_bits;
-        let tops: Vec<i64> = calibration
-            .iter()
-            .filter_map(|x| {
-                (0..self.models())
-                    .map(|m| {
-                        let acc: i64 = weights[m * d..(m + 1) * d]
-                            .iter()
-                            .zip(x)
-                            .map(|(a, b)| a * b)
-                            .sum::<i64>()
-                            + bias[m];
-                        round_shift(acc, s)
-                    })
-                    .max()
-            })
-            .collect();
-        quant.logit_zero_point = placed_logit_zero_point(tops, quant.logit_max());
-        quant.logit_scale = sigma * 2f64.powi(s as i32);
+        let round = |v: &f32| (*v as f64 / sigma).round() as i64;
+        let weights: Vec<i64> = w.iter().map(round).collect();
+        let bias: Vec<i64> = b.iter().map(round).collect();
         let router = PoolRouter {
             weights,
             bias: bias.iter().any(|&v| v != 0).then_some(bias),
-            quant,
+            quant: QuantParams::for_message_bits(message_bits),
         };
-        router.quant.validate()?;
+        router.validate(self.models(), self.weights.ncols())?;
         Ok(router)
     }
 }
@@ -252,7 +217,7 @@ mod tests {
     }
 
     #[test]
-    fn the_integer_router_keeps_the_float_choice_where_scores_are_apart() {
+    fn the_integer_router_keeps_the_float_choice() {
         let router = FloatPoolRouter {
             weights: Array2::from_shape_vec((3, 2), vec![1.0, 0.0, 0.0, 1.0, -1.0, -1.0]).unwrap(),
             bias: Array1::from(vec![0.0, 0.5, -0.5]),
@@ -260,18 +225,16 @@ mod tests {
         let calib: Vec<Vec<i64>> = (-8..8)
             .flat_map(|a| (-8..8).map(move |b| vec![a, b]))
             .collect();
-        let q = router.quantize(4, &calib).unwrap();
-        let spec = q.spec(2);
-        let pool_logits = |x: &[i64]| spec.logits(&spec.accumulators(x), &mut Rounding::Exact);
-        for x in [vec![7, -8], vec![-8, 7], vec![-8, -8]] {
-            let l = pool_logits(&x);
-            assert_eq!(crate::math::argmax(&l), router.choose(&x), "{x:?}: {l:?}");
+        let q = router.quantize(4).unwrap();
+        for x in calib.iter().filter(|x| x[0] % 2 == 0 && x[1] % 2 == 0) {
+            let c = q.choose(x, &mut Rounding::Exact);
+            assert_eq!(c.model, router.choose(x), "{x:?}: {c:?}");
         }
         assert!(FloatPoolRouter {
             weights: Array2::zeros((2, 2)),
             bias: Array1::zeros(2),
         }
-        .quantize(4, &calib)
+        .quantize(4)
         .is_err());
     }
 }

@@ -8,47 +8,66 @@
 //! no residual path (with it every shape lands at 95-96 % and a pool has nothing to trade).
 //! Costs are the models' first-stage reads per input (`E + 2 h`), a proxy of their PBS count.
 //!
-//! Usage: `cargo run --release -p veilmoe-tools --bin train_pool [-- --out DIR --lambda L]`
+//! Usage: `cargo run --release -p veilmoe-tools --bin train_pool [-- --out DIR --lambda L,...
+//! --caps 4,2,2+2 ...]`; `--from DIR` reuses a written pool's models and trains only routers.
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use std::path::PathBuf;
+use veilmoe_protocols::model::capacity::Capacities;
 use veilmoe_protocols::model::data::{digits_split, embedded_digits, Dataset};
 use veilmoe_protocols::model::math::argmax;
-use veilmoe_protocols::model::pool::{place, Placement, PoolCapacities};
+use veilmoe_protocols::model::pool::{place, Placement, Pool, PoolCapacities};
 use veilmoe_protocols::model::pool_files::{
     save_pool, CapacityConfig, PoolConfig, PoolFiles, PoolModelEntry,
 };
 use veilmoe_protocols::model::reference::Rounding;
 use veilmoe_protocols::model::train::pool_router::train_pool_router;
 use veilmoe_protocols::model::train::{train_digits, TrainOptions, TrainShape};
+use veilmoe_protocols::model::FloatMoeModel;
+use veilmoe_protocols::simulate::simulated_rounding;
+use veilmoe_protocols::engine::Preset;
 
 #[derive(Parser)]
 #[command(about = "Train a digits model pool and its cost-aware router (deterministic)")]
 struct Args {
-    /// Write the pool directory here.
+    /// Write the pool directory here (with the first `--lambda`).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Accuracy-cost trade-off (utility per unit of cost).
-    #[arg(long, default_value_t = 0.004)]
-    lambda: f64,
+    /// Take the pool models from this pool directory instead of training them (the router is
+    /// trained again).
+    #[arg(long)]
+    from: Option<PathBuf>,
+    /// Accuracy-cost trade-offs (utility per unit of cost), comma-separated: one router each.
+    #[arg(long, value_delimiter = ',', default_value = "0.004")]
+    lambda: Vec<f64>,
     /// Per model `experts:hidden`, cheapest first.
     #[arg(long, value_delimiter = ',', default_value = "1:4,1:8,4:16")]
     shapes: Vec<String>,
     /// Inputs per batch.
     #[arg(long, default_value_t = 8)]
     batch: usize,
-    /// Slots per model.
-    #[arg(long, value_delimiter = ',', default_value = "4,2,2")]
-    slots: Vec<usize>,
-    /// Fallback model (index) and its extra slots.
+    /// Slots per model and the fallback's extra slots, as `4,2,2+2`; repeat to compare several
+    /// (the first goes into the pool directory).
+    #[arg(long, default_value = "4,2,2+2")]
+    caps: Vec<String>,
+    /// Fallback model (index).
     #[arg(long, default_value_t = 1)]
     fallback: usize,
-    #[arg(long, default_value_t = 2)]
-    fallback_slots: usize,
 }
 
 const NAMES: [&str; 4] = ["tiny", "medium", "large", "xlarge"];
+
+/// `4,2,2+2`: slots per model, then the fallback's extra slots.
+fn parse_caps(s: &str) -> Result<(Vec<usize>, usize)> {
+    let (slots, extra) = s.split_once('+').unwrap_or((s, "0"));
+    let slots = slots
+        .split(',')
+        .map(|v| v.trim().parse::<usize>())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("--caps `{s}`: not `slots,...+fallback slots`"))?;
+    Ok((slots, extra.trim().parse()?))
+}
 
 fn main() -> Result<()> {
     let args = Args::parse();
@@ -57,13 +76,90 @@ fn main() -> Result<()> {
     let router_idx: Vec<usize> = (0..train.len()).filter(|i| i % 4 == 3).collect();
     let model_train = train.subset(&model_idx, "digits train (pool models)".into());
     let router_train = train.subset(&router_idx, "digits train (router)".into());
-    let mut shapes = Vec::new();
-    for s in &args.shapes {
-        let (e, h) = s
-            .split_once(':')
-            .with_context(|| format!("--shapes: `{s}` is not experts:hidden"))?;
-        shapes.push((e.parse::<usize>()?, h.parse::<usize>()?));
+    let caps_sets = args
+        .caps
+        .iter()
+        .map(|c| parse_caps(c))
+        .collect::<Result<Vec<_>>>()?;
+    anyhow::ensure!(!args.lambda.is_empty(), "--lambda: at least one value");
+    let (floats, entries) = match &args.from {
+        Some(dir) => {
+            let files = PoolFiles::load(dir)?;
+            (files.models, files.config.models)
+        }
+        None => train_models(&args.shapes, &model_train, &test)?,
+    };
+    let quantized: Vec<_> = floats
+        .iter()
+        .map(|m| veilmoe_protocols::model::quantize::quantize(m, 4, &train.features))
+        .collect::<Result<_, _>>()?;
+    for (li, &lambda) in args.lambda.iter().enumerate() {
+        let (slots, fallback_slots) = caps_sets[0].clone();
+        let config = PoolConfig {
+            lambda,
+            router: "router.safetensors".into(),
+            models: entries.clone(),
+            capacities: CapacityConfig {
+                batch: args.batch,
+                slots,
+                fallback: entries[args.fallback.min(entries.len() - 1)].name.clone(),
+                fallback_slots,
+            },
+        };
+        let router = train_pool_router(&quantized, &config.costs(), lambda, &router_train)?;
+        let dir = match (&args.out, li) {
+            (Some(out), 0) => out.clone(),
+            _ => std::env::temp_dir().join(format!("veilmoe-train-pool-{}", std::process::id())),
+        };
+        std::fs::create_dir_all(&dir)?;
+        save_pool(&dir, &config, &floats, &router)?;
+        let files = PoolFiles::load(&dir)?;
+        let (pool, caps) = files.quantize(4, &train.features)?;
+        println!("lambda {lambda}:");
+        report(&pool, &test)?;
+        for (slots, extra) in &caps_sets {
+            let caps = PoolCapacities {
+                per_model: Capacities::new(slots.clone())?,
+                fallback_slots: *extra,
+                ..caps.clone()
+            };
+            batch_report(&pool, &caps, &test, args.batch)?;
+        }
+        // where the routing loses: the float router's choices on the same quantized inputs
+        // and the encrypted router's, simulated with `default`'s read noise
+        let mut noisy = simulated_rounding(&Preset::load("default", false)?, 4, 7);
+        let mut float_chosen = vec![0; pool.models.len()];
+        let (mut agree, mut agree_noisy, mut float_right) = (0, 0, 0);
+        for (r, &label) in test.features.iter().zip(&test.labels) {
+            let x = pool.models[0].quantize_input(r)?;
+            let f = files.router.choose(&x);
+            float_chosen[f] += 1;
+            agree += (f == pool.choose(&x, &mut Rounding::Exact).model) as usize;
+            agree_noisy += (f == pool.choose(&x, &mut noisy).model) as usize;
+            float_right += (argmax(&pool.models[f].reference_outputs(r, &mut Rounding::Exact)?)
+                == label) as usize;
+        }
+        println!(
+            "  float router: choices {float_chosen:?}, per-input routing {:.2} %; the integer \
+             router agrees on {agree}/{} exactly, {agree_noisy} with `default`'s read noise",
+            100.0 * float_right as f64 / test.len() as f64,
+            test.len()
+        );
+        if args.out.is_some() && li == 0 {
+            println!("  wrote {}", dir.display());
+        } else {
+            std::fs::remove_dir_all(&dir)?;
+        }
     }
+    Ok(())
+}
+
+/// Trains one pool model per `experts:hidden` shape (no residual path).
+fn train_models(
+    shapes: &[String],
+    model_train: &Dataset,
+    test: &Dataset,
+) -> Result<(Vec<FloatMoeModel>, Vec<PoolModelEntry>)> {
     anyhow::ensure!(
         !shapes.is_empty() && shapes.len() <= NAMES.len(),
         "--shapes: 1 to {} models",
@@ -71,7 +167,11 @@ fn main() -> Result<()> {
     );
     let mut floats = Vec::new();
     let mut entries = Vec::new();
-    for (i, &(experts, hidden)) in shapes.iter().enumerate() {
+    for (i, s) in shapes.iter().enumerate() {
+        let (e, h) = s
+            .split_once(':')
+            .with_context(|| format!("--shapes: `{s}` is not experts:hidden"))?;
+        let (experts, hidden) = (e.parse::<usize>()?, h.parse::<usize>()?);
         let opts = TrainOptions {
             shape: TrainShape {
                 experts,
@@ -84,7 +184,7 @@ fn main() -> Result<()> {
             w2_l1_budget: 12,
             ..TrainOptions::default()
         };
-        let t = train_digits(&opts, &model_train, &test, &mut |_| {})?;
+        let t = train_digits(&opts, model_train, test, &mut |_| {})?;
         println!("model {} (E={experts}, h={hidden}): {}", NAMES[i], t.exact);
         floats.push(t.model);
         entries.push(PoolModelEntry {
@@ -93,62 +193,11 @@ fn main() -> Result<()> {
             cost: (experts + 2 * hidden) as f64,
         });
     }
-    let config = PoolConfig {
-        lambda: args.lambda,
-        router: "router.safetensors".into(),
-        models: entries,
-        capacities: CapacityConfig {
-            batch: args.batch,
-            slots: args.slots.clone(),
-            fallback: NAMES[args.fallback.min(shapes.len() - 1)].into(),
-            fallback_slots: args.fallback_slots,
-        },
-    };
-    let quantized: Vec<_> = floats
-        .iter()
-        .map(|m| veilmoe_protocols::model::quantize::quantize(m, 4, &train.features))
-        .collect::<Result<_, _>>()?;
-    let router = train_pool_router(&quantized, &config.costs(), args.lambda, &router_train)?;
-    let dir = args
-        .out
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join("veilmoe-train-pool"));
-    std::fs::create_dir_all(&dir)?;
-    save_pool(&dir, &config, &floats, &router)?;
-    let files = PoolFiles::load(&dir)?;
-    let (pool, caps) = files.quantize(4, &train.features)?;
-    report(&pool, &caps, &test, args.batch)?;
-    // where the routing loses: the float router's choices on the same quantized inputs
-    let mut float_chosen = vec![0; pool.models.len()];
-    let mut agree = 0;
-    for r in &test.features {
-        let x = pool.models[0].quantize_input(r)?;
-        let f = files.router.choose(&x);
-        float_chosen[f] += 1;
-        agree += (f == pool.choose(&x, &mut Rounding::Exact).model) as usize;
-    }
-    println!(
-        "float router: choices {float_chosen:?}; the integer router agrees on {agree}/{}",
-        test.len()
-    );
-    if args.out.is_none() {
-        std::fs::remove_dir_all(&dir)?;
-    } else {
-        println!("wrote {}", dir.display());
-    }
-    Ok(())
+    Ok((floats, entries))
 }
 
-/// Plaintext-reference accuracy on `test`: each model alone, per-input routing, and batches.
-fn report(
-    pool: &veilmoe_protocols::model::pool::Pool,
-    caps: &PoolCapacities,
-    test: &Dataset,
-    batch: usize,
-) -> Result<()> {
-    let n = test.len();
-    let preds: Vec<Vec<usize>> = pool
-        .models
+fn predictions(pool: &Pool, test: &Dataset) -> Result<Vec<Vec<usize>>> {
+    pool.models
         .iter()
         .map(|m| {
             test.features
@@ -156,27 +205,48 @@ fn report(
                 .map(|r| Ok(argmax(&m.reference_outputs(r, &mut Rounding::Exact)?)))
                 .collect::<Result<Vec<_>>>()
         })
-        .collect::<Result<_>>()?;
-    let choices: Vec<usize> = test
-        .features
+        .collect()
+}
+
+fn choices(pool: &Pool, test: &Dataset) -> Result<Vec<usize>> {
+    test.features
         .iter()
         .map(|r| {
             Ok(pool
                 .choose(&pool.models[0].quantize_input(r)?, &mut Rounding::Exact)
                 .model)
         })
-        .collect::<Result<_>>()?;
+        .collect()
+}
+
+/// Plaintext-reference accuracy on `test` of each model alone and of per-input routing.
+fn report(pool: &Pool, test: &Dataset) -> Result<()> {
+    let n = test.len();
+    let preds = predictions(pool, test)?;
+    let choices = choices(pool, test)?;
     let acc = |right: usize| 100.0 * right as f64 / n as f64;
     for (m, p) in preds.iter().enumerate() {
         let right = (0..n).filter(|&i| p[i] == test.labels[i]).count();
-        println!("alone {m}: {:.2} %", acc(right));
+        println!("  alone {m}: {:.2} %", acc(right));
     }
     let mut chosen = vec![0; pool.models.len()];
     choices.iter().for_each(|&c| chosen[c] += 1);
     let right = (0..n)
         .filter(|&i| preds[choices[i]][i] == test.labels[i])
         .count();
-    println!("per-input routing: {:.2} %, choices {chosen:?}", acc(right));
+    println!(
+        "  per-input routing: {:.2} %, choices {chosen:?}",
+        acc(right)
+    );
+    Ok(())
+}
+
+/// Plaintext-reference accuracy on `test` of batches of `batch` under `caps`.
+fn batch_report(pool: &Pool, caps: &PoolCapacities, test: &Dataset, batch: usize) -> Result<()> {
+    let n = test.len();
+    let preds = predictions(pool, test)?;
+    let choices = choices(pool, test)?;
+    let acc = |right: usize| 100.0 * right as f64 / n as f64;
     let (mut right, mut fallback, mut dropped) = (0, 0, 0);
     for start in (0..n).step_by(batch) {
         let idx: Vec<usize> = (start..(start + batch).min(n)).collect();
@@ -197,7 +267,7 @@ fn report(
         }
     }
     println!(
-        "batch mode (T = {batch}, slots {:?}, fallback {} x {}): {:.2} %, {fallback} fallback, {dropped} dropped (counted wrong)",
+        "  batch mode (T = {batch}, slots {:?}, fallback {} x {}): {:.2} %, {fallback} fallback, {dropped} dropped (counted wrong)",
         caps.per_model.per_destination(),
         caps.fallback_model,
         caps.fallback_slots,
