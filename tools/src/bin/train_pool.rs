@@ -14,10 +14,12 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use std::path::PathBuf;
+use veilmoe_protocols::engine::Preset;
 use veilmoe_protocols::model::capacity::Capacities;
 use veilmoe_protocols::model::data::{digits_split, embedded_digits, Dataset};
 use veilmoe_protocols::model::math::argmax;
 use veilmoe_protocols::model::pool::{place, Placement, Pool, PoolCapacities};
+use veilmoe_protocols::model::pool_capacity::plan_capacities;
 use veilmoe_protocols::model::pool_files::{
     save_pool, CapacityConfig, PoolConfig, PoolFiles, PoolModelEntry,
 };
@@ -26,7 +28,6 @@ use veilmoe_protocols::model::train::pool_router::train_pool_router;
 use veilmoe_protocols::model::train::{train_digits, TrainOptions, TrainShape};
 use veilmoe_protocols::model::FloatMoeModel;
 use veilmoe_protocols::simulate::simulated_rounding;
-use veilmoe_protocols::engine::Preset;
 
 #[derive(Parser)]
 #[command(about = "Train a digits model pool and its cost-aware router (deterministic)")]
@@ -54,6 +55,14 @@ struct Args {
     /// Fallback model (index).
     #[arg(long, default_value_t = 1)]
     fallback: usize,
+    /// Also plan capacities from the router's choices on its own (calibration) records for
+    /// this overflow rate (inputs not answered by their chosen model); the plan goes into the
+    /// pool directory instead of the first `--caps`.
+    #[arg(long)]
+    overflow: Option<f64>,
+    /// The plan's drop rate (inputs answered by no model).
+    #[arg(long, default_value_t = 0.001)]
+    max_drop: f64,
 }
 
 const NAMES: [&str; 4] = ["tiny", "medium", "large", "xlarge"];
@@ -95,7 +104,7 @@ fn main() -> Result<()> {
         .collect::<Result<_, _>>()?;
     for (li, &lambda) in args.lambda.iter().enumerate() {
         let (slots, fallback_slots) = caps_sets[0].clone();
-        let config = PoolConfig {
+        let mut config = PoolConfig {
             lambda,
             router: "router.safetensors".into(),
             models: entries.clone(),
@@ -107,6 +116,33 @@ fn main() -> Result<()> {
             },
         };
         let router = train_pool_router(&quantized, &config.costs(), lambda, &router_train)?;
+        let plan = match args.overflow {
+            Some(rate) => {
+                let integer = router.quantize(4)?;
+                let choices = router_train
+                    .features
+                    .iter()
+                    .map(|r| {
+                        let x = quantized[0].quantize_input(r)?;
+                        Ok(integer.choose(&x, &mut Rounding::Exact).model)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let fallback = args.fallback.min(entries.len() - 1);
+                let plan = plan_capacities(
+                    &choices,
+                    &config.costs(),
+                    args.batch,
+                    fallback,
+                    rate,
+                    args.max_drop,
+                    11,
+                )?;
+                config.capacities.slots = plan.capacities.per_model.per_destination().to_vec();
+                config.capacities.fallback_slots = plan.capacities.fallback_slots;
+                Some(plan)
+            }
+            None => None,
+        };
         let dir = match (&args.out, li) {
             (Some(out), 0) => out.clone(),
             _ => std::env::temp_dir().join(format!("veilmoe-train-pool-{}", std::process::id())),
@@ -117,6 +153,19 @@ fn main() -> Result<()> {
         let (pool, caps) = files.quantize(4, &train.features)?;
         println!("lambda {lambda}:");
         report(&pool, &test)?;
+        if let Some(plan) = &plan {
+            println!(
+                "  planned on the router's records: slots {:?} + {} fallback, overflow {:.3}, \
+                 dropped {:.4}, cost per input {:.1} (always-largest {:.1})",
+                plan.capacities.per_model.per_destination(),
+                plan.capacities.fallback_slots,
+                plan.overflow,
+                plan.dropped,
+                plan.cost_per_input,
+                config.costs().last().copied().unwrap_or(0.0)
+            );
+            batch_report(&pool, &plan.capacities, &test, args.batch)?;
+        }
         for (slots, extra) in &caps_sets {
             let caps = PoolCapacities {
                 per_model: Capacities::new(slots.clone())?,
