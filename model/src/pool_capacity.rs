@@ -115,13 +115,13 @@ pub fn plan_capacities(
     let (mut over, _) = rates(&batches, &caps)?;
     while over > max_overflow {
         let mut best: Option<(f64, PoolCapacities, f64)> = None;
-        for m in 0..models {
+        for (m, &cost_m) in costs.iter().enumerate() {
             if caps.per_model.per_destination()[m] >= batch {
                 continue;
             }
             let next = with_slot(&caps, m)?;
             let (o, _) = rates(&batches, &next)?;
-            let gain = (over - o) / costs[m];
+            let gain = (over - o) / cost_m;
             if best.as_ref().is_none_or(|(g, _, _)| gain > *g) {
                 best = Some((gain, next, o));
             }
