@@ -6,10 +6,12 @@
 
 mod common;
 
-use common::pool::{check_batch, check_pool_input, clear_input, pool, D};
+use common::pool::{check_batch, check_batch_with, check_pool_input, clear_input, pool, D};
 use common::{test_keys, Rng};
 use veilmoe::engine::Evaluator;
+use veilmoe::model::capacity::Capacities;
 use veilmoe::model::pool::Placement;
+use veilmoe::model::pool::PoolCapacities;
 use veilmoe::model::Rounding;
 use veilmoe::protocols::pool::PoolLayer;
 use veilmoe::protocols::Select;
@@ -122,4 +124,27 @@ fn pool_batches_follow_the_placement_rule_obliviously() {
     for t in &traces[1..] {
         assert_eq!(t, &traces[0], "the trace differs between batches");
     }
+}
+
+/// Capacities far above the batch (as a plan for a low overflow rate gives): each entry's
+/// overflow flag stays a sum of one AND per model, so its noise does not grow with the slots
+/// (the sum of every threshold crossing it once was exceeded the PBS budget at 13 slots).
+#[test]
+fn generous_capacities_keep_the_overflow_flags_within_the_budget() {
+    let keys = test_keys();
+    let layer = PoolLayer::new(&Evaluator::new(&keys.server), pool()).unwrap();
+    let mut rng = Rng::new(34);
+    let xs: Vec<Vec<i64>> = (0..8).map(|_| clear_input(&pool(), &mut rng)).collect();
+    let caps = PoolCapacities {
+        per_model: Capacities::new(vec![4, 6, 3]).unwrap(),
+        fallback_model: 1,
+        fallback_slots: 2,
+    };
+    let (placements, ..) = check_batch_with(&keys.client, &keys.server, &layer, &xs, &caps);
+    assert!(
+        placements
+            .iter()
+            .all(|p| matches!(p, Placement::Chosen(_) | Placement::Fallback(_))),
+        "{placements:?}"
+    );
 }

@@ -24,7 +24,8 @@
 //! Cost per batch (`C` = total slots, `L = ceil(log2 N)`), all public:
 //! - PBS: one per threshold that can be non-zero, `sum_e sum_(j=1..C_e) max(0, N - j + 1)`, plus
 //!   one clamp `min(Q, C_e)` per destination each time a running count would outgrow the
-//!   `m`-bit read (never for `N < 2^m`);
+//!   `m`-bit read (never for `N < 2^m`), plus one overflow AND per entry and destination that
+//!   can overflow, `sum_(e: C_e > 0) max(0, N - C_e)`;
 //! - circuit bootstraps: `C * L` (the sources' bits);
 //! - CMUX: `C * (2^L - 1)` per GLWE of a destination's packed first-stage products;
 //! - the counts, sources and slot ids are leveled sums of PBS outputs.
@@ -43,8 +44,8 @@ pub struct Dispatch {
     /// Per entry: the bits of its global slot + 1 (least significant first; all 0 when the
     /// entry overflowed), for the client.
     pub slot_ids: Vec<LweVector>,
-    /// Per entry: 1 when it chose a destination and found no free slot (leveled: the sum of its
-    /// choice minus the sum of its threshold crossings; a fallback round reads it again).
+    /// Per entry: 1 when it chose a destination and found no free slot (a sum of at most one
+    /// AND per destination; a fallback round reads it again).
     pub overflow: Vec<LweVector>,
 }
 
@@ -186,25 +187,27 @@ pub fn dispatch(ev: &Evaluator, choices: &[LweVector], caps: &Capacities) -> Res
         slot_ids.push(LweVector::concat(&refs)?);
     }
 
-    // Overflow flags: chose something, placed nowhere.
+    // Overflow flags: entry t overflows at e when it chose e and the count had already reached
+    // C_e before it (r_te AND th_(t-1)e(C_e), one PBS); at a destination without slots, when it
+    // chose it. A sum of at most E bits, so its noise does not grow with the capacities.
+    ev.set_stage("dispatch-overflow");
+    let and = Lut::univariate(p, bit, bit, |u| (u >= 2) as i64)?;
     let mut overflow = Vec::with_capacity(n);
     for (t, choice) in choices.iter().enumerate() {
-        let mut parts = (0..caps.destinations())
-            .map(|e| Ok(choice.slice(e..e + 1)?))
-            .collect::<Result<Vec<_>>>()?;
-        let mut coeffs = vec![1; parts.len()];
+        let mut parts = vec![zero.clone()];
         for (e, &c) in caps.per_destination().iter().enumerate() {
-            for s in 0..c {
-                parts.push(th(e, s, t)?);
-                coeffs.push(-1);
-                if t > 0 {
-                    parts.push(th(e, s, t - 1)?);
-                    coeffs.push(1);
-                }
+            let r = choice.slice(e..e + 1)?;
+            if c == 0 {
+                parts.push(r);
+            } else if t >= c {
+                // th_(t-1)e(c) can be 1 only when t - 1 >= c - 1
+                let u = ev.linear_combination(&[&r, &th(e, c - 1, t - 1)?], &[1, 1], bit)?;
+                parts.push(ev.pbs(&u, &and)?);
             }
         }
         let refs: Vec<&LweVector> = parts.iter().collect();
-        overflow.push(ev.linear_combination_within(&refs, &coeffs, bit, within)?);
+        let ones = vec![1; refs.len()];
+        overflow.push(ev.linear_combination_within(&refs, &ones, bit, within)?);
     }
     Ok(Dispatch {
         sources,

@@ -169,9 +169,20 @@ pub fn check_batch(
     layer: &PoolLayer,
     xs: &[Vec<i64>],
 ) -> (Vec<Placement>, Vec<OpEvent>, usize, usize) {
+    check_batch_with(client, server, layer, xs, &capacities())
+}
+
+/// [`check_batch`] under other capacities.
+pub fn check_batch_with(
+    client: &ClientKey,
+    server: &ServerKey,
+    layer: &PoolLayer,
+    xs: &[Vec<i64>],
+    caps: &PoolCapacities,
+) -> (Vec<Placement>, Vec<OpEvent>, usize, usize) {
     let ev = Evaluator::new(server);
     let pool = layer.pool();
-    let caps = capacities();
+    let caps = caps.clone();
     let inputs: Vec<_> = xs
         .iter()
         .map(|x| layer.encrypt(client, x).unwrap())
