@@ -31,6 +31,7 @@ pub mod fidelity;
 pub mod math;
 pub mod model_file;
 pub mod pool;
+pub mod pool_accuracy;
 pub mod pool_capacity;
 pub mod pool_files;
 pub mod pool_router;

@@ -3,8 +3,12 @@
 //! the per-input oblivious mode (every model runs) and batches with public per-model capacities.
 //!
 //! Under FHE the batch's time depends only on the public capacities, never on where the router
-//! sends the inputs: so the time side of the comparison is measured here on a pool of random
-//! models of the given shapes (`--hidden`, `--experts`), while accuracy needs a trained pool.
+//! sends the inputs: so the time side can be measured on a pool of random models of the given
+//! shapes (`--hidden`, `--experts`). With `--pool DIR` (a directory `train_pool` writes) the
+//! trained pool runs on digits test records under its own capacities, and the report adds the
+//! accuracy of the largest model alone, of per-input routing and of the batch mode on the whole
+//! test split, from the plaintext reference the encrypted pool equals: time and accuracy from
+//! one run.
 
 use super::moe::{ops_of, ops_per_stage};
 use super::primitives::BenchError;
@@ -15,6 +19,9 @@ use std::time::Instant;
 use veilmoe_engine::{ClientKey, Evaluator, Preset};
 use veilmoe_model::capacity::Capacities;
 use veilmoe_model::pool::{Pool, PoolCapacities, PoolRouter};
+use veilmoe_model::pool_accuracy::{pool_accuracy, PoolAccuracy};
+use veilmoe_model::pool_files::PoolFiles;
+use veilmoe_model::{digits_split, embedded_digits};
 use veilmoe_model::{
     ExpertCount, FfnKind, Gating, HiddenDim, InputQuantizer, ModelDim, MoeConfig, QuantParams,
     QuantizedClassifier, QuantizedMoe, TopK,
@@ -24,6 +31,8 @@ use veilmoe_protocols::{MoeLayer, Select};
 
 /// What to measure.
 pub struct RouteBench {
+    /// A trained pool directory: its models, router and capacities replace the shapes below.
+    pub pool_dir: Option<std::path::PathBuf>,
     pub d: usize,
     /// Per pool model: hidden size and experts (gated SiLU, top-1), smallest first.
     pub hidden: Vec<usize>,
@@ -38,6 +47,10 @@ pub struct RouteBench {
 #[derive(Serialize)]
 pub struct RouteReport {
     pub preset: String,
+    /// The trained pool measured (`None`: random models of the shapes).
+    pub pool_dir: Option<String>,
+    /// Accuracy on the digits test split (trained pools only).
+    pub accuracy: Option<PoolAccuracy>,
     pub machine: String,
     pub threads: usize,
     pub d: usize,
@@ -127,24 +140,37 @@ pub fn run_route(
     b: &RouteBench,
     progress: &mut dyn FnMut(&str),
 ) -> Result<RouteReport, BenchError> {
-    let quant = QuantParams::for_message_bits(preset.message_bits);
-    let pool = random_pool(b, quant);
-    pool.validate().map_err(err)?;
-    let caps = PoolCapacities {
-        per_model: Capacities::new(b.capacities.clone()).map_err(err)?,
-        fallback_model: b.fallback_model,
-        fallback_slots: b.fallback_slots,
+    let (pool, caps, inputs, accuracy) = match &b.pool_dir {
+        Some(dir) => trained_pool(preset, dir, b)?,
+        None => {
+            let pool = random_pool(b, QuantParams::for_message_bits(preset.message_bits));
+            let caps = PoolCapacities {
+                per_model: Capacities::new(b.capacities.clone()).map_err(err)?,
+                fallback_model: b.fallback_model,
+                fallback_slots: b.fallback_slots,
+            };
+            let inputs = (0..b.runs * b.batch)
+                .map(|i| {
+                    (0..b.d)
+                        .map(|f| ((f * 7 + i * 3) % 16) as i64 - 8)
+                        .collect()
+                })
+                .collect();
+            (pool, caps, inputs, None)
+        }
     };
-    caps.validate(pool.models.len(), b.batch).map_err(err)?;
+    pool.validate().map_err(err)?;
+    // a trained pool's batch is its pool.toml's
+    let batch = accuracy
+        .as_ref()
+        .and_then(|a| a.batch.as_ref())
+        .map_or(b.batch, |a| a.batch);
+    caps.validate(pool.models.len(), batch).map_err(err)?;
     progress("generating keys");
     let client = ClientKey::generate(preset);
     let server = client.server_key();
     let layer = PoolLayer::new(&Evaluator::new(&server), pool.clone()).map_err(err)?;
-    let input = |r: usize, t: usize| -> Vec<i64> {
-        (0..b.d)
-            .map(|i| ((i * 7 + r * 3 + t * 5) % 16) as i64 - 8)
-            .collect()
-    };
+    let input = |r: usize, t: usize| -> Vec<i64> { inputs[(r * batch + t) % inputs.len()].clone() };
     let time = |f: &mut dyn FnMut() -> Result<(), BenchError>| -> Result<f64, BenchError> {
         let start = Instant::now();
         f()?;
@@ -181,7 +207,7 @@ pub fn run_route(
     let mut batch_runs = Vec::new();
     let (mut ops, mut per_stage, mut stages) = (BTreeMap::new(), BTreeMap::new(), Vec::new());
     for r in 0..b.runs {
-        let xs = (0..b.batch)
+        let xs = (0..batch)
             .map(|t| layer.encrypt(&client, &input(r, t)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(err)?;
@@ -190,25 +216,30 @@ pub fn run_route(
             layer.forward_batch(&ev, &xs, &caps).map_err(err)?;
             Ok(())
         })?;
-        batch_runs.push(ms / b.batch as f64);
+        batch_runs.push(ms / batch as f64);
         ops = ops_of(&ev);
         per_stage = ops_per_stage(&ev);
         stages.push(ev.ops().stage_ms());
     }
     let (batch_ms, at) = median_run(&batch_runs);
-    progress(&format!("batch of {}: {batch_ms:.0} ms/input", b.batch));
+    progress(&format!("batch of {batch}: {batch_ms:.0} ms/input"));
     let largest = model_ms.last().copied().unwrap_or(0.0);
+    let shapes = |f: &dyn Fn(&veilmoe_model::QuantizedClassifier) -> usize| {
+        pool.models.iter().map(f).collect::<Vec<_>>()
+    };
     Ok(RouteReport {
         preset: preset.name.clone(),
+        pool_dir: b.pool_dir.as_ref().map(|d| d.display().to_string()),
+        accuracy,
         machine: machine_name(),
         threads: rayon::current_num_threads(),
-        d: b.d,
-        hidden: b.hidden.clone(),
-        experts: b.experts.clone(),
-        batch: b.batch,
-        capacities: b.capacities.clone(),
-        fallback_model: b.fallback_model,
-        fallback_slots: b.fallback_slots,
+        d: pool.features(),
+        hidden: shapes(&|c| c.moe.config.h.0),
+        experts: shapes(&|c| c.moe.config.experts.0),
+        batch,
+        capacities: caps.per_model.per_destination().to_vec(),
+        fallback_model: caps.fallback_model,
+        fallback_slots: caps.fallback_slots,
         per_input_over_largest: per_input_ms / largest,
         largest_over_batch: largest / batch_ms,
         model_ms,
@@ -219,4 +250,28 @@ pub fn run_route(
         batch_ops_per_stage: per_stage,
         batch_stage_ms: stages.get(at).cloned().unwrap_or_default(),
     })
+}
+
+/// A trained pool from its directory, quantized on the digits training split, its
+/// capacities, the quantized test records to time on, and its accuracy on the test split.
+fn trained_pool(
+    preset: &Preset,
+    dir: &std::path::Path,
+    b: &RouteBench,
+) -> Result<(Pool, PoolCapacities, Vec<Vec<i64>>, Option<PoolAccuracy>), BenchError> {
+    let files = PoolFiles::load(dir).map_err(err)?;
+    let (train, test) = digits_split(&embedded_digits().map_err(err)?);
+    let (pool, caps) = files
+        .quantize(preset.message_bits, &train.features)
+        .map_err(err)?;
+    let batch = files.config.capacities.batch;
+    let accuracy = pool_accuracy(&pool, &test, Some((&caps, batch))).map_err(err)?;
+    let inputs = test
+        .features
+        .iter()
+        .take((b.runs * batch).max(1))
+        .map(|r| pool.models[0].quantize_input(r))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    Ok((pool, caps, inputs, Some(accuracy)))
 }

@@ -18,7 +18,8 @@ use veilmoe_protocols::engine::Preset;
 use veilmoe_protocols::model::capacity::Capacities;
 use veilmoe_protocols::model::data::{digits_split, embedded_digits, Dataset};
 use veilmoe_protocols::model::math::argmax;
-use veilmoe_protocols::model::pool::{place, Placement, Pool, PoolCapacities};
+use veilmoe_protocols::model::pool::{Pool, PoolCapacities};
+use veilmoe_protocols::model::pool_accuracy::pool_accuracy;
 use veilmoe_protocols::model::pool_capacity::plan_capacities;
 use veilmoe_protocols::model::pool_files::{
     save_pool, CapacityConfig, PoolConfig, PoolFiles, PoolModelEntry,
@@ -245,82 +246,32 @@ fn train_models(
     Ok((floats, entries))
 }
 
-fn predictions(pool: &Pool, test: &Dataset) -> Result<Vec<Vec<usize>>> {
-    pool.models
-        .iter()
-        .map(|m| {
-            test.features
-                .iter()
-                .map(|r| Ok(argmax(&m.reference_outputs(r, &mut Rounding::Exact)?)))
-                .collect::<Result<Vec<_>>>()
-        })
-        .collect()
-}
-
-fn choices(pool: &Pool, test: &Dataset) -> Result<Vec<usize>> {
-    test.features
-        .iter()
-        .map(|r| {
-            Ok(pool
-                .choose(&pool.models[0].quantize_input(r)?, &mut Rounding::Exact)
-                .model)
-        })
-        .collect()
-}
-
-/// Plaintext-reference accuracy on `test` of each model alone and of per-input routing.
+/// Prints each model alone and per-input routing.
 fn report(pool: &Pool, test: &Dataset) -> Result<()> {
-    let n = test.len();
-    let preds = predictions(pool, test)?;
-    let choices = choices(pool, test)?;
-    let acc = |right: usize| 100.0 * right as f64 / n as f64;
-    for (m, p) in preds.iter().enumerate() {
-        let right = (0..n).filter(|&i| p[i] == test.labels[i]).count();
-        println!("  alone {m}: {:.2} %", acc(right));
+    let a = pool_accuracy(pool, test, None)?;
+    for (m, acc) in a.alone.iter().enumerate() {
+        println!("  alone {m}: {acc:.2} %");
     }
-    let mut chosen = vec![0; pool.models.len()];
-    choices.iter().for_each(|&c| chosen[c] += 1);
-    let right = (0..n)
-        .filter(|&i| preds[choices[i]][i] == test.labels[i])
-        .count();
     println!(
-        "  per-input routing: {:.2} %, choices {chosen:?}",
-        acc(right)
+        "  per-input routing: {:.2} %, choices {:?}",
+        a.per_input, a.choices
     );
     Ok(())
 }
 
-/// Plaintext-reference accuracy on `test` of batches of `batch` under `caps`.
+/// Prints the batch mode under `caps`.
 fn batch_report(pool: &Pool, caps: &PoolCapacities, test: &Dataset, batch: usize) -> Result<()> {
-    let n = test.len();
-    let preds = predictions(pool, test)?;
-    let choices = choices(pool, test)?;
-    let acc = |right: usize| 100.0 * right as f64 / n as f64;
-    let (mut right, mut fallback, mut dropped) = (0, 0, 0);
-    for start in (0..n).step_by(batch) {
-        let idx: Vec<usize> = (start..(start + batch).min(n)).collect();
-        let c: Vec<usize> = idx.iter().map(|&i| choices[i]).collect();
-        for (&i, p) in idx.iter().zip(place(&c, caps)?) {
-            let model = match p {
-                Placement::Chosen(s) => caps.per_model.locate(s).map(|(m, _)| m),
-                Placement::Fallback(_) => {
-                    fallback += 1;
-                    Some(caps.fallback_model)
-                }
-                Placement::Dropped => {
-                    dropped += 1;
-                    None
-                }
-            };
-            right += model.is_some_and(|m| preds[m][i] == test.labels[i]) as usize;
-        }
-    }
+    let a = pool_accuracy(pool, test, Some((caps, batch)))?;
+    let b = a.batch.expect("asked for");
     println!(
-        "  batch mode (T = {batch}, slots {:?}, fallback {} x {}): {:.2} %, {fallback} fallback, {dropped} dropped (counted wrong)",
+        "  batch mode (T = {batch}, slots {:?}, fallback {} x {}): {:.2} %, {} fallback, {} \
+         dropped (counted wrong)",
         caps.per_model.per_destination(),
         caps.fallback_model,
         caps.fallback_slots,
-        acc(right)
+        b.accuracy,
+        b.fallback,
+        b.dropped
     );
     Ok(())
 }

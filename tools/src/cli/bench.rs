@@ -59,6 +59,10 @@ pub enum Bench {
     Route {
         #[arg(long, default_value = "default")]
         preset: String,
+        /// A trained pool directory (`train_pool --out`): its models, router and capacities on
+        /// digits test records, with accuracy; the shape options are then unused.
+        #[arg(long)]
+        pool: Option<std::path::PathBuf>,
         #[arg(long, default_value_t = 64)]
         d: usize,
         /// Comma-separated hidden size of each pool model, smallest model first (gated SiLU).
@@ -234,7 +238,26 @@ impl std::fmt::Display for RouteReport {
             f,
             "  always-largest / batch: {:.2} (target >= 1.9)  per-input / always-largest: {:.2}",
             self.largest_over_batch, self.per_input_over_largest
-        )
+        )?;
+        if let Some(a) = &self.accuracy {
+            write!(
+                f,
+                "\n  accuracy on {} test records: largest alone {:.2} %, per-input routing {:.2} % \
+                 (choices {:?})",
+                a.records,
+                a.alone.last().copied().unwrap_or(0.0),
+                a.per_input,
+                a.choices
+            )?;
+            if let Some(b) = &a.batch {
+                write!(
+                    f,
+                    ", batch mode {:.2} % ({} fallback, {} dropped)",
+                    b.accuracy, b.fallback, b.dropped
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -253,6 +276,7 @@ impl Bench {
         match self {
             Bench::Route {
                 preset,
+                pool,
                 d,
                 hidden,
                 experts,
@@ -272,6 +296,7 @@ impl Bench {
                     bail!("--runs, --batch and --d must be positive");
                 }
                 let bench = RouteBench {
+                    pool_dir: pool,
                     d,
                     hidden,
                     experts,
