@@ -252,13 +252,17 @@ pub fn run_route(
     })
 }
 
+/// A pool to time: its capacities, the quantized inputs to time on and, for a trained pool,
+/// its accuracy.
+type BenchPool = (Pool, PoolCapacities, Vec<Vec<i64>>, Option<PoolAccuracy>);
+
 /// A trained pool from its directory, quantized on the digits training split, its
 /// capacities, the quantized test records to time on, and its accuracy on the test split.
 fn trained_pool(
     preset: &Preset,
     dir: &std::path::Path,
     b: &RouteBench,
-) -> Result<(Pool, PoolCapacities, Vec<Vec<i64>>, Option<PoolAccuracy>), BenchError> {
+) -> Result<BenchPool, BenchError> {
     let files = PoolFiles::load(dir).map_err(err)?;
     let (train, test) = digits_split(&embedded_digits().map_err(err)?);
     let (pool, caps) = files
