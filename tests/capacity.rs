@@ -112,6 +112,8 @@ fn capacity_traces_do_not_depend_on_the_routing() {
                 counts["dispatch-ggsw"][&OpKind::CircuitBootstrap],
                 (caps.total() * index_bits(n)) as u64
             );
+            // no overflow flags: nothing here reads them
+            assert!(!counts.contains_key("dispatch-overflow"));
             traces.push(ev.ops().trace());
         }
         // the repeated token fills its experts' slots and overflows the rest of its choices

@@ -112,9 +112,9 @@ impl Pool {
     /// and weights. A pool read from a file is used only after this.
     pub fn validate(&self) -> Result<()> {
         let m = self.models.len();
-        if m == 0 || m > MAX_POOL {
+        if !(2..=MAX_POOL).contains(&m) {
             return Err(config(format!(
-                "a pool holds 1 to {MAX_POOL} models, got {m}"
+                "a pool holds 2 to {MAX_POOL} models (one model needs no router), got {m}"
             )));
         }
         let first = &self.models[0];
@@ -227,6 +227,11 @@ mod tests {
         let mut bad = p.clone();
         bad.models.clear();
         assert!(bad.validate().is_err());
+        let mut bad = p.clone();
+        bad.models.pop();
+        bad.router.weights.truncate(4);
+        bad.router.bias = Some(vec![0]);
+        assert!(bad.validate().unwrap_err().to_string().contains("2 to"));
     }
 
     #[test]

@@ -97,8 +97,8 @@ impl PoolConfig {
     fn check(&self, origin: &str) -> Result<()> {
         let bad = |m: String| Err(config(format!("{origin}: {m}")));
         let n = self.models.len();
-        if n == 0 || n > MAX_POOL {
-            return bad(format!("a pool holds 1 to {MAX_POOL} models, got {n}"));
+        if !(2..=MAX_POOL).contains(&n) {
+            return bad(format!("a pool holds 2 to {MAX_POOL} models, got {n}"));
         }
         for (i, m) in self.models.iter().enumerate() {
             if self.models[..i].iter().any(|o| o.name == m.name) {

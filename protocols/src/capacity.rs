@@ -17,7 +17,7 @@
 //! of the slots its entries hold. A batch is one client's records under one key, so no other
 //! party's result is disclosed.
 
-use crate::dispatch::{decode_slot_id, dispatch, Dispatch};
+use crate::dispatch::{decode_slot_id, dispatch, Dispatch, OverflowFlags};
 use crate::error::{config, Result};
 use crate::layer::MoeLayer;
 use crate::router::Routing;
@@ -66,7 +66,7 @@ impl MoeLayer {
                 choices.push(routing.slots[k].onehot.clone());
             }
         }
-        let d = dispatch(ev, &choices, caps)?;
+        let d = dispatch(ev, &choices, caps, OverflowFlags::Skip)?;
         let slot_outputs = self.run_slots(ev, tokens, &d, caps)?;
         self.check_output_noise(ev, &slot_outputs)?;
         Ok(CapacityOutput {

@@ -24,8 +24,8 @@
 //! Cost per batch (`C` = total slots, `L = ceil(log2 N)`), all public:
 //! - PBS: one per threshold that can be non-zero, `sum_e sum_(j=1..C_e) max(0, N - j + 1)`, plus
 //!   one clamp `min(Q, C_e)` per destination each time a running count would outgrow the
-//!   `m`-bit read (never for `N < 2^m`), plus one overflow AND per entry and destination that
-//!   can overflow, `sum_(e: C_e > 0) max(0, N - C_e)`;
+//!   `m`-bit read (never for `N < 2^m`), plus, when the overflow flags are asked for, one AND
+//!   per entry and destination that can overflow, `sum_(e: C_e > 0) max(0, N - C_e)`;
 //! - circuit bootstraps: `C * L` (the sources' bits);
 //! - CMUX: `C * (2^L - 1)` per GLWE of a destination's packed first-stage products;
 //! - the counts, sources and slot ids are leveled sums of PBS outputs.
@@ -45,8 +45,16 @@ pub struct Dispatch {
     /// entry overflowed), for the client.
     pub slot_ids: Vec<LweVector>,
     /// Per entry: 1 when it chose a destination and found no free slot (a sum of at most one
-    /// AND per destination; a fallback round reads it again).
+    /// AND per destination; a fallback round reads it again). Empty unless asked for.
     pub overflow: Vec<LweVector>,
+}
+
+/// Whether a dispatch computes its entries' overflow flags (one PBS per entry and destination
+/// that can overflow: only a caller with a fallback round needs them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverflowFlags {
+    Compute,
+    Skip,
 }
 
 /// Bits of an entry's slot id (values `0..=total slots`; at least one bit, which stays 0 when
@@ -80,7 +88,12 @@ pub fn decode_slot_id(bits: &[i64], caps: &Capacities) -> Result<Option<usize>> 
 
 /// Assigns `choices` (one one-hot per entry, in priority order, each with one value per
 /// destination, bits in their encoding) to the slots of `caps`.
-pub fn dispatch(ev: &Evaluator, choices: &[LweVector], caps: &Capacities) -> Result<Dispatch> {
+pub fn dispatch(
+    ev: &Evaluator,
+    choices: &[LweVector],
+    caps: &Capacities,
+    flags: OverflowFlags,
+) -> Result<Dispatch> {
     let first = choices
         .first()
         .ok_or_else(|| config("a dispatch needs at least one entry"))?;
@@ -193,7 +206,12 @@ pub fn dispatch(ev: &Evaluator, choices: &[LweVector], caps: &Capacities) -> Res
     ev.set_stage("dispatch-overflow");
     let and = Lut::univariate(p, bit, bit, |u| (u >= 2) as i64)?;
     let mut overflow = Vec::with_capacity(n);
-    for (t, choice) in choices.iter().enumerate() {
+    let wanted = if flags == OverflowFlags::Compute {
+        n
+    } else {
+        0
+    };
+    for (t, choice) in choices.iter().enumerate().take(wanted) {
         let mut parts = vec![zero.clone()];
         for (e, &c) in caps.per_destination().iter().enumerate() {
             let r = choice.slice(e..e + 1)?;

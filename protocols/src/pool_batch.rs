@@ -20,7 +20,7 @@
 //! round); it decrypts its inputs' ids and the terms of the slot that answered each. A batch is
 //! one client's inputs under one key.
 
-use crate::dispatch::{decode_slot_id, dispatch, Dispatch};
+use crate::dispatch::{decode_slot_id, dispatch, Dispatch, OverflowFlags};
 use crate::error::{session, Result};
 use crate::layer::{decrypt_terms, output_coefficients, FirstStage};
 use crate::pool::{PoolInput, PoolLayer};
@@ -67,7 +67,7 @@ impl PoolLayer {
             decisions.push(l);
             onehots.push(o);
         }
-        let chosen = dispatch(ev, &onehots, &caps.per_model)?;
+        let chosen = dispatch(ev, &onehots, &caps.per_model, OverflowFlags::Compute)?;
         ev.set_stage("dispatch-fallback");
         let bit = onehots[0].encoding();
         let refresh = Lut::univariate(ev.preset(), bit, bit, |v| v.clamp(0, 1))?;
@@ -77,7 +77,7 @@ impl PoolLayer {
             .map(|o| Ok(ev.pbs(o, &refresh)?))
             .collect::<Result<Vec<_>>>()?;
         let fallback_caps = Capacities::new(vec![caps.fallback_slots])?;
-        let fallback = dispatch(ev, &flags, &fallback_caps)?;
+        let fallback = dispatch(ev, &flags, &fallback_caps, OverflowFlags::Skip)?;
 
         let mut slots: Vec<Option<Vec<(i64, LweVector)>>> =
             (0..caps.total()).map(|_| None).collect();

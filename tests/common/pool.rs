@@ -2,7 +2,7 @@
 //! against the plaintext reference (shared by the `test` and `default` preset tests).
 
 use super::wide::{hidden_read_slack, noise_steps};
-use veilmoe::engine::{ClientKey, Evaluator, OpEvent, ServerKey};
+use veilmoe::engine::{ClientKey, Evaluator, OpEvent, OpKind, ServerKey};
 use veilmoe::model::capacity::Capacities;
 use veilmoe::model::pool::{place, Placement, PoolCapacities};
 use veilmoe::model::pool::{Pool, PoolRouter};
@@ -188,6 +188,21 @@ pub fn check_batch_with(
         .map(|x| layer.encrypt(client, x).unwrap())
         .collect();
     let out = layer.forward_batch(&ev, &inputs, &caps).unwrap();
+    // the documented overflow cost: one AND per input and model that can overflow
+    let ands: usize = caps
+        .per_model
+        .per_destination()
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| xs.len().saturating_sub(c))
+        .sum();
+    let counts = ev.ops().counts();
+    let got = counts
+        .get("dispatch-overflow")
+        .and_then(|c| c.get(&OpKind::Pbs))
+        .copied()
+        .unwrap_or(0);
+    assert_eq!(got, ands as u64, "overflow ANDs");
     let choices: Vec<usize> = out
         .decisions
         .iter()

@@ -211,8 +211,8 @@ fn train_models(
     test: &Dataset,
 ) -> Result<(Vec<FloatMoeModel>, Vec<PoolModelEntry>)> {
     anyhow::ensure!(
-        !shapes.is_empty() && shapes.len() <= NAMES.len(),
-        "--shapes: 1 to {} models",
+        (2..=NAMES.len()).contains(&shapes.len()),
+        "--shapes: 2 to {} models",
         NAMES.len()
     );
     let mut floats = Vec::new();
