@@ -114,3 +114,115 @@ pub fn pool_accuracy(
         batch,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::{ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig, TopK};
+    use crate::capacity::Capacities;
+    use crate::classifier::{InputQuantizer, QuantizedClassifier};
+    use crate::pool::PoolRouter;
+    use crate::quant::{Activation, QuantParams};
+    use crate::quantized::QuantizedMoe;
+    use crate::random::SplitMix;
+
+    fn classifier(h: usize, seed: u64) -> QuantizedClassifier {
+        let cfg = MoeConfig {
+            d: ModelDim(4),
+            h: HiddenDim(h),
+            experts: ExpertCount(1),
+            top_k: TopK(1),
+            ffn: FfnKind::Plain(Activation::Relu),
+            gating: Gating::SoftmaxSelected,
+        };
+        QuantizedClassifier {
+            moe: QuantizedMoe::random(cfg, QuantParams::for_message_bits(4), seed, true),
+            input: InputQuantizer {
+                input_scale: 0.5,
+                input_zero_point: 0,
+            },
+            x_scale: 0.0,
+            y_scale: 1.0,
+            head: None,
+        }
+    }
+
+    /// Two models; the router picks model 1 where feature 1 exceeds feature 0.
+    fn pool() -> Pool {
+        Pool {
+            models: vec![classifier(2, 1), classifier(8, 2)],
+            router: PoolRouter {
+                weights: vec![1, 0, 0, 0, 0, 1, 0, 0],
+                bias: None,
+                quant: QuantParams::for_message_bits(4),
+            },
+        }
+    }
+
+    /// Records labelled by model 0's prediction, so model 0 is always right.
+    fn data(pool: &Pool, n: usize, seed: u64) -> Dataset {
+        let mut rng = SplitMix(seed);
+        let features: Vec<Vec<f32>> = (0..n)
+            .map(|_| (0..4).map(|_| rng.range(-8, 7) as f32 * 0.5).collect())
+            .collect();
+        let labels = features
+            .iter()
+            .map(|r| {
+                argmax(
+                    &pool.models[0]
+                        .reference_outputs(r, &mut Rounding::Exact)
+                        .unwrap(),
+                )
+            })
+            .collect();
+        Dataset {
+            origin: "test records".into(),
+            features,
+            labels,
+            classes: 4,
+        }
+    }
+
+    #[test]
+    fn accuracies_follow_the_choices_and_the_placements() {
+        let p = pool();
+        let d = data(&p, 64, 3);
+        let covering = PoolCapacities {
+            per_model: Capacities::new(vec![8, 8]).unwrap(),
+            fallback_model: 0,
+            fallback_slots: 0,
+        };
+        let a = pool_accuracy(&p, &d, Some((&covering, 8))).unwrap();
+        assert_eq!(a.records, 64);
+        assert_eq!(a.alone[0], 100.0);
+        // per input: right wherever model 0 answers, or model 1 agrees with it
+        let choices = pool_choices(&p, &d).unwrap();
+        let right = (0..64)
+            .filter(|&i| {
+                let out = p.models[choices[i]]
+                    .reference_outputs(&d.features[i], &mut Rounding::Exact)
+                    .unwrap();
+                argmax(&out) == d.labels[i]
+            })
+            .count();
+        assert_eq!(a.per_input, 100.0 * right as f64 / 64.0);
+        assert_eq!(a.choices.iter().sum::<usize>(), 64);
+        assert!(a.choices.iter().all(|&c| c > 0), "{a:?}");
+        // capacities that hold every batch: the batch mode is the per-input routing
+        let b = a.batch.unwrap();
+        assert_eq!((b.accuracy, b.fallback, b.dropped), (a.per_input, 0, 0));
+        // one slot per model for batches of 2: an input whose model's slot is taken is dropped
+        let tight = PoolCapacities {
+            per_model: Capacities::new(vec![1, 1]).unwrap(),
+            fallback_model: 0,
+            fallback_slots: 0,
+        };
+        let b = pool_accuracy(&p, &d, Some((&tight, 2)))
+            .unwrap()
+            .batch
+            .unwrap();
+        let clashes = choices.chunks(2).filter(|c| c[0] == c[1]).count();
+        assert_eq!((b.dropped, b.fallback), (clashes, 0));
+        assert!(clashes > 0 && b.accuracy <= a.per_input);
+    }
+}
