@@ -7,6 +7,9 @@ pub enum ModelError {
     /// A model or layer configuration that cannot be evaluated.
     #[error("invalid MoE configuration: {0}")]
     Config(String),
+    /// A model pool, its router, its capacities or its directory that cannot be used.
+    #[error("invalid model pool: {0}")]
+    Pool(String),
     /// Model weights that do not match their configuration.
     #[error("model weights do not match the configuration: {0}")]
     Weights(String),
@@ -29,4 +32,8 @@ pub type Result<T> = std::result::Result<T, ModelError>;
 
 pub(crate) fn config(msg: impl Into<String>) -> ModelError {
     ModelError::Config(msg.into())
+}
+
+pub(crate) fn pool_error(msg: impl Into<String>) -> ModelError {
+    ModelError::Pool(msg.into())
 }

@@ -11,7 +11,7 @@
 
 use crate::capacity::{assign, Capacities};
 use crate::classifier::QuantizedClassifier;
-use crate::error::{config, Result};
+use crate::error::{pool_error, Result};
 pub use crate::pool_router::{PoolChoice, PoolRouter, SignRead};
 use crate::reference::Rounding;
 use serde::{Deserialize, Serialize};
@@ -50,20 +50,20 @@ impl PoolCapacities {
     /// Checks the capacities against a pool of `models` models and a batch of `inputs`.
     pub fn validate(&self, models: usize, inputs: usize) -> Result<()> {
         if self.per_model.destinations() != models {
-            return Err(config(format!(
+            return Err(pool_error(format!(
                 "capacities for {} models, the pool has {models}",
                 self.per_model.destinations()
             )));
         }
         if self.fallback_model >= models {
-            return Err(config(format!(
+            return Err(pool_error(format!(
                 "fallback model {} is not in the pool of {models}",
                 self.fallback_model
             )));
         }
         Capacities::new(vec![self.fallback_slots])?;
         if self.per_model.total() + self.fallback_slots < inputs {
-            return Err(config(format!(
+            return Err(pool_error(format!(
                 "capacities sum to {} slots for a batch of {inputs} inputs: they must cover it",
                 self.per_model.total() + self.fallback_slots
             )));
@@ -113,7 +113,7 @@ impl Pool {
     pub fn validate(&self) -> Result<()> {
         let m = self.models.len();
         if !(2..=MAX_POOL).contains(&m) {
-            return Err(config(format!(
+            return Err(pool_error(format!(
                 "a pool holds 2 to {MAX_POOL} models (one model needs no router), got {m}"
             )));
         }
@@ -121,20 +121,20 @@ impl Pool {
         for (i, c) in self.models.iter().enumerate() {
             c.validate()?;
             if c.features() != first.features() {
-                return Err(config(format!(
+                return Err(pool_error(format!(
                     "pool model {i} takes {} features, model 0 takes {}",
                     c.features(),
                     first.features()
                 )));
             }
             if c.input != first.input || c.moe.quant.message_bits != first.moe.quant.message_bits {
-                return Err(config(format!(
+                return Err(pool_error(format!(
                     "pool model {i} quantizes its input differently from model 0 (every model \
                      of a pool reads the same encrypted input)"
                 )));
             }
             if c.outputs() != first.outputs() {
-                return Err(config(format!(
+                return Err(pool_error(format!(
                     "pool model {i} gives {} outputs, model 0 gives {}",
                     c.outputs(),
                     first.outputs()
@@ -144,7 +144,7 @@ impl Pool {
         let r = &self.router;
         r.validate(m, first.features())?;
         if r.quant.message_bits != first.moe.quant.message_bits {
-            return Err(config(format!(
+            return Err(pool_error(format!(
                 "the pool router reads {} bits, its models {}",
                 r.quant.message_bits, first.moe.quant.message_bits
             )));

@@ -11,7 +11,7 @@
 //!   the slots cover the batch, which a batch must).
 
 use crate::capacity::Capacities;
-use crate::error::{config, Result};
+use crate::error::{pool_error, Result};
 use crate::pool::{place, Placement, PoolCapacities};
 use crate::random::SplitMix;
 
@@ -74,12 +74,12 @@ pub fn plan_capacities(
 ) -> Result<CapacityPlan> {
     let models = costs.len();
     if choices.is_empty() || batch == 0 || models == 0 {
-        return Err(config(
+        return Err(pool_error(
             "a capacity plan needs calibration choices, a batch and the models' costs",
         ));
     }
     if choices.iter().any(|&c| c >= models) || fallback_model >= models {
-        return Err(config(format!(
+        return Err(pool_error(format!(
             "a capacity plan for {models} models got a choice or fallback outside them"
         )));
     }
@@ -87,7 +87,7 @@ pub fn plan_capacities(
         || !(0.0..1.0).contains(&max_drop)
         || costs.iter().any(|c| !(c.is_finite() && *c > 0.0))
     {
-        return Err(config(
+        return Err(pool_error(
             "overflow and drop targets must be in [0, 1) and costs positive",
         ));
     }

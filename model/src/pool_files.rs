@@ -27,7 +27,7 @@
 use crate::capacity::Capacities;
 use crate::checkpoint::FloatMoeModel;
 use crate::checkpoint::{safetensors_bytes, StoredDtype, TensorStore};
-use crate::error::{config, ModelError, Result};
+use crate::error::{pool_error, ModelError, Result};
 use crate::pool::{Pool, PoolCapacities, MAX_POOL};
 use crate::quantize::quantize;
 use crate::train::pool_router::FloatPoolRouter;
@@ -89,13 +89,13 @@ impl PoolConfig {
     /// Parses and checks a config's text (`origin` names it in errors).
     pub fn parse(origin: &str, text: &str) -> Result<PoolConfig> {
         let c: PoolConfig =
-            toml::from_str(text).map_err(|e| config(format!("{origin}: {}", one_line(&e))))?;
+            toml::from_str(text).map_err(|e| pool_error(format!("{origin}: {}", one_line(&e))))?;
         c.check(origin)?;
         Ok(c)
     }
 
     fn check(&self, origin: &str) -> Result<()> {
-        let bad = |m: String| Err(config(format!("{origin}: {m}")));
+        let bad = |m: String| Err(pool_error(format!("{origin}: {m}")));
         let n = self.models.len();
         if !(2..=MAX_POOL).contains(&n) {
             return bad(format!("a pool holds 2 to {MAX_POOL} models, got {n}"));
@@ -107,15 +107,15 @@ impl PoolConfig {
             if !(m.cost.is_finite() && m.cost > 0.0) {
                 return bad(format!("model `{}`: cost must be positive", m.name));
             }
-            inside(&m.dir).map_err(|e| config(format!("{origin}: model `{}`: {e}", m.name)))?;
+            inside(&m.dir).map_err(|e| pool_error(format!("{origin}: model `{}`: {e}", m.name)))?;
         }
-        inside(&self.router).map_err(|e| config(format!("{origin}: router: {e}")))?;
+        inside(&self.router).map_err(|e| pool_error(format!("{origin}: router: {e}")))?;
         if !self.lambda.is_finite() || self.lambda < 0.0 {
             return bad("lambda must be a finite, non-negative number".into());
         }
         self.capacities()
             .and_then(|caps| caps.validate(n, self.capacities.batch))
-            .map_err(|e| config(format!("{origin}: {e}")))?;
+            .map_err(|e| pool_error(format!("{origin}: {e}")))?;
         Ok(())
     }
 
@@ -128,7 +128,7 @@ impl PoolConfig {
     pub fn capacities(&self) -> Result<PoolCapacities> {
         let c = &self.capacities;
         let fallback_model = self.model_index(&c.fallback).ok_or_else(|| {
-            config(format!(
+            pool_error(format!(
                 "capacities: fallback `{}` is not a pool model (models: {})",
                 c.fallback,
                 self.models
@@ -139,7 +139,9 @@ impl PoolConfig {
             ))
         })?;
         if c.batch == 0 {
-            return Err(config("capacities: the batch must hold at least one input"));
+            return Err(pool_error(
+                "capacities: the batch must hold at least one input",
+            ));
         }
         Ok(PoolCapacities {
             per_model: Capacities::new(c.slots.clone())?,
@@ -184,10 +186,10 @@ impl PoolFiles {
         let dir = dir.as_ref().to_path_buf();
         let path = dir.join(POOL_CONFIG);
         let origin = path.display().to_string();
-        let io = |e: std::io::Error| config(format!("{origin}: {e}"));
+        let io = |e: std::io::Error| pool_error(format!("{origin}: {e}"));
         let size = std::fs::metadata(&path).map_err(io)?.len();
         if size > MAX_CONFIG_BYTES {
-            return Err(config(format!(
+            return Err(pool_error(format!(
                 "{origin}: {size} bytes, a pool config is at most {MAX_CONFIG_BYTES}"
             )));
         }
@@ -198,7 +200,7 @@ impl PoolFiles {
             .iter()
             .map(|m| {
                 FloatMoeModel::load(dir.join(&m.dir))
-                    .map_err(|e| config(format!("{origin}: model `{}`: {e}", m.name)))
+                    .map_err(|e| pool_error(format!("{origin}: model `{}`: {e}", m.name)))
             })
             .collect::<Result<Vec<_>>>()?;
         let d = models[0].config.d.0;
@@ -226,13 +228,13 @@ impl PoolFiles {
             .zip(&self.config.models)
             .map(|(m, e)| {
                 quantize(m, message_bits, calibration)
-                    .map_err(|err| config(format!("{origin}: model `{}`: {err}", e.name)))
+                    .map_err(|err| pool_error(format!("{origin}: model `{}`: {err}", e.name)))
             })
             .collect::<Result<Vec<_>>>()?;
         let router = self.router.quantize(message_bits)?;
         let pool = Pool { models, router };
         pool.validate()
-            .map_err(|e| config(format!("{origin}: {e}")))?;
+            .map_err(|e| pool_error(format!("{origin}: {e}")))?;
         let caps = self.config.capacities()?;
         caps.validate(pool.models.len(), self.config.capacities.batch)?;
         Ok((pool, caps))
@@ -242,7 +244,7 @@ impl PoolFiles {
 /// The router file, checked against the pool's model count and input width.
 fn read_router(path: &Path, models: usize, d: usize) -> Result<FloatPoolRouter> {
     let origin = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| config(format!("{origin}: {e}")))?;
+    let bytes = std::fs::read(path).map_err(|e| pool_error(format!("{origin}: {e}")))?;
     let mut store = TensorStore::from_bytes(&origin, &[("router", &bytes)])?;
     let weights = store.tensor("router.weight", &[models, d])?;
     let bias = store.tensor("router.bias", &[models])?;
@@ -282,18 +284,18 @@ pub fn save_pool(
             r.bias.to_vec(),
         ),
     ];
-    let io = |p: PathBuf| move |e: std::io::Error| config(format!("{}: {e}", p.display()));
+    let io = |p: PathBuf| move |e: std::io::Error| pool_error(format!("{}: {e}", p.display()));
     let router_path = dir.join(&cfg.router);
     std::fs::write(&router_path, safetensors_bytes(&tensors, StoredDtype::F32)?)
         .map_err(io(router_path.clone()))?;
-    let text = toml::to_string_pretty(cfg).map_err(|e| config(e.to_string()))?;
+    let text = toml::to_string_pretty(cfg).map_err(|e| pool_error(e.to_string()))?;
     let path = dir.join(POOL_CONFIG);
     std::fs::write(&path, text).map_err(io(path.clone()))?;
     Ok(())
 }
 
 fn config_err(models: usize, entries: usize) -> ModelError {
-    config(format!(
+    pool_error(format!(
         "a pool of {models} models (and its router) for a config of {entries}"
     ))
 }

@@ -14,7 +14,7 @@
 
 use crate::classifier::QuantizedClassifier;
 use crate::data::Dataset;
-use crate::error::{config, Result};
+use crate::error::{pool_error, Result};
 use crate::pool::PoolRouter;
 use crate::quant::QuantParams;
 use crate::quantize::center_router;
@@ -63,14 +63,14 @@ pub fn train_pool_router(
     data: &Dataset,
 ) -> Result<FloatPoolRouter> {
     if models.is_empty() || costs.len() != models.len() {
-        return Err(config(format!(
+        return Err(pool_error(format!(
             "a pool router needs one cost per model: {} models, {} costs",
             models.len(),
             costs.len()
         )));
     }
     if data.is_empty() || !lambda.is_finite() || costs.iter().any(|c| !c.is_finite()) {
-        return Err(config(
+        return Err(pool_error(
             "a pool router needs records, a finite lambda and finite costs",
         ));
     }
@@ -178,7 +178,7 @@ impl FloatPoolRouter {
         // larger than any weight) takes the same scale in as many integer steps as it needs
         let top = w.iter().fold(0f64, |a, &v| a.max((v as f64).abs()));
         if top == 0.0 || !top.is_finite() {
-            return Err(config(
+            return Err(pool_error(
                 "the pool router's weights are all zero or not finite: it cannot choose",
             ));
         }
