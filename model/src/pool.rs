@@ -170,7 +170,7 @@ impl Pool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::arch::{ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig, TopK};
     use crate::classifier::InputQuantizer;
@@ -199,7 +199,8 @@ mod tests {
         }
     }
 
-    fn pool() -> Pool {
+    /// Two random models; the router picks model 1 where feature 0 is at most 0.
+    pub(crate) fn pool() -> Pool {
         Pool {
             models: vec![classifier(2, 1), classifier(8, 2)],
             router: PoolRouter {

@@ -118,46 +118,9 @@ pub fn pool_accuracy(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arch::{ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig, TopK};
     use crate::capacity::Capacities;
-    use crate::classifier::{InputQuantizer, QuantizedClassifier};
-    use crate::pool::PoolRouter;
-    use crate::quant::{Activation, QuantParams};
-    use crate::quantized::QuantizedMoe;
+    use crate::pool::tests::pool;
     use crate::random::SplitMix;
-
-    fn classifier(h: usize, seed: u64) -> QuantizedClassifier {
-        let cfg = MoeConfig {
-            d: ModelDim(4),
-            h: HiddenDim(h),
-            experts: ExpertCount(1),
-            top_k: TopK(1),
-            ffn: FfnKind::Plain(Activation::Relu),
-            gating: Gating::SoftmaxSelected,
-        };
-        QuantizedClassifier {
-            moe: QuantizedMoe::random(cfg, QuantParams::for_message_bits(4), seed, true),
-            input: InputQuantizer {
-                input_scale: 0.5,
-                input_zero_point: 0,
-            },
-            x_scale: 0.0,
-            y_scale: 1.0,
-            head: None,
-        }
-    }
-
-    /// Two models; the router picks model 1 where feature 1 exceeds feature 0.
-    fn pool() -> Pool {
-        Pool {
-            models: vec![classifier(2, 1), classifier(8, 2)],
-            router: PoolRouter {
-                weights: vec![1, 0, 0, 0, 0, 1, 0, 0],
-                bias: None,
-                quant: QuantParams::for_message_bits(4),
-            },
-        }
-    }
 
     /// Records labelled by model 0's prediction, so model 0 is always right.
     fn data(pool: &Pool, n: usize, seed: u64) -> Dataset {

@@ -20,7 +20,7 @@
 use crate::error::{ModelError, Result};
 use crate::quant::{read_width, QuantParams};
 use crate::quantized::affine_range;
-use crate::reference::Rounding;
+use crate::reference::{matvec, Rounding};
 use serde::{Deserialize, Serialize};
 
 /// The router over a pool's models: one integer row per model (`models x d`, row-major).
@@ -148,17 +148,9 @@ impl PoolRouter {
         self.sign_read(d).width
     }
 
-    /// `W x + b` (exact).
+    /// `W x + b` (exact; the router validated for inputs of `x.len()` features).
     pub fn accumulators(&self, x: &[i64]) -> Vec<i64> {
-        let d = x.len();
-        self.weights
-            .chunks(d.max(1))
-            .enumerate()
-            .map(|(m, row)| {
-                row.iter().zip(x).map(|(w, v)| w * v).sum::<i64>()
-                    + self.bias.as_ref().map_or(0, |b| b[m])
-            })
-            .collect()
+        matvec(&self.weights, self.bias.as_deref(), self.models(x.len()), x)
     }
 
     /// The chain on a quantized input (the plaintext reference of the encrypted router).

@@ -72,7 +72,8 @@ pub struct RefOutput {
     pub y: Vec<i64>,
 }
 
-fn matvec(w: &[i64], b: Option<&[i64]>, rows: usize, x: &[i64]) -> Vec<i64> {
+/// `W x + b` for `rows` rows of `x.len()` columns (shapes validated by the caller).
+pub(crate) fn matvec(w: &[i64], b: Option<&[i64]>, rows: usize, x: &[i64]) -> Vec<i64> {
     let cols = x.len();
     let w = ArrayView2::from_shape((rows, cols), w).expect("validated shape");
     let mut y: Array1<i64> = w.dot(&Array1::from(x.to_vec()));
