@@ -148,3 +148,70 @@ fn generous_capacities_keep_the_overflow_flags_within_the_budget() {
         "{placements:?}"
     );
 }
+
+/// A covering fallback (its extra slots hold every input that can overflow): the fallback model
+/// runs on every input in place and only the other models are dispatched into. The answers
+/// follow the same batch rule: a random batch, and one where every input picks model 1 (one
+/// takes its slot, the rest fall back to model 0); identical traces, and no overflow ANDs,
+/// flag refreshes or second round.
+#[test]
+fn a_covering_fallback_runs_in_place_and_follows_the_rule() {
+    let keys = test_keys();
+    let layer = PoolLayer::new(&Evaluator::new(&keys.server), pool()).unwrap();
+    let caps = PoolCapacities {
+        per_model: Capacities::new(vec![0, 1, 1]).unwrap(),
+        fallback_model: 0,
+        fallback_slots: 6,
+    };
+    assert!(caps.covers(6));
+    let mut rng = Rng::new(55);
+    let random: Vec<Vec<i64>> = (0..6).map(|_| clear_input(&pool(), &mut rng)).collect();
+    // distinct inputs that all pick model 1, clear of the chain's edges, whose fallback
+    // outputs (model 0's) are far from the first's: a fallback slot computed from the wrong
+    // input would show
+    let reference = pool();
+    let y0 = |x: &[i64]| reference.models[0].moe.reference(x, &mut Rounding::Exact).y;
+    let mut same: Vec<Vec<i64>> = Vec::new();
+    for _ in 0..100_000 {
+        let x = clear_input(&reference, &mut rng);
+        let far = |f: &Vec<i64>| y0(f).iter().zip(y0(&x)).any(|(a, b)| (a - b).abs() > 4);
+        if reference.choose(&x, &mut Rounding::Exact).model == 1 && same.first().is_none_or(far) {
+            same.push(x);
+        }
+        if same.len() == 6 {
+            break;
+        }
+    }
+    assert_eq!(same.len(), 6, "no six inputs for the overflowing batch");
+    let mut traces = Vec::new();
+    for xs in [&random, &same] {
+        let (placements, trace, held, distinguished) =
+            check_batch_with(&keys.client, &keys.server, &layer, xs, &caps);
+        assert!(!placements.contains(&Placement::Dropped), "{placements:?}");
+        traces.push((placements, trace, held, distinguished));
+    }
+    let fallen = traces[1]
+        .0
+        .iter()
+        .filter(|p| matches!(p, Placement::Fallback(_)))
+        .count();
+    assert_eq!(fallen, 5, "{:?}", traces[1].0);
+    // every fallback slot holds its own input: those of the distinct inputs 1.. must be told
+    // apart from input 0's
+    let (held, distinguished) = (traces[1].2, traces[1].3);
+    assert!(
+        held >= 5 && distinguished == held,
+        "test power: {distinguished} of {held}"
+    );
+    assert_eq!(
+        traces[0].1, traces[1].1,
+        "the trace differs between batches"
+    );
+    assert!(
+        !traces[0]
+            .1
+            .iter()
+            .any(|e| e.stage.starts_with("dispatch-fallback") || e.stage == "dispatch-overflow"),
+        "a covering fallback needs no second round"
+    );
+}

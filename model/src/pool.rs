@@ -9,7 +9,7 @@
 //! top score by a chain of sign reads, with the models' quantization. The encrypted evaluation lives in `veilmoe_protocols::pool`;
 //! this module is the plaintext side: the pool, its checks and its reference.
 
-use crate::capacity::{assign, Capacities};
+use crate::capacity::{assign, Capacities, MAX_CAPACITY};
 use crate::classifier::QuantizedClassifier;
 use crate::error::{pool_error, Result};
 pub use crate::pool_router::{PoolChoice, PoolRouter, SignRead};
@@ -61,7 +61,18 @@ impl PoolCapacities {
                 self.fallback_model
             )));
         }
-        Capacities::new(vec![self.fallback_slots])?;
+        // a covering fallback is never dispatched (it runs on every input), so only its bound
+        // on the batch applies; otherwise its extra slots are a dispatch's destination
+        if self.covers(inputs) {
+            if self.fallback_slots > inputs.max(MAX_CAPACITY) {
+                return Err(pool_error(format!(
+                    "{} fallback slots for a batch of {inputs}: more than the batch can use",
+                    self.fallback_slots
+                )));
+            }
+        } else {
+            Capacities::new(vec![self.fallback_slots])?;
+        }
         if self.per_model.total() + self.fallback_slots < inputs {
             return Err(pool_error(format!(
                 "capacities sum to {} slots for a batch of {inputs} inputs: they must cover it",
@@ -69,6 +80,23 @@ impl PoolCapacities {
             )));
         }
         Ok(())
+    }
+
+    /// Whether the fallback's extra slots hold every input that can overflow in a batch of
+    /// `inputs` (at most `inputs - min_m C_m`, when all pick the model with the fewest slots):
+    /// then no input is ever dropped, and every input not placed in another model is answered
+    /// by the fallback model. The encrypted batch then runs the fallback model on every input
+    /// in place, with no dispatch into it (`veilmoe_protocols::pool_batch`): cheaper whenever
+    /// most inputs end there anyway.
+    pub fn covers(&self, inputs: usize) -> bool {
+        let fewest = self
+            .per_model
+            .per_destination()
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(0);
+        self.fallback_slots + fewest >= inputs
     }
 
     /// Slots in all (the chosen models' and the fallback's).
@@ -90,21 +118,19 @@ impl PoolCapacities {
 /// dropped. The encrypted batch computes exactly this.
 pub fn place(choices: &[usize], caps: &PoolCapacities) -> Result<Vec<Placement>> {
     let first = assign(choices, &caps.per_model)?;
-    let overflowed: Vec<usize> = (0..choices.len()).filter(|&i| first[i].is_none()).collect();
-    let second = assign(
-        &vec![0; overflowed.len()],
-        &Capacities::new(vec![caps.fallback_slots])?,
-    )?;
-    let mut out: Vec<Placement> = first
+    // the overflowed inputs take the fallback's extra slots in order
+    let mut next = 0;
+    Ok(first
         .iter()
-        .map(|g| g.map_or(Placement::Dropped, Placement::Chosen))
-        .collect();
-    for (&i, s) in overflowed.iter().zip(second) {
-        if let Some(s) = s {
-            out[i] = Placement::Fallback(s);
-        }
-    }
-    Ok(out)
+        .map(|g| match g {
+            Some(g) => Placement::Chosen(*g),
+            None if next < caps.fallback_slots => {
+                next += 1;
+                Placement::Fallback(next - 1)
+            }
+            None => Placement::Dropped,
+        })
+        .collect())
 }
 
 impl Pool {
@@ -177,6 +203,30 @@ pub(crate) mod tests {
     use crate::quant::Activation;
     use crate::quant::QuantParams;
     use crate::quantized::QuantizedMoe;
+
+    #[test]
+    fn a_fallback_covers_when_no_batch_can_drop() {
+        let caps = |slots: Vec<usize>, extra| PoolCapacities {
+            per_model: Capacities::new(slots).unwrap(),
+            fallback_model: 1,
+            fallback_slots: extra,
+        };
+        // at most 6 - 1 inputs overflow (all pick a model with one slot)
+        assert!(!caps(vec![2, 1, 1], 4).covers(6));
+        assert!(caps(vec![2, 1, 1], 5).covers(6));
+        // a model without slots: every input can overflow
+        assert!(!caps(vec![2, 0, 1], 5).covers(6));
+        // covering, the extra slots may exceed the dispatch's limit (they are not dispatched)
+        let wide = caps(vec![3, 0, 1], 16);
+        assert!(wide.covers(16) && wide.validate(3, 16).is_ok());
+        assert!(caps(vec![3, 0, 1], 17).validate(3, 16).is_err());
+        assert!(caps(vec![3, 0, 1], 15).validate(3, 16).is_err());
+        // whatever the choices, a covering plan places every input
+        for choices in [vec![1; 16], vec![2; 16], (0..16).map(|i| i % 3).collect()] {
+            let p = place(&choices, &wide).unwrap();
+            assert!(!p.contains(&Placement::Dropped), "{choices:?}: {p:?}");
+        }
+    }
 
     fn classifier(h: usize, seed: u64) -> QuantizedClassifier {
         let cfg = MoeConfig {

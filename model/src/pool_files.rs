@@ -408,7 +408,14 @@ fallback_slots = 1
             .map(|m| quantize(m, 4, &train.features).unwrap())
             .collect();
         let cfg = PoolConfig::parse("pool.toml", GOOD).unwrap();
-        let router = train_pool_router(&quantized, &cfg.costs(), cfg.lambda, &test).unwrap();
+        let router = train_pool_router(
+            &quantized,
+            &cfg.costs(),
+            cfg.lambda,
+            &test,
+            Default::default(),
+        )
+        .unwrap();
         let dir = std::env::temp_dir().join(format!("veilmoe-pool-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();

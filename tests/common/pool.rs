@@ -188,14 +188,19 @@ pub fn check_batch_with(
         .map(|x| layer.encrypt(client, x).unwrap())
         .collect();
     let out = layer.forward_batch(&ev, &inputs, &caps).unwrap();
-    // the documented overflow cost: one AND per input and model that can overflow
-    let ands: usize = caps
-        .per_model
-        .per_destination()
-        .iter()
-        .filter(|&&c| c > 0)
-        .map(|&c| xs.len().saturating_sub(c))
-        .sum();
+    // the documented overflow cost: one AND per input and model that can overflow, none when
+    // the fallback covers the batch (no second round reads the flags)
+    let ands: usize = if caps.covers(xs.len()) {
+        0
+    } else {
+        caps.per_model
+            .per_destination()
+            .iter()
+            .filter(|&&c| c > 0)
+            .map(|&c| xs.len().saturating_sub(c))
+            .sum()
+    };
+    assert_eq!(out.covered, caps.covers(xs.len()));
     let counts = ev.ops().counts();
     let got = counts
         .get("dispatch-overflow")
@@ -219,18 +224,23 @@ pub fn check_batch_with(
     let want = place(&choices, &caps).unwrap();
     let got = out.decrypt_placements(client).unwrap();
     assert_eq!(got, want, "placements for choices {choices:?}");
-    let per_model = caps.per_model.total();
-    let mut holder = vec![0usize; caps.total()];
+    // which input each slot holds: its placed input, input 0 when empty (all-zero source
+    // bits); a covering fallback's slots hold every input in order
+    let mut holder = vec![0usize; out.slots.len()];
+    if out.covered {
+        let first = out.slots.len() - xs.len();
+        for (i, h) in holder[first..].iter_mut().enumerate() {
+            *h = i;
+        }
+    }
     for (i, p) in want.iter().enumerate() {
-        match p {
-            Placement::Chosen(g) => holder[*g] = i,
-            Placement::Fallback(s) => holder[per_model + s] = i,
-            Placement::Dropped => {}
+        if let Some(slot) = out.answer_slot(i, *p).unwrap() {
+            holder[slot] = i;
         }
     }
     let (mut held, mut distinguished) = (0, 0);
     for (slot, terms) in out.slots.iter().enumerate() {
-        let m = caps.model_of(slot).unwrap();
+        let m = out.slot_model(slot).unwrap();
         let y = decrypt_terms(client, terms).unwrap();
         check_model_output(pool, m, &xs[holder[slot]], &y, terms);
         // power: a slot holding input i != 0 whose reference is beyond both tolerances from

@@ -1,12 +1,16 @@
 //! The cost-aware router of a model pool (SecureRouter's router, linear so that it runs as one
-//! leveled product and one PBS read per model under encryption).
+//! leveled product and a chain of sign reads under encryption).
 //!
-//! Utility targets: on each record of the router's own records (held out from the pool models'
-//! training, so that "model `m` is right here" is what it will be on new inputs), `y_m = 1`
-//! when pool model `m`'s exact quantized reference predicts the label. One ridge regression per
-//! model on the quantized input gives `u_m(x) = w_m . x_q + b_m`, an estimate of `P(m right)`;
-//! the router picks `argmax_m u_m(x) - lambda * cost_m`, so the cost is folded into the bias.
-//! Models are ordered cheapest first: ties (the integer logits are coarse) go to the cheaper.
+//! Utility targets: on each of the router's own records (held out from the pool models'
+//! training, so that how model `m` does there is how it will do on new inputs), a target `y_m`
+//! per model ([`UtilityTarget`]). One ridge regression per model on the quantized input gives
+//! `u_m(x) = w_m . x_q + b_m`; the router picks `argmax_m u_m(x) - lambda * cost_m`, so the cost
+//! is folded into the bias. Models are ordered cheapest first: ties go to the cheaper.
+//!
+//! The default target is the model's **margin** on the record, not only whether it is right:
+//! with 0/1 targets the regressions learn little from a few hundred records (a model right by a
+//! hair and one right by far look the same), and on the digits pool the router lost 2 points
+//! against always-largest for a third of its cost; with margins it loses 0.3 (BENCHMARKS.md).
 //!
 //! Quantization: rows centred over the models (the argmax does not change, the L1 norms that
 //! set the encoding width shrink) and integer weights with the largest at
@@ -37,18 +41,58 @@ pub struct FloatPoolRouter {
     pub bias: Array1<f32>,
 }
 
-/// Whether each pool model's exact reference is right on each record: `[record][model]`.
-pub fn utility_targets(models: &[QuantizedClassifier], data: &Dataset) -> Result<Vec<Vec<f64>>> {
+/// What the router's regressions predict for each model on a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UtilityTarget {
+    /// 1 when the model's exact reference predicts the label, else 0.
+    Correct,
+    /// The model's margin `o_label - max_(j != label) o_j` as a fraction of its output span
+    /// `max o - min o`, clamped to `[-1/2, 1/2]` and shifted by 1/2: 1 when it is right by at
+    /// least half its span, 1/2 at a tie, 0 when it is wrong by that much.
+    #[default]
+    Margin,
+}
+
+impl UtilityTarget {
+    /// The target for outputs `o` of a record labelled `label`.
+    pub fn of(self, o: &[f64], label: usize) -> f64 {
+        match self {
+            UtilityTarget::Correct => (crate::math::argmax(o) == label) as u8 as f64,
+            UtilityTarget::Margin => {
+                let max = o.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let min = o.iter().copied().fold(f64::INFINITY, f64::min);
+                let (Some(&own), true) = (o.get(label), min.is_finite() && max.is_finite()) else {
+                    return 0.0;
+                };
+                let other = o
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, _)| j != label)
+                    .map(|(_, &v)| v)
+                    .fold(min, f64::max);
+                let span = max - min;
+                if span <= 0.0 {
+                    return 0.5;
+                }
+                ((own - other) / span).clamp(-0.5, 0.5) + 0.5
+            }
+        }
+    }
+}
+
+/// Each pool model's utility target on each record: `[record][model]`.
+pub fn utility_targets(
+    models: &[QuantizedClassifier],
+    data: &Dataset,
+    target: UtilityTarget,
+) -> Result<Vec<Vec<f64>>> {
     data.features
         .iter()
         .zip(&data.labels)
         .map(|(raw, &label)| {
             models
                 .iter()
-                .map(|m| {
-                    let out = m.reference_outputs(raw, &mut Rounding::Exact)?;
-                    Ok((crate::math::argmax(&out) == label) as u8 as f64)
-                })
+                .map(|m| Ok(target.of(&m.reference_outputs(raw, &mut Rounding::Exact)?, label)))
                 .collect()
         })
         .collect()
@@ -61,6 +105,7 @@ pub fn train_pool_router(
     costs: &[f64],
     lambda: f64,
     data: &Dataset,
+    target: UtilityTarget,
 ) -> Result<FloatPoolRouter> {
     if models.is_empty() || costs.len() != models.len() {
         return Err(pool_error(format!(
@@ -79,19 +124,38 @@ pub fn train_pool_router(
         .iter()
         .map(|r| models[0].quantize_input(r))
         .collect::<Result<_>>()?;
-    let targets = utility_targets(models, data)?;
-    let d = models[0].features();
-    let mut weights = Array2::<f32>::zeros((models.len(), d));
-    let mut bias = Array1::<f32>::zeros(models.len());
-    for m in 0..models.len() {
+    let targets = utility_targets(models, data, target)?;
+    Ok(fit_pool_router(
+        &xs,
+        &targets,
+        costs,
+        lambda,
+        RIDGE_PER_RECORD,
+    ))
+}
+
+/// The router's regressions on quantized inputs `xs` and utility targets `[record][model]`,
+/// ridge penalty `alpha_per_record` per record, then `-lambda * cost_m` on each bias.
+pub fn fit_pool_router(
+    xs: &[Vec<i64>],
+    targets: &[Vec<f64>],
+    costs: &[f64],
+    lambda: f64,
+    alpha_per_record: f64,
+) -> FloatPoolRouter {
+    let d = xs[0].len();
+    let models = costs.len();
+    let mut weights = Array2::<f32>::zeros((models, d));
+    let mut bias = Array1::<f32>::zeros(models);
+    for m in 0..models {
         let y: Vec<f64> = targets.iter().map(|t| t[m]).collect();
-        let beta = ridge(&xs, &y, RIDGE_PER_RECORD * xs.len() as f64);
+        let beta = ridge(xs, &y, alpha_per_record * xs.len() as f64);
         for k in 0..d {
             weights[[m, k]] = beta[k] as f32;
         }
         bias[m] = (beta[d] - lambda * costs[m]) as f32;
     }
-    Ok(FloatPoolRouter { weights, bias })
+    FloatPoolRouter { weights, bias }
 }
 
 /// Ridge regression of `y` on `[x, 1]` (the intercept unpenalized): the normal equations,

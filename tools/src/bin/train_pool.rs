@@ -4,7 +4,8 @@
 //! directory (`pool.toml`, one Mixtral directory per model, `router.safetensors`).
 //!
 //! The pool models train on three quarters of the training split; the router learns from the
-//! other quarter, where "model m is right here" is what it will be on new inputs. Models have
+//! other quarter, where how model m does is how it will do on new inputs (its margin there, by
+//! default). Models have
 //! no residual path (with it every shape lands at 95-96 % and a pool has nothing to trade).
 //! Costs are the models' first-stage reads per input (`E + 2 h`), a proxy of their PBS count.
 //!
@@ -20,12 +21,12 @@ use veilmoe_protocols::model::data::{digits_split, embedded_digits, Dataset};
 use veilmoe_protocols::model::math::argmax;
 use veilmoe_protocols::model::pool::{Pool, PoolCapacities};
 use veilmoe_protocols::model::pool_accuracy::pool_accuracy;
-use veilmoe_protocols::model::pool_capacity::plan_capacities;
+use veilmoe_protocols::model::pool_capacity::{plan_capacities, Coverage, PlanTargets};
 use veilmoe_protocols::model::pool_files::{
     save_pool, CapacityConfig, PoolConfig, PoolFiles, PoolModelEntry,
 };
 use veilmoe_protocols::model::reference::Rounding;
-use veilmoe_protocols::model::train::pool_router::train_pool_router;
+use veilmoe_protocols::model::train::pool_router::{train_pool_router, UtilityTarget};
 use veilmoe_protocols::model::train::{train_digits, TrainOptions, TrainShape};
 use veilmoe_protocols::model::FloatMoeModel;
 use veilmoe_protocols::simulate::simulated_rounding;
@@ -64,6 +65,30 @@ struct Args {
     /// The plan's drop rate (inputs answered by no model).
     #[arg(long, default_value_t = 0.001)]
     max_drop: f64,
+    /// Plan a covering fallback: the fallback model answers every input not placed in another
+    /// model and runs on every input with no dispatch into it (cheaper when most inputs choose
+    /// it).
+    #[arg(long)]
+    cover: bool,
+    /// What the router predicts per model: its margin on the record, or only whether it is
+    /// right.
+    #[arg(long, value_enum, default_value_t = Utility::Margin)]
+    utility: Utility,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Utility {
+    Margin,
+    Correct,
+}
+
+impl From<Utility> for UtilityTarget {
+    fn from(u: Utility) -> UtilityTarget {
+        match u {
+            Utility::Margin => UtilityTarget::Margin,
+            Utility::Correct => UtilityTarget::Correct,
+        }
+    }
 }
 
 const NAMES: [&str; 4] = ["tiny", "medium", "large", "xlarge"];
@@ -116,7 +141,13 @@ fn main() -> Result<()> {
                 fallback_slots,
             },
         };
-        let router = train_pool_router(&quantized, &config.costs(), lambda, &router_train)?;
+        let router = train_pool_router(
+            &quantized,
+            &config.costs(),
+            lambda,
+            &router_train,
+            args.utility.into(),
+        )?;
         let plan = match args.overflow {
             Some(rate) => {
                 let integer = router.quantize(4)?;
@@ -134,8 +165,15 @@ fn main() -> Result<()> {
                     &config.costs(),
                     args.batch,
                     fallback,
-                    rate,
-                    args.max_drop,
+                    PlanTargets {
+                        max_overflow: rate,
+                        max_drop: args.max_drop,
+                        coverage: if args.cover {
+                            Coverage::Fallback
+                        } else {
+                            Coverage::Slots
+                        },
+                    },
                     11,
                 )?;
                 config.capacities.slots = plan.capacities.per_model.per_destination().to_vec();
