@@ -240,6 +240,18 @@ fn pool_per_input_on_default() {
     );
 }
 
+/// The pool batches' inputs on `default` (clear of the router's edges).
+fn pool_batch_inputs() -> Vec<Vec<i64>> {
+    vec![
+        vec![-8, 7, -8, 7],
+        vec![7, 3, 1, 0],
+        vec![-2, 5, 0, 3],
+        vec![0, -8, -5, -2],
+        vec![-6, 2, 6, 6],
+        vec![5, 1, -7, 1],
+    ]
+}
+
 /// A pool batch on `default`: 6 inputs, 2 + 1 + 1 slots and 2 fallback slots, checked against
 /// the placement rule and each model's reference (exact reads: noise-only tolerance).
 #[test]
@@ -247,14 +259,26 @@ fn pool_batch_on_default() {
     use veilmoe::protocols::pool::PoolLayer;
     let (_, client, server) = default_keys();
     let layer = PoolLayer::new(&Evaluator::new(server), common::pool::pool()).unwrap();
-    let xs = vec![
-        vec![-8, 7, -8, 7],
-        vec![7, 3, 1, 0],
-        vec![-2, 5, 0, 3],
-        vec![0, -8, -5, -2],
-        vec![-6, 2, 6, 6],
-        vec![5, 1, -7, 1],
-    ];
+    let xs = pool_batch_inputs();
     let (placements, ..) = common::pool::check_batch(client, server, &layer, &xs);
     assert_eq!(placements.len(), 6);
+}
+
+/// The same batch under a covering fallback on `default`: model 0 runs on every input in place,
+/// one slot each for models 1 and 2.
+#[test]
+fn pool_batch_with_a_covering_fallback_on_default() {
+    use veilmoe::model::capacity::Capacities;
+    use veilmoe::model::pool::PoolCapacities;
+    use veilmoe::protocols::pool::PoolLayer;
+    let (_, client, server) = default_keys();
+    let layer = PoolLayer::new(&Evaluator::new(server), common::pool::pool()).unwrap();
+    let xs = pool_batch_inputs();
+    let caps = PoolCapacities {
+        per_model: Capacities::new(vec![0, 1, 1]).unwrap(),
+        fallback_model: 0,
+        fallback_slots: 6,
+    };
+    let (placements, ..) = common::pool::check_batch_with(client, server, &layer, &xs, &caps);
+    assert!(!placements.contains(&veilmoe::model::pool::Placement::Dropped));
 }

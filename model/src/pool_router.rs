@@ -8,14 +8,19 @@
 //! noise allows, not its box: the table changes value at one edge, placed between the
 //! differences 0 and 1.
 //!
-//! The chain, for accumulators `acc_m = w_m . x + b_m` (models cheapest first):
-//! `winner = 0`; for `k = 1 .. M-1`: `c_k = [acc_k - acc_winner >= 1]`, and `winner = k` when
-//! `c_k = 1`. Ties keep the cheaper model. Under encryption the winner's accumulator is carried
-//! by an external product with the circuit-bootstrapped `c_k`, and the one-hot follows from the
-//! bits: model `k` answers iff `c_k = 1` and no later `c_j` is 1 (model 0: no `c_j` at all).
+//! The chain, for accumulators `acc_m = w_m . x + b_m` (models cheapest first): for
+//! `k = 1 .. M-1`, `c_k = [acc_k > acc_j for every j < k]`, i.e. model `k` beats every cheaper
+//! model; the chosen model is the last `k` with `c_k = 1` (model 0 when none is). Ties keep the
+//! cheaper model. Each `[acc_k - acc_j >= 1]` is one sign read of a pair's difference, all
+//! pairs in one batch; `c_k` is the AND of its `k` reads (one small read of their sum), and the
+//! one-hot follows from the bits: model `k` answers iff `c_k = 1` and no later `c_j` is 1.
 //!
-//! Cost per input, all public: `M - 1` sign reads, `M - 2` circuit bootstraps and external
-//! products, and `2 (M - 2)` small reads for the one-hot (none for `M = 2`).
+//! Cost per input, all public: `M (M - 1) / 2` sign reads, `M - 2` ANDs (more for pools above
+//! 8 models, whose sums are split), and `2 (M - 2)` small reads for the one-hot; no circuit
+//! bootstrap. (An earlier chain read only `acc_k - acc_winner` and carried the winner's
+//! accumulator by a circuit bootstrap and an external product per step: a circuit bootstrap
+//! costs several PBS, so the pairs are cheaper up to about a dozen models, and the bits are the
+//! same.)
 
 use crate::error::{ModelError, Result};
 use crate::quant::{read_width, QuantParams};
@@ -37,7 +42,7 @@ pub struct PoolRouter {
 pub struct PoolChoice {
     /// The router's exact accumulators, one per model.
     pub accumulators: Vec<i64>,
-    /// The chain's bits `c_1 .. c_{M-1}`: 1 where model `k` beat the winner so far.
+    /// The chain's bits `c_1 .. c_{M-1}`: 1 where model `k` beat every cheaper model.
     pub decisions: Vec<i64>,
     /// The chosen model.
     pub model: usize,
@@ -105,6 +110,12 @@ impl SignRead {
     }
 }
 
+/// The pairs `(j, k)`, `j < k`, whose sign `[acc_k - acc_j >= 1]` the chain reads, grouped by
+/// `k` (the reads of `c_k` are entries `k (k - 1) / 2 ..` of this order).
+pub fn pairs(models: usize) -> impl Iterator<Item = (usize, usize)> {
+    (1..models).flat_map(|k| (0..k).map(move |j| (j, k)))
+}
+
 /// The model a chain's bits choose: the last `k` with `c_k = 1` (the bits are `c_1 ..`), model
 /// 0 when none is; `None` when a bit is neither 0 nor 1.
 pub fn chain_winner(decisions: &[i64]) -> Option<usize> {
@@ -153,20 +164,27 @@ impl PoolRouter {
         matvec(&self.weights, self.bias.as_deref(), self.models(x.len()), x)
     }
 
-    /// The chain on a quantized input (the plaintext reference of the encrypted router).
+    /// The chain on a quantized input (the plaintext reference of the encrypted router): the
+    /// pairs' sign reads in the encrypted batch's order ([`pairs`]), then the bits.
     pub fn choose(&self, x_q: &[i64], rounding: &mut Rounding) -> PoolChoice {
         let read = self.sign_read(x_q.len());
         let accumulators = self.accumulators(x_q);
-        let (mut model, mut clear_of_edges) = (0, true);
-        let mut decisions = Vec::with_capacity(accumulators.len().saturating_sub(1));
-        for k in 1..accumulators.len() {
-            let (c, clear) = read.decide(accumulators[k] - accumulators[model], rounding);
-            clear_of_edges &= clear;
-            decisions.push(c);
-            if c == 1 {
-                model = k;
-            }
-        }
+        let m = accumulators.len();
+        let reads: Vec<(i64, bool)> = pairs(m)
+            .map(|(j, k)| read.decide(accumulators[k] - accumulators[j], rounding))
+            .collect();
+        // c_k is settled when every read is clear of its edge, or when one is clearly 0 (the
+        // AND is 0 whichever way the others fall)
+        let mut clear_of_edges = true;
+        let decisions: Vec<i64> = (1..m)
+            .map(|k| {
+                let first = k * (k - 1) / 2;
+                let own = &reads[first..first + k];
+                clear_of_edges &= own.iter().all(|&(_, clear)| clear) || own.contains(&(0, true));
+                own.iter().all(|&(c, _)| c == 1) as i64
+            })
+            .collect();
+        let model = chain_winner(&decisions).unwrap_or(0);
         PoolChoice {
             accumulators,
             decisions,
@@ -230,6 +248,22 @@ mod tests {
             assert_eq!(c.decisions.len(), 2);
             assert_eq!(chain_winner(&c.decisions), Some(want));
         }
+    }
+
+    #[test]
+    fn a_tie_that_cannot_change_a_bit_is_clear() {
+        // wide weights so that the read is coarse: differences next to 0 are near its edge
+        let r = router(vec![64, 0, 0, 0, 64, 0, 0, 0, 64], None);
+        assert!(r.sign_read(3).shift() > 0);
+        // models 0 and 2 tie far below model 1: [acc_2 > acc_0] is unclear, but
+        // [acc_2 > acc_1] is clearly 0, so c_2 is 0 either way
+        let c = r.choose(&[-8, 7, -8], &mut Rounding::Exact);
+        assert_eq!((c.model, c.clear_of_edges), (1, true), "{c:?}");
+        // the top two tie: the choice itself hangs on the noise
+        let c = r.choose(&[-8, 7, 7], &mut Rounding::Exact);
+        assert_eq!((c.model, c.clear_of_edges), (1, false), "{c:?}");
+        assert_eq!(pairs(4).collect::<Vec<_>>().len(), 6);
+        assert_eq!(pairs(3).collect::<Vec<_>>(), [(0, 1), (0, 2), (1, 2)]);
     }
 
     #[test]

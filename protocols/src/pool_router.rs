@@ -1,29 +1,30 @@
 //! The encrypted decision chain of a pool router ([`veilmoe_model::pool_router`]): the router's
-//! accumulators from one leveled product, then per model `k = 1 .. M-1` one sign read of
-//! `acc_k - acc_winner` and, but for the last, a circuit bootstrap of its bit and an external
-//! product that carries the winner's accumulator on, and the one-hot from the bits.
+//! accumulators from one leveled product, the sign reads of every pair's difference
+//! `acc_k - acc_j` (`j < k`) in one batch, per model `k >= 2` the AND of its `k` reads (one
+//! small read of their sum), and the one-hot from the bits.
 //!
-//! Cost per input (M models), all public: one packed product, `M - 1` sign reads, `M - 2`
-//! circuit bootstraps and external products, and `2 (M - 2)` small reads for the one-hot.
-//! Against the MoE router's logit reads and tournament (`3M - 2` PBS for top-1), the chain
-//! decides each comparison as finely as the read's noise allows instead of to a read step.
+//! Cost per input (M models), all public: one packed product, `M (M - 1) / 2` sign reads,
+//! `M - 2` ANDs (more above 8 models, where a sum of `k` bits no longer fits a read and is
+//! split), and `2 (M - 2)` small reads for the one-hot; no circuit bootstrap. Against the MoE
+//! router's logit reads and tournament (`3M - 2` PBS for top-1), the chain decides each
+//! comparison as finely as the read's noise allows instead of to a read step.
 
 use crate::error::{config, Result};
 use veilmoe_engine::{
-    Cols, Encoding, Evaluator, Lut, LweVector, PackedGlwe, PackedWeights, Rows, ValueRange,
-    WeightMatrix,
+    Cols, Encoding, Evaluator, Lut, LweVector, PackedGlwe, PackedWeights, Rows, WeightMatrix,
 };
 use veilmoe_model::pool::{Pool, SignRead};
+use veilmoe_model::pool_router::pairs;
 
 /// The router's weights and tables, built once per pool and preset.
 pub struct PoolRouterTables {
     weights: PackedWeights,
     bias: Option<Vec<i64>>,
     read: SignRead,
-    /// The accumulators' worst-case range: the winner's accumulator is always one of them.
-    acc_range: ValueRange,
-    /// `[acc_k - acc_winner >= 1]` from the difference plus the read's offset.
+    /// `[acc_k - acc_j >= 1]` from the difference plus the read's offset.
     sign: Lut,
+    /// `all[n - 2]`: `[u == n]` on a sum of `n` bits, for `n = 2 ..= bit.max()`: their AND.
+    all: Vec<Lut>,
     /// `[u >= 1]` on a sum of two bits: "some later model won".
     or: Lut,
     /// `[u == 1]` on `c_k - later`: model `k` won and no later model did.
@@ -60,7 +61,6 @@ impl PoolRouterTables {
             )));
         }
         let read = r.sign_read(d);
-        let (lo, hi) = r.accumulator_range(d);
         let bit = Encoding::signed(m);
         let sign = Lut::requantize(
             p,
@@ -76,8 +76,10 @@ impl PoolRouterTables {
             ),
             bias: r.bias.clone(),
             read,
-            acc_range: ValueRange::new(lo as i64, hi as i64)?,
             sign,
+            all: (2..=bit.max())
+                .map(|n| Lut::univariate(p, bit, bit, move |u| (u == n) as i64))
+                .collect::<std::result::Result<_, _>>()?,
             or: Lut::univariate(p, bit, bit, |u| (u >= 1) as i64)?,
             only: Lut::univariate(p, bit, bit, |u| (u == 1) as i64)?,
             bit,
@@ -95,23 +97,27 @@ impl PoolRouterTables {
         ev.set_stage("pool-router");
         let acc = ev.packed_matvec(&self.weights, self.bias.as_deref(), x)?;
         let wide = acc.encoding();
-        let mut winner = acc.slice(0..1)?;
-        let mut decisions = Vec::with_capacity(self.models - 1);
-        for k in 1..self.models {
-            let diff = ev.linear_combination(&[&acc.slice(k..k + 1)?, &winner], &[1, -1], wide)?;
-            let c = ev.pbs(&ev.add_plain(&diff, &[self.read.offset])?, &self.sign)?;
-            if k + 1 < self.models {
-                let g = ev.circuit_bootstrap(&c)?;
-                let moved = ev.external_product_lwe(&g[0], &diff)?;
-                winner = ev.linear_combination_within(
-                    &[&winner, &moved],
-                    &[1, 1],
+        let diffs = pairs(self.models)
+            .map(|(j, k)| {
+                let d = ev.linear_combination(
+                    &[&acc.slice(k..k + 1)?, &acc.slice(j..j + 1)?],
+                    &[1, -1],
                     wide,
-                    self.acc_range,
                 )?;
-            }
-            decisions.push(c);
-        }
+                Ok(ev.add_plain(&d, &[self.read.offset])?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&LweVector> = diffs.iter().collect();
+        let reads = ev.pbs(&LweVector::concat(&refs)?, &self.sign)?;
+        let decisions = (1..self.models)
+            .map(|k| {
+                let first = k * (k - 1) / 2;
+                let bits = (first..first + k)
+                    .map(|i| Ok(reads.slice(i..i + 1)?))
+                    .collect::<Result<Vec<_>>>()?;
+                self.and(ev, bits)
+            })
+            .collect::<Result<Vec<_>>>()?;
         ev.set_stage("pool-top-1");
         let onehot = self.onehot(ev, &decisions)?;
         let parts: Vec<&LweVector> = decisions.iter().collect();
@@ -119,6 +125,26 @@ impl PoolRouterTables {
             decisions: LweVector::concat(&parts)?,
             onehot,
         })
+    }
+
+    /// The AND of encrypted bits: one read of their sum, in groups that fit the bits'
+    /// encoding (a sum of at most `bit.max()` bits), then of the groups' ANDs.
+    fn and(&self, ev: &Evaluator, mut bits: Vec<LweVector>) -> Result<LweVector> {
+        let group = self.all.len() + 1;
+        while bits.len() > 1 {
+            bits = bits
+                .chunks(group)
+                .map(|g| {
+                    if g.len() == 1 {
+                        return Ok(g[0].clone());
+                    }
+                    let refs: Vec<&LweVector> = g.iter().collect();
+                    let u = ev.linear_combination(&refs, &vec![1; g.len()], self.bit)?;
+                    Ok(ev.pbs(&u, &self.all[g.len() - 2])?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+        }
+        bits.pop().ok_or_else(|| config("an AND of no bits"))
     }
 
     /// Model `k` answers iff `c_k = 1` and no later bit is 1; model 0 iff no bit is 1.
