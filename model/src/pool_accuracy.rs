@@ -116,14 +116,14 @@ pub fn pool_accuracy(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::capacity::Capacities;
     use crate::pool::tests::pool;
     use crate::random::SplitMix;
 
     /// Records labelled by model 0's prediction, so model 0 is always right.
-    fn data(pool: &Pool, n: usize, seed: u64) -> Dataset {
+    pub(crate) fn data(pool: &Pool, n: usize, seed: u64) -> Dataset {
         let mut rng = SplitMix(seed);
         let features: Vec<Vec<f32>> = (0..n)
             .map(|_| (0..4).map(|_| rng.range(-8, 7) as f32 * 0.5).collect())

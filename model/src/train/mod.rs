@@ -61,6 +61,7 @@ mod evaluate;
 mod float_phase;
 mod optim;
 mod params;
+pub mod pool_lambda;
 pub mod pool_router;
 mod qat;
 #[cfg(test)]

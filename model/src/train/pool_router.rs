@@ -29,7 +29,7 @@ use ndarray::{Array1, Array2};
 /// that rounding the weights moves a score by far less than the sign reads' noise.
 pub const ROUTER_WEIGHT_TOP: f64 = 64.0;
 /// Ridge penalty per record of the utility regressions (on inputs of magnitude up to 8).
-const RIDGE_PER_RECORD: f64 = 1e-2;
+pub(crate) const RIDGE_PER_RECORD: f64 = 1e-2;
 
 /// The float router over a pool: one row per model on the quantized input `x_q`, and a bias
 /// that already holds `-lambda * cost`.
@@ -119,11 +119,7 @@ pub fn train_pool_router(
             "a pool router needs records, a finite lambda and finite costs",
         ));
     }
-    let xs: Vec<Vec<i64>> = data
-        .features
-        .iter()
-        .map(|r| models[0].quantize_input(r))
-        .collect::<Result<_>>()?;
+    let xs = router_inputs(models, data)?;
     let targets = utility_targets(models, data, target)?;
     Ok(fit_pool_router(
         &xs,
@@ -132,6 +128,18 @@ pub fn train_pool_router(
         lambda,
         RIDGE_PER_RECORD,
     ))
+}
+
+/// The router's inputs: the records quantized by the pool's shared input quantizer
+/// (`models[0]`'s).
+pub(crate) fn router_inputs(
+    models: &[QuantizedClassifier],
+    data: &Dataset,
+) -> Result<Vec<Vec<i64>>> {
+    data.features
+        .iter()
+        .map(|r| models[0].quantize_input(r))
+        .collect()
 }
 
 /// The router's regressions on quantized inputs `xs` and utility targets `[record][model]`,

@@ -26,6 +26,7 @@ use veilmoe_protocols::model::pool_files::{
     save_pool, CapacityConfig, PoolConfig, PoolFiles, PoolModelEntry,
 };
 use veilmoe_protocols::model::reference::Rounding;
+use veilmoe_protocols::model::train::pool_lambda::{choose_lambda, LAMBDA_GRID};
 use veilmoe_protocols::model::train::pool_router::{train_pool_router, UtilityTarget};
 use veilmoe_protocols::model::train::{train_digits, TrainOptions, TrainShape};
 use veilmoe_protocols::model::FloatMoeModel;
@@ -70,6 +71,11 @@ struct Args {
     /// it).
     #[arg(long)]
     cover: bool,
+    /// Choose lambda instead: the largest of a grid whose 5-fold cross-validated routing
+    /// accuracy on the router's own records stays within this many points of always-largest's
+    /// there (no test record is looked at); it goes first, before any `--lambda`.
+    #[arg(long)]
+    max_loss: Option<f64>,
     /// What the router predicts per model: its margin on the record, or only whether it is
     /// right.
     #[arg(long, value_enum, default_value_t = Utility::Margin)]
@@ -128,7 +134,37 @@ fn main() -> Result<()> {
         .iter()
         .map(|m| veilmoe_protocols::model::quantize::quantize(m, 4, &train.features))
         .collect::<Result<_, _>>()?;
-    for (li, &lambda) in args.lambda.iter().enumerate() {
+    let mut lambdas = args.lambda.clone();
+    if let Some(loss) = args.max_loss {
+        let costs: Vec<f64> = entries.iter().map(|e| e.cost).collect();
+        let c = choose_lambda(
+            &quantized,
+            &costs,
+            &router_train,
+            args.utility.into(),
+            &LAMBDA_GRID,
+            loss,
+            5,
+        )?;
+        println!(
+            "lambda by 5-fold cross-validation on the router's {} records (always-largest \
+             {:.2} %, loss at most {loss} points):",
+            router_train.len(),
+            c.largest
+        );
+        for p in &c.grid {
+            println!(
+                "  lambda {:<8} accuracy {:.2} %, cost per input {:.1}",
+                p.lambda, p.accuracy, p.cost
+            );
+        }
+        if !c.within {
+            println!("  no lambda is within the loss: the most accurate is used");
+        }
+        println!("  chosen: lambda {}", c.chosen.lambda);
+        lambdas.insert(0, c.chosen.lambda);
+    }
+    for (li, &lambda) in lambdas.iter().enumerate() {
         let (slots, fallback_slots) = caps_sets[0].clone();
         let mut config = PoolConfig {
             lambda,
