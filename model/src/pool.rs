@@ -26,6 +26,10 @@ pub struct Pool {
     pub router: PoolRouter,
 }
 
+/// Most extra slots a covering fallback may have (it is not dispatched, so the dispatch's
+/// limit does not apply): as many as a full pool's slots.
+pub const MAX_COVERING_SLOTS: usize = MAX_POOL * MAX_CAPACITY;
+
 /// Public capacities of a pool batch: slots per model, and the fallback model's extra slots for
 /// the inputs whose chosen model was full.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,9 +68,9 @@ impl PoolCapacities {
         // a covering fallback is never dispatched (it runs on every input), so only its bound
         // on the batch applies; otherwise its extra slots are a dispatch's destination
         if self.covers(inputs) {
-            if self.fallback_slots > inputs.max(MAX_CAPACITY) {
+            if self.fallback_slots > MAX_COVERING_SLOTS {
                 return Err(pool_error(format!(
-                    "{} fallback slots for a batch of {inputs}: more than the batch can use",
+                    "{} fallback slots: a covering fallback holds at most {MAX_COVERING_SLOTS}",
                     self.fallback_slots
                 )));
             }
@@ -219,8 +223,12 @@ pub(crate) mod tests {
         // covering, the extra slots may exceed the dispatch's limit (they are not dispatched)
         let wide = caps(vec![3, 0, 1], 16);
         assert!(wide.covers(16) && wide.validate(3, 16).is_ok());
-        assert!(caps(vec![3, 0, 1], 17).validate(3, 16).is_err());
         assert!(caps(vec![3, 0, 1], 15).validate(3, 16).is_err());
+        // a short last batch keeps the configured capacities
+        assert!(wide.validate(3, 5).is_ok());
+        assert!(caps(vec![3, 0, 1], MAX_COVERING_SLOTS + 1)
+            .validate(3, 16)
+            .is_err());
         // whatever the choices, a covering plan places every input
         for choices in [vec![1; 16], vec![2; 16], (0..16).map(|i| i % 3).collect()] {
             let p = place(&choices, &wide).unwrap();

@@ -2,7 +2,7 @@
 //! reports; every error is one line on stderr with a non-zero exit.
 
 use clap::{Parser, Subcommand};
-use veilmoe_tools::cli::{self, batch, bench, inspect, params, run};
+use veilmoe_tools::cli::{self, batch, bench, inspect, params, route, run};
 
 #[derive(Parser)]
 #[command(
@@ -29,6 +29,7 @@ enum Command {
     Merge(batch::Merge),
     Decrypt(batch::Decrypt),
     Run(run::Run),
+    Route(route::Route),
     /// Presets: security, precision, failure probability, key sizes, PBS time (as `params`).
     Params {
         #[command(subcommand)]
@@ -47,6 +48,7 @@ fn main() {
         Command::Merge(c) => c.run(),
         Command::Decrypt(c) => c.run(),
         Command::Run(c) => c.run(),
+        Command::Route(c) => c.run(),
         Command::Params { command } => params::run_params(command),
         Command::Inspect(c) => c.run(),
     };

@@ -5,6 +5,7 @@ pub mod batch;
 pub mod bench;
 pub mod inspect;
 pub mod params;
+pub mod route;
 pub mod run;
 
 use anyhow::{bail, Context, Result};

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod encrypt;
 pub mod infer;
 pub mod merge;
+pub mod route;
 
 use crate::files::keys::KeyFileError;
 use crate::files::FileError;
