@@ -36,38 +36,51 @@ pub struct BatchAccuracy {
 }
 
 /// Each model's prediction on every record: `[model][record]`.
-fn predictions(pool: &Pool, data: &Dataset) -> Result<Vec<Vec<usize>>> {
+fn predictions(pool: &Pool, data: &Dataset, rounding: &mut Rounding) -> Result<Vec<Vec<usize>>> {
     pool.models
         .iter()
         .map(|m| {
             data.features
                 .iter()
-                .map(|r| Ok(argmax(&m.reference_outputs(r, &mut Rounding::Exact)?)))
+                .map(|r| Ok(argmax(&m.reference_outputs(r, rounding)?)))
                 .collect()
         })
         .collect()
 }
 
 /// The router's choice on every record.
-pub fn pool_choices(pool: &Pool, data: &Dataset) -> Result<Vec<usize>> {
+pub fn pool_choices(pool: &Pool, data: &Dataset, rounding: &mut Rounding) -> Result<Vec<usize>> {
     data.features
         .iter()
         .map(|r| {
             let x = pool.models[0].quantize_input(r)?;
-            Ok(pool.choose(&x, &mut Rounding::Exact).model)
+            Ok(pool.choose(&x, rounding).model)
         })
         .collect()
 }
 
-/// The pool's accuracy on `data`; with `caps`, also of consecutive batches of `batch` records.
+/// The pool's accuracy on `data` with exact reads; with `caps`, also of consecutive batches of
+/// `batch` records.
 pub fn pool_accuracy(
     pool: &Pool,
     data: &Dataset,
     caps: Option<(&PoolCapacities, usize)>,
 ) -> Result<PoolAccuracy> {
+    pool_accuracy_with(pool, data, caps, &mut Rounding::Exact)
+}
+
+/// [`pool_accuracy`] with `rounding` for every read (the router's sign reads and the models'):
+/// with a preset's simulated noise, what the encrypted pool is expected to reach, since near an
+/// edge the encrypted read may fall either way.
+pub fn pool_accuracy_with(
+    pool: &Pool,
+    data: &Dataset,
+    caps: Option<(&PoolCapacities, usize)>,
+    rounding: &mut Rounding,
+) -> Result<PoolAccuracy> {
     let n = data.len();
-    let preds = predictions(pool, data)?;
-    let choices = pool_choices(pool, data)?;
+    let choices = pool_choices(pool, data, rounding)?;
+    let preds = predictions(pool, data, rounding)?;
     let pct = |right: usize| 100.0 * right as f64 / n.max(1) as f64;
     let right_by = |m: usize, i: usize| preds[m][i] == data.labels[i];
     let alone = (0..pool.models.len())
@@ -159,7 +172,7 @@ pub(crate) mod tests {
         assert_eq!(a.records, 64);
         assert_eq!(a.alone[0], 100.0);
         // per input: right wherever model 0 answers, or model 1 agrees with it
-        let choices = pool_choices(&p, &d).unwrap();
+        let choices = pool_choices(&p, &d, &mut Rounding::Exact).unwrap();
         let right = (0..64)
             .filter(|&i| {
                 let out = p.models[choices[i]]

@@ -7,8 +7,9 @@
 //! shapes (`--hidden`, `--experts`). With `--pool DIR` (a directory `train_pool` writes) the
 //! trained pool runs on digits test records under its own capacities, and the report adds the
 //! accuracy of the largest model alone, of per-input routing and of the batch mode on the whole
-//! test split, from the plaintext reference the encrypted pool equals: time and accuracy from
-//! one run.
+//! test split, from the plaintext reference the encrypted pool equals (with exact reads, and
+//! with the preset's read noise simulated, since near an edge an encrypted read may fall
+//! either way): time and accuracy from one run.
 
 use super::moe::{ops_of, ops_per_stage};
 use super::primitives::BenchError;
@@ -19,7 +20,7 @@ use std::time::Instant;
 use veilmoe_engine::{ClientKey, Evaluator, Preset};
 use veilmoe_model::capacity::Capacities;
 use veilmoe_model::pool::{Pool, PoolCapacities, PoolRouter};
-use veilmoe_model::pool_accuracy::{pool_accuracy, PoolAccuracy};
+use veilmoe_model::pool_accuracy::{pool_accuracy, pool_accuracy_with, PoolAccuracy};
 use veilmoe_model::pool_files::PoolFiles;
 use veilmoe_model::{digits_split, embedded_digits};
 use veilmoe_model::{
@@ -27,6 +28,7 @@ use veilmoe_model::{
     QuantizedClassifier, QuantizedMoe, TopK,
 };
 use veilmoe_protocols::pool::PoolLayer;
+use veilmoe_protocols::simulate::simulated_rounding;
 use veilmoe_protocols::{MoeLayer, Select};
 
 /// What to measure.
@@ -49,8 +51,11 @@ pub struct RouteReport {
     pub preset: String,
     /// The trained pool measured (`None`: random models of the shapes).
     pub pool_dir: Option<String>,
-    /// Accuracy on the digits test split (trained pools only).
+    /// Accuracy on the digits test split (trained pools only), with exact reads.
     pub accuracy: Option<PoolAccuracy>,
+    /// The same with the preset's read noise simulated (the router's sign reads and the
+    /// models'): what the encrypted pool is expected to reach.
+    pub accuracy_simulated: Option<PoolAccuracy>,
     pub machine: String,
     pub threads: usize,
     pub d: usize,
@@ -140,7 +145,7 @@ pub fn run_route(
     b: &RouteBench,
     progress: &mut dyn FnMut(&str),
 ) -> Result<RouteReport, BenchError> {
-    let (pool, caps, inputs, accuracy) = match &b.pool_dir {
+    let (pool, caps, inputs, accuracy, accuracy_simulated) = match &b.pool_dir {
         Some(dir) => trained_pool(preset, dir, b)?,
         None => {
             let pool = random_pool(b, QuantParams::for_message_bits(preset.message_bits));
@@ -156,7 +161,7 @@ pub fn run_route(
                         .collect()
                 })
                 .collect();
-            (pool, caps, inputs, None)
+            (pool, caps, inputs, None, None)
         }
     };
     pool.validate().map_err(err)?;
@@ -231,6 +236,7 @@ pub fn run_route(
         preset: preset.name.clone(),
         pool_dir: b.pool_dir.as_ref().map(|d| d.display().to_string()),
         accuracy,
+        accuracy_simulated,
         machine: machine_name(),
         threads: rayon::current_num_threads(),
         d: pool.features(),
@@ -253,8 +259,14 @@ pub fn run_route(
 }
 
 /// A pool to time: its capacities, the quantized inputs to time on and, for a trained pool,
-/// its accuracy.
-type BenchPool = (Pool, PoolCapacities, Vec<Vec<i64>>, Option<PoolAccuracy>);
+/// its accuracy with exact and with simulated reads.
+type BenchPool = (
+    Pool,
+    PoolCapacities,
+    Vec<Vec<i64>>,
+    Option<PoolAccuracy>,
+    Option<PoolAccuracy>,
+);
 
 /// A trained pool from its directory, quantized on the digits training split, its
 /// capacities, the quantized test records to time on, and its accuracy on the test split.
@@ -270,6 +282,9 @@ fn trained_pool(
         .map_err(err)?;
     let batch = files.config.capacities.batch;
     let accuracy = pool_accuracy(&pool, &test, Some((&caps, batch))).map_err(err)?;
+    let mut noisy = simulated_rounding(preset, preset.message_bits, 7);
+    let simulated =
+        pool_accuracy_with(&pool, &test, Some((&caps, batch)), &mut noisy).map_err(err)?;
     let inputs = test
         .features
         .iter()
@@ -277,5 +292,5 @@ fn trained_pool(
         .map(|r| pool.models[0].quantize_input(r))
         .collect::<Result<Vec<_>, _>>()
         .map_err(err)?;
-    Ok((pool, caps, inputs, Some(accuracy)))
+    Ok((pool, caps, inputs, Some(accuracy), Some(simulated)))
 }

@@ -257,6 +257,17 @@ impl std::fmt::Display for RouteReport {
                 )?;
             }
         }
+        if let Some(a) = &self.accuracy_simulated {
+            write!(
+                f,
+                "\n  with the preset's read noise simulated: largest alone {:.2} %, per-input {:.2} %",
+                a.alone.last().copied().unwrap_or(0.0),
+                a.per_input
+            )?;
+            if let Some(b) = &a.batch {
+                write!(f, ", batch mode {:.2} %", b.accuracy)?;
+            }
+        }
         Ok(())
     }
 }
