@@ -17,6 +17,13 @@ fn ok(out: &std::process::Output) {
     );
 }
 
+/// Runs `veilmoe ARGS`, checks it succeeded, and parses its JSON report.
+fn json_report(args: &[&str]) -> serde_json::Value {
+    let out = veilmoe().args(args).output().unwrap();
+    ok(&out);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("veilmoe-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -99,29 +106,24 @@ fn inspect_refuses_bad_files_in_one_line() {
 /// `index-ggsw`, one per bit).
 #[test]
 fn bench_moe_counts_operations_per_stage() {
-    let out = veilmoe()
-        .args([
-            "bench",
-            "moe",
-            "--preset",
-            "test",
-            "--allow-insecure",
-            "--experts",
-            "4",
-            "--strategy",
-            "select",
-            "--d",
-            "4",
-            "--h",
-            "4",
-            "--runs",
-            "1",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    ok(&out);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = json_report(&[
+        "bench",
+        "moe",
+        "--preset",
+        "test",
+        "--allow-insecure",
+        "--experts",
+        "4",
+        "--strategy",
+        "select",
+        "--d",
+        "4",
+        "--h",
+        "4",
+        "--runs",
+        "1",
+        "--json",
+    ]);
     let case = &v["cases"][0];
     let stages = case["ops_per_stage"].as_object().unwrap();
     for (kind, total) in case["ops"].as_object().unwrap() {
@@ -133,6 +135,48 @@ fn bench_moe_counts_operations_per_stage() {
     }
     assert_eq!(stages["index-ggsw"]["circuit_bootstrap"], 2);
     assert!(stages["expert"]["pbs"].as_u64().unwrap() >= 4);
+}
+
+/// `veilmoe bench multibit`: the classic set first (ratio 1), then tfhe's multi-bit sets of
+/// grouping 2, 3, 4, each with the key size that its shape implies (`n / g * 2^g` GGSWs of
+/// `(k + 1)^2 * level` Fourier polynomials of `N / 2` complex values).
+#[test]
+fn bench_multibit_compares_the_vetted_sets() {
+    let v = json_report(&[
+        "bench",
+        "multibit",
+        "--threads",
+        "2",
+        "--batch",
+        "2",
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    let rows = v["rows"].as_array().unwrap();
+    let groups: Vec<u64> = rows
+        .iter()
+        .map(|r| r["grouping_factor"].as_u64().unwrap())
+        .collect();
+    assert_eq!(groups, [1, 2, 3, 4]);
+    assert_eq!(rows[0]["batch_vs_classic"], 1.0);
+    for r in rows {
+        let (g, n, poly, level) = (
+            r["grouping_factor"].as_u64().unwrap(),
+            r["lwe_dimension"].as_u64().unwrap(),
+            r["polynomial_size"].as_u64().unwrap(),
+            r["pbs_level"].as_u64().unwrap(),
+        );
+        let ggsws = if g == 1 { n } else { n / g * (1 << g) };
+        let mb = (ggsws * 4 * level * poly / 2 * 16) as f64 / 1e6;
+        assert!(
+            (r["fourier_key_mb"].as_f64().unwrap() - mb).abs() < 1e-6,
+            "{r}"
+        );
+        assert_eq!(r["external_products"].as_u64().unwrap(), n / g);
+        assert!(r["batch_ms_per_pbs"].as_f64().unwrap() > 0.0);
+        assert!(r["log2_p_fail"].as_f64().unwrap() <= -128.0);
+    }
 }
 
 /// `veilmoe route` on the shipped digits pool (test preset): every record answered (the pool's

@@ -194,7 +194,7 @@ impl PrimitiveBench {
 }
 
 /// Runs `f` with a per-thread FFT scratch buffer for the bare tfhe PBS.
-fn thread_local_bare<R>(
+pub(crate) fn thread_local_bare<R>(
     fft: &Fft,
     bsk: &FourierLweBootstrapKeyOwned,
     f: impl FnOnce(FftView<'_>, &mut PodStack) -> R,

@@ -3,6 +3,7 @@
 use super::load_preset;
 use crate::bench::capacity::CapacityBench;
 use crate::bench::moe::{run_moe, MoeBench, MoeReport};
+use crate::bench::multibit::run_multibit;
 use crate::bench::primitives::{run_primitives, PrimitiveBench, PrimitiveReport};
 use crate::bench::route::{run_route, RouteBench, RouteReport};
 use crate::bench::scaling::{plot_svg, run_scaling, ScalingBench};
@@ -115,6 +116,23 @@ pub enum Bench {
         plot: Option<std::path::PathBuf>,
         #[arg(long)]
         allow_insecure: bool,
+    },
+    /// tfhe's multi-bit blind rotation (grouping 2, 3, 4) against the classic one on tfhe's
+    /// vetted 4-bit 2M128 sets: batch throughput (one PBS per thread, as veilmoe runs them) and
+    /// the latency of one PBS with helper threads.
+    Multibit {
+        /// Threads of the batch, and helper threads of the single multi-bit PBS (default: all
+        /// cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// PBS per timed batch (default: 8 per thread).
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Timed runs per figure (median reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
     },
     /// Per-primitive medians (PBS, keyswitch, packed matvec, CMUX, circuit bootstrap, ...).
     Primitives {
@@ -362,6 +380,21 @@ impl Bench {
                     veilmoe_engine::format::write_atomic(p, svg.as_bytes())?;
                     eprintln!("wrote {}", p.display());
                 }
+                print_report(&report, json)?;
+            }
+            Bench::Multibit {
+                threads,
+                batch,
+                runs,
+                json,
+            } => {
+                let threads = threads.unwrap_or_else(|| {
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(1)
+                });
+                let batch = batch.unwrap_or(8 * threads);
+                let report = run_multibit(threads, batch, runs, &|m| eprintln!("{m}"))?;
                 print_report(&report, json)?;
             }
             Bench::Primitives {
