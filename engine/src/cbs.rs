@@ -17,6 +17,7 @@ use crate::ciphertext::LweVector;
 use crate::encoding::Encoding;
 use crate::error::{EngineError, Result};
 use crate::evaluator::{with_scratch, Evaluator};
+use crate::keyswitch::{ks_chunk, pfks_block};
 use crate::lut::Lut;
 use crate::noise;
 use crate::select::GgswBit;
@@ -74,60 +75,87 @@ impl<'k> Evaluator<'k> {
                 .unaligned_bytes_required(),
         );
         let size = small.as_list().lwe_size().0;
-        let ggsws: Vec<FourierGgswCiphertext<aligned_vec::ABox<[c64]>>> = small
+        let (levels, rows) = (cbs.level, glwe_size.0);
+        let glwe_words = rows * n.0;
+        let decomp = (
+            DecompositionBaseLog(cbs.base_log),
+            DecompositionLevelCount(cbs.level),
+        );
+        // Each task: the blind rotations of a block of bits, then every level LWE of the block
+        // through each function key at once (see `keyswitch.rs`), then the GGSWs assembled.
+        let blocks: Vec<Vec<FourierGgswCiphertext<aligned_vec::ABox<[c64]>>>> = small
             .as_list()
             .as_ref()
-            .par_chunks(size)
-            .map(|ct| {
-                let msed = lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(
-                    LweCiphertext::from_container(ct, modulus),
-                    log_modulus,
-                );
-                let mut acc = lut.acc.clone();
-                let mut std_ggsw = GgswCiphertext::new(
-                    0u64,
-                    glwe_size,
-                    n,
-                    DecompositionBaseLog(cbs.base_log),
-                    DecompositionLevelCount(cbs.level),
-                    modulus,
-                );
-                let mut fourier = FourierGgswCiphertext::new(
-                    glwe_size,
-                    n,
-                    DecompositionBaseLog(cbs.base_log),
-                    DecompositionLevelCount(cbs.level),
-                );
-                let mut level_lwe = LweCiphertext::new(0u64, big_size, modulus);
+            .par_chunks(ks_chunk(bits.len()) * size)
+            .map(|cts| {
+                let count = cts.len() / size;
+                let mut level_lwes = vec![0u64; count * levels * big_size.0];
                 with_scratch(req, |stack| {
-                    blind_rotate_assign_mem_optimized(&msed, &mut acc, &key.cbs_bsk, fft, stack);
-                    // Matrix i of a GGSW holds level L - i (tfhe's layout): bit * q / B^(L-i).
-                    for (i, mut matrix) in std_ggsw.iter_mut().enumerate() {
-                        extract_lwe_sample_from_glwe_ciphertext(
-                            &acc,
-                            &mut level_lwe,
-                            MonomialDegree(lut.extract[i]),
+                    for (ct, out) in cts
+                        .chunks_exact(size)
+                        .zip(level_lwes.chunks_exact_mut(levels * big_size.0))
+                    {
+                        let msed = lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(
+                            LweCiphertext::from_container(ct, modulus),
+                            log_modulus,
                         );
-                        for (pfpksk, mut row) in key
-                            .cbs_pfpksk
-                            .iter()
-                            .zip(matrix.as_mut_glwe_list().iter_mut())
-                        {
-                            private_functional_keyswitch_lwe_ciphertext_into_glwe_ciphertext(
-                                &pfpksk, &mut row, &level_lwe,
+                        let mut acc = lut.acc.clone();
+                        blind_rotate_assign_mem_optimized(
+                            &msed,
+                            &mut acc,
+                            &key.cbs_bsk,
+                            fft,
+                            stack,
+                        );
+                        // Matrix i of a GGSW holds level L - i (tfhe's layout): bit * q / B^(L-i).
+                        for (i, lwe) in out.chunks_exact_mut(big_size.0).enumerate() {
+                            extract_lwe_sample_from_glwe_ciphertext(
+                                &acc,
+                                &mut LweCiphertext::from_container(lwe, modulus),
+                                MonomialDegree(lut.extract[i]),
                             );
                         }
                     }
-                    convert_standard_ggsw_ciphertext_to_fourier_mem_optimized(
-                        &std_ggsw,
-                        &mut fourier,
-                        fft,
-                        stack,
-                    );
                 });
-                fourier
+                // Row r of every matrix comes from function key r.
+                let packed: Vec<Vec<u64>> = key
+                    .cbs_pfpksk
+                    .iter()
+                    .map(|pfpksk| {
+                        let mut out = vec![0u64; count * levels * glwe_words];
+                        pfks_block(&pfpksk, &level_lwes, big_size.0, &mut out, glwe_words);
+                        out
+                    })
+                    .collect();
+                (0..count)
+                    .map(|b| {
+                        let mut std_ggsw =
+                            GgswCiphertext::new(0u64, glwe_size, n, decomp.0, decomp.1, modulus);
+                        for (i, mut matrix) in std_ggsw.iter_mut().enumerate() {
+                            let at = (b * levels + i) * glwe_words;
+                            for (mut row, rows_of_key) in
+                                matrix.as_mut_glwe_list().iter_mut().zip(&packed)
+                            {
+                                row.as_mut()
+                                    .copy_from_slice(&rows_of_key[at..at + glwe_words]);
+                            }
+                        }
+                        let mut fourier =
+                            FourierGgswCiphertext::new(glwe_size, n, decomp.0, decomp.1);
+                        with_scratch(req, |stack| {
+                            convert_standard_ggsw_ciphertext_to_fourier_mem_optimized(
+                                &std_ggsw,
+                                &mut fourier,
+                                fft,
+                                stack,
+                            );
+                        });
+                        fourier
+                    })
+                    .collect()
             })
             .collect();
+        let ggsws: Vec<_> = blocks.into_iter().flatten().collect();
         let levels = cbs.level as u64;
         self.ops
             .record(OpKind::CircuitBootstrap, bits.len() as u64, levels);

@@ -20,6 +20,7 @@ pub mod error;
 pub mod evaluator;
 pub mod format;
 pub mod keys;
+mod keyswitch;
 pub mod linear;
 pub mod lut;
 pub mod noise;

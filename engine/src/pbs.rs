@@ -1,11 +1,14 @@
 //! Programmable bootstrapping through the engine: keyswitch (big -> small key), centered-mean
 //! modulus switch (as tfhe's 2M128 sets assume), blind rotation of the lookup table, sample
-//! extraction. Batches run in parallel with rayon, each thread reusing its own scratch memory.
+//! extraction. Batches run in parallel with rayon, each thread reusing its own scratch memory;
+//! each thread keyswitches its share of a batch in blocks (see `keyswitch.rs`), so the
+//! keyswitching key is read from memory once per block rather than once per ciphertext.
 
 use crate::accounting::OpKind;
 use crate::ciphertext::{LweKeyKind, LweVector};
 use crate::error::{EngineError, Result};
 use crate::evaluator::{with_scratch, Evaluator};
+use crate::keyswitch::{keyswitch_block, ks_chunk};
 use crate::lut::{BivariateLut, Lut};
 use crate::noise;
 use rayon::prelude::*;
@@ -19,13 +22,10 @@ impl<'k> Evaluator<'k> {
         let small = key.ksk.output_key_lwe_dimension().to_lwe_size();
         let big = x.as_list().lwe_size().0;
         let mut out = vec![0u64; x.len() * small.0];
-        out.par_chunks_mut(small.0)
-            .zip(x.as_list().as_ref().par_chunks(big))
-            .for_each(|(o, i)| {
-                let input = LweCiphertext::from_container(i, CiphertextModulus::new_native());
-                let mut output = LweCiphertext::from_container(o, CiphertextModulus::new_native());
-                keyswitch_lwe_ciphertext(&key.ksk, &input, &mut output);
-            });
+        let chunk = ks_chunk(x.len());
+        out.par_chunks_mut(chunk * small.0)
+            .zip(x.as_list().as_ref().par_chunks(chunk * big))
+            .for_each(|(o, i)| keyswitch_block(&key.ksk, i, big, o, small.0, 0));
         self.ops
             .record(OpKind::Keyswitch, x.len() as u64, big as u64);
         let p = self.preset();
@@ -83,25 +83,33 @@ impl<'k> Evaluator<'k> {
         let modulus = CiphertextModulus::new_native();
 
         let mut out = vec![0u64; x.len() * outputs * out_size.0];
-        out.par_chunks_mut(outputs * out_size.0)
-            .zip(x.as_list().as_ref().par_chunks(big))
+        let chunk = ks_chunk(x.len());
+        out.par_chunks_mut(chunk * outputs * out_size.0)
+            .zip(x.as_list().as_ref().par_chunks(chunk * big))
             .for_each(|(o, i)| {
-                let mut shifted = LweCiphertext::from_container(i.to_vec(), modulus);
-                let body = shifted.get_mut_body().data;
-                *body = body.wrapping_add(offset);
-                let mut ks = LweCiphertext::new(0u64, small, modulus);
-                keyswitch_lwe_ciphertext(&key.ksk, &shifted, &mut ks);
-                let msed = lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(
-                    ks.as_view(),
-                    log_modulus,
-                );
-                let mut acc = lut.acc.clone();
-                with_scratch(req, |stack| {
-                    blind_rotate_assign_mem_optimized(&msed, &mut acc, &key.bsk, fft, stack);
-                });
-                for (chunk, &degree) in o.chunks_exact_mut(out_size.0).zip(&lut.extract) {
-                    let mut lwe = LweCiphertext::from_container(chunk, modulus);
-                    extract_lwe_sample_from_glwe_ciphertext(&acc, &mut lwe, MonomialDegree(degree));
+                // the block's keyswitches first (the key read once for all of them)
+                let mut ks = vec![0u64; (i.len() / big) * small.0];
+                keyswitch_block(&key.ksk, i, big, &mut ks, small.0, offset);
+                for (o, ks) in o
+                    .chunks_exact_mut(outputs * out_size.0)
+                    .zip(ks.chunks_exact(small.0))
+                {
+                    let msed = lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(
+                        LweCiphertext::from_container(ks, modulus),
+                        log_modulus,
+                    );
+                    let mut acc = lut.acc.clone();
+                    with_scratch(req, |stack| {
+                        blind_rotate_assign_mem_optimized(&msed, &mut acc, &key.bsk, fft, stack);
+                    });
+                    for (chunk, &degree) in o.chunks_exact_mut(out_size.0).zip(&lut.extract) {
+                        let mut lwe = LweCiphertext::from_container(chunk, modulus);
+                        extract_lwe_sample_from_glwe_ciphertext(
+                            &acc,
+                            &mut lwe,
+                            MonomialDegree(degree),
+                        );
+                    }
                 }
             });
         self.ops

@@ -115,6 +115,15 @@ impl PoolCapacities {
             None => (slot < self.total()).then_some(self.fallback_model),
         }
     }
+
+    /// The model that answers an input placed at `p` (`None`: dropped, no model answers it).
+    pub fn answering_model(&self, p: Placement) -> Option<usize> {
+        match p {
+            Placement::Chosen(slot) => self.model_of(slot),
+            Placement::Fallback(_) => Some(self.fallback_model),
+            Placement::Dropped => None,
+        }
+    }
 }
 
 /// The batch rule: inputs in order take the next free slot of their chosen model; the inputs

@@ -97,17 +97,9 @@ pub fn pool_accuracy_with(
                 let idx: Vec<usize> = (start..(start + batch).min(n)).collect();
                 let c: Vec<usize> = idx.iter().map(|&i| choices[i]).collect();
                 for (&i, p) in idx.iter().zip(place(&c, caps)?) {
-                    let model = match p {
-                        Placement::Chosen(s) => caps.per_model.locate(s).map(|(m, _)| m),
-                        Placement::Fallback(_) => {
-                            fallback += 1;
-                            Some(caps.fallback_model)
-                        }
-                        Placement::Dropped => {
-                            dropped += 1;
-                            None
-                        }
-                    };
+                    fallback += matches!(p, Placement::Fallback(_)) as usize;
+                    dropped += matches!(p, Placement::Dropped) as usize;
+                    let model = caps.answering_model(p);
                     right += model.is_some_and(|m| right_by(m, i)) as usize;
                 }
             }

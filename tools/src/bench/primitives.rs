@@ -78,48 +78,10 @@ impl PrimitiveBench {
         let ev = Evaluator::new(&self.server);
         let ggsw = ev.circuit_bootstrap(&bit)?;
 
-        // The bare tfhe baseline: keyswitch + PBS through core_crypto directly.
-        let bsk = self.server.bootstrap_key();
-        let ksk = self.server.keyswitch_key();
-        let fft = Fft::new(p.polynomial_size());
-        let mut acc = GlweCiphertext::new(
-            0u64,
-            p.glwe_dimension().to_glwe_size(),
-            p.polynomial_size(),
-            CiphertextModulus::new_native(),
-        );
-        let box_size = n >> p.pbs_read_bits();
-        for (i, c) in acc.get_mut_body().as_mut().iter_mut().enumerate() {
-            *c = ((i / box_size) as u64) << (63 - p.message_bits);
-        }
-        let input = LweCiphertext::from_container(
-            one.as_list().as_ref().to_vec(),
-            CiphertextModulus::new_native(),
-        );
-
+        let bare = self.bare_ks_pbs();
+        let input = one.as_list().as_ref().to_vec();
         let mut cases: Vec<Case<'_>> = Vec::new();
-        cases.push((
-            "pbs_bare",
-            Box::new(move || {
-                let mut small = LweCiphertext::new(
-                    0u64,
-                    ksk.output_key_lwe_dimension().to_lwe_size(),
-                    CiphertextModulus::new_native(),
-                );
-                keyswitch_lwe_ciphertext(ksk, &input, &mut small);
-                let mut out = LweCiphertext::new(
-                    0u64,
-                    bsk.output_lwe_dimension().to_lwe_size(),
-                    CiphertextModulus::new_native(),
-                );
-                thread_local_bare(&fft, bsk, |fft, stack| {
-                    programmable_bootstrap_lwe_ciphertext_mem_optimized(
-                        &small, &mut out, &acc, bsk, fft, stack,
-                    )
-                });
-                std::hint::black_box(&out);
-            }),
-        ));
+        cases.push(("pbs_bare", Box::new(move || bare(&input))));
         let server = &self.server;
         let one2 = one.clone();
         let lut2 = lut.clone();
@@ -180,6 +142,64 @@ impl PrimitiveBench {
         Ok(cases)
     }
 
+    /// tfhe's own keyswitch + PBS of one big-key ciphertext, straight through core_crypto on
+    /// the same keys: the baseline the engine's PBS is compared with.
+    fn bare_ks_pbs(&self) -> impl Fn(&[u64]) + Sync + '_ {
+        let p = &self.preset;
+        let bsk = self.server.bootstrap_key();
+        let ksk = self.server.keyswitch_key();
+        let fft = Fft::new(p.polynomial_size());
+        let n = p.glwe.polynomial_size;
+        let mut acc = GlweCiphertext::new(
+            0u64,
+            p.glwe_dimension().to_glwe_size(),
+            p.polynomial_size(),
+            CiphertextModulus::new_native(),
+        );
+        let box_size = n >> p.pbs_read_bits();
+        for (i, c) in acc.get_mut_body().as_mut().iter_mut().enumerate() {
+            *c = ((i / box_size) as u64) << (63 - p.message_bits);
+        }
+        move |input: &[u64]| {
+            let input = LweCiphertext::from_container(input, CiphertextModulus::new_native());
+            let mut small = LweCiphertext::new(
+                0u64,
+                ksk.output_key_lwe_dimension().to_lwe_size(),
+                CiphertextModulus::new_native(),
+            );
+            keyswitch_lwe_ciphertext(ksk, &input, &mut small);
+            let mut out = LweCiphertext::new(
+                0u64,
+                bsk.output_lwe_dimension().to_lwe_size(),
+                CiphertextModulus::new_native(),
+            );
+            thread_local_bare(&fft, bsk, |fft, stack| {
+                programmable_bootstrap_lwe_ciphertext_mem_optimized(
+                    &small, &mut out, &acc, bsk, fft, stack,
+                )
+            });
+            std::hint::black_box(&out);
+        }
+    }
+
+    /// A batch of `count` bare tfhe keyswitch + PBS, one ciphertext per rayon task (how a
+    /// caller of core_crypto spreads a batch): the baseline of [`PrimitiveBench::pbs_batch`].
+    pub fn bare_pbs_batch(&self, count: usize) -> Result<impl Fn() + '_> {
+        let p = &self.preset;
+        let enc = Encoding::unsigned(p.message_bits);
+        let batch = self.client.encrypt_lwe(&vec![1; count], enc)?;
+        let bare = self.bare_ks_pbs();
+        let size = batch.as_list().lwe_size().0;
+        Ok(move || {
+            use rayon::prelude::*;
+            batch
+                .as_list()
+                .as_ref()
+                .par_chunks(size)
+                .for_each(&bare);
+        })
+    }
+
     /// A batch of `count` PBS through the engine (parallel over the current rayon pool).
     pub fn pbs_batch(&self, count: usize) -> Result<impl Fn() + '_> {
         let p = &self.preset;
@@ -232,6 +252,14 @@ pub struct PrimitiveReport {
     pub batch_pbs_ms_n_threads: f64,
     /// Throughput speedup of the batch on `threads` threads over 1 thread (target >= 0.9 x threads).
     pub batch_speedup: f64,
+    /// PBS in the engine-against-bare batch comparison (16 per thread).
+    pub compared_batch: usize,
+    /// Amortized ms per PBS of that batch on `threads` threads: through the engine (blocked
+    /// keyswitches) and bare tfhe (one keyswitch + PBS per task), timed alternately.
+    pub compared_engine_ms: f64,
+    pub compared_bare_ms: f64,
+    /// `compared_engine_ms / compared_bare_ms`, the median of the per-pair ratios.
+    pub batch_engine_over_bare: f64,
 }
 
 /// Measures every primitive on the current machine.
@@ -253,6 +281,21 @@ pub fn run_primitives(
     let one = pool1.install(|| median_ms(runs.div_ceil(2), &f)) / batch as f64;
     let many = pooln.install(|| median_ms(runs.div_ceil(2), &f)) / batch as f64;
     let ratio = medians["pbs_engine"] / medians["pbs_bare"];
+    // The engine's batch against bare tfhe's, alternately in one pool so that drift in the
+    // machine's speed falls on both.
+    let compared = 16 * threads.max(1);
+    let engine = bench.pbs_batch(compared)?;
+    let bare = bench.bare_pbs_batch(compared)?;
+    let (mut e, mut b, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    pooln.install(|| {
+        for _ in 0..runs.max(1) {
+            let te = median_ms(1, &engine);
+            let tb = median_ms(1, &bare);
+            e.push(te / compared as f64);
+            b.push(tb / compared as f64);
+            r.push(te / tb);
+        }
+    });
     Ok(PrimitiveReport {
         preset: bench.preset.name.clone(),
         threads,
@@ -263,5 +306,9 @@ pub fn run_primitives(
         batch_pbs_ms_1_thread: one,
         batch_pbs_ms_n_threads: many,
         batch_speedup: one / many,
+        compared_batch: compared,
+        compared_engine_ms: veilmoe_model::median(&e),
+        compared_bare_ms: veilmoe_model::median(&b),
+        batch_engine_over_bare: veilmoe_model::median(&r),
     })
 }

@@ -171,10 +171,19 @@ impl std::fmt::Display for PrimitiveReport {
             "  batch PBS, 1 thread    {:>10.3} ms/PBS",
             self.batch_pbs_ms_1_thread
         )?;
-        write!(
+        writeln!(
             f,
             "  batch PBS, {} threads   {:>10.3} ms/PBS (speedup {:.2})",
             self.threads, self.batch_pbs_ms_n_threads, self.batch_speedup
+        )?;
+        write!(
+            f,
+            "  batch of {}, {} threads: engine {:.3} ms/PBS, bare tfhe {:.3} ms/PBS, engine/bare {:.3}",
+            self.compared_batch,
+            self.threads,
+            self.compared_engine_ms,
+            self.compared_bare_ms,
+            self.batch_engine_over_bare
         )
     }
 }

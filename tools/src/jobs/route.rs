@@ -19,7 +19,7 @@ use std::time::Instant;
 use thiserror::Error;
 use veilmoe_engine::{ClientKey, Evaluator, OpKind, Preset};
 use veilmoe_model::data::{digits_split, embedded_digits};
-use veilmoe_model::pool::{place, Placement, Pool, PoolCapacities};
+use veilmoe_model::pool::{place, Pool, PoolCapacities};
 use veilmoe_model::pool_files::PoolFiles;
 use veilmoe_model::{argmax, ModelError, Rounding};
 use veilmoe_protocols::pool::PoolLayer;
@@ -155,15 +155,6 @@ impl fmt::Display for RouteReport {
     }
 }
 
-/// The model that answers each placement (`None`: dropped).
-fn answering_model(p: Placement, caps: &PoolCapacities) -> Option<usize> {
-    match p {
-        Placement::Chosen(g) => caps.model_of(g),
-        Placement::Fallback(_) => Some(caps.fallback_model),
-        Placement::Dropped => None,
-    }
-}
-
 /// The model that answered a record and its predicted class (`None`: dropped).
 type Answer = (Option<usize>, Option<usize>);
 
@@ -185,7 +176,7 @@ fn reference_batch(
         .into_iter()
         .zip(raw)
         .map(|(p, r)| {
-            let m = answering_model(p, caps);
+            let m = caps.answering_model(p);
             let class = match m {
                 Some(m) => Some(argmax(
                     &pool.models[m].reference_outputs(r, &mut Rounding::Exact)?,
