@@ -192,11 +192,7 @@ impl PrimitiveBench {
         let size = batch.as_list().lwe_size().0;
         Ok(move || {
             use rayon::prelude::*;
-            batch
-                .as_list()
-                .as_ref()
-                .par_chunks(size)
-                .for_each(&bare);
+            batch.as_list().as_ref().par_chunks(size).for_each(&bare);
         })
     }
 
