@@ -229,7 +229,11 @@ fn layer_selection() {
     }
 }
 
-fn qwen_tensors() -> Tensors {
+/// Hidden units of the tiny Qwen checkpoint's shared expert (unlike H, to check the shapes).
+const HS: usize = 5;
+
+/// Routed experts, without a shared expert (OLMoE's layout).
+fn olmoe_tensors() -> Tensors {
     let mut t = Tensors::new();
     let p = "model.layers.0.mlp";
     push(&mut t, &format!("{p}.gate.weight"), mat(E, D, 2));
@@ -250,11 +254,27 @@ fn qwen_tensors() -> Tensors {
             mat(D, H, 31 + i),
         );
     }
-    // Qwen's shared expert: present, not evaluated
+    t
+}
+
+/// Qwen2-MoE: the routed experts plus the shared expert and its sigmoid gate.
+fn qwen_tensors() -> Tensors {
+    let mut t = olmoe_tensors();
+    let p = "model.layers.0.mlp";
     push(
         &mut t,
         &format!("{p}.shared_expert.gate_proj.weight"),
-        mat(H, D, 60),
+        mat(HS, D, 60),
+    );
+    push(
+        &mut t,
+        &format!("{p}.shared_expert.up_proj.weight"),
+        mat(HS, D, 62),
+    );
+    push(
+        &mut t,
+        &format!("{p}.shared_expert.down_proj.weight"),
+        mat(D, HS, 63),
     );
     push(
         &mut t,
@@ -281,9 +301,9 @@ fn qwen2_moe_bf16_softmax_then_top_k() {
     assert_eq!(m.family, Family::Qwen2Moe);
     assert_eq!(m.config.gating, Gating::SoftmaxThenTopK);
     assert_eq!(m.config.h.0, H);
-    // The shared expert is not evaluated, and the model says so by name.
-    assert_eq!(m.not_evaluated.len(), 1, "{:?}", m.not_evaluated);
-    assert!(m.not_evaluated[0].contains("shared expert"));
+    // Every tensor of the block is evaluated, the shared expert included.
+    assert!(m.not_evaluated.is_empty(), "{:?}", m.not_evaluated);
+    assert_eq!(m.shared.as_ref().map(|s| s.hidden()), Some(HS));
     assert!(m.head.is_none() && !m.residual);
     let p = "model.layers.0.mlp";
     // bf16 holds these values exactly
@@ -306,7 +326,54 @@ fn qwen2_moe_bf16_softmax_then_top_k() {
             *w += probs[e] * o;
         }
     }
+    // plus sigmoid(gate . x) * FFN_shared(x)
+    let g =
+        1.0 / (1.0 + (-matvec(get(&t, &format!("{p}.shared_expert_gate.weight")), &x)[0]).exp());
+    let o = gated_ffn(
+        get(&t, &format!("{p}.shared_expert.gate_proj.weight")),
+        get(&t, &format!("{p}.shared_expert.up_proj.weight")),
+        get(&t, &format!("{p}.shared_expert.down_proj.weight")),
+        &x,
+    );
+    for (w, o) in want.iter_mut().zip(o) {
+        *w += g * o;
+    }
     assert_close(&m.forward(&x), &want);
+}
+
+/// A shared expert with a tensor missing is refused with that tensor's name; a tensor of the
+/// block that no loader reads is a named warning.
+#[test]
+fn qwen2_moe_partial_shared_expert_and_unread_tensors() {
+    let config = serde_json::json!({
+        "model_type": "qwen2_moe", "hidden_size": D, "moe_intermediate_size": H,
+        "num_experts": E, "num_experts_per_tok": 2
+    });
+    let partial: Tensors = qwen_tensors()
+        .into_iter()
+        .filter(|(n, _, _)| !n.ends_with("shared_expert.down_proj.weight"))
+        .collect();
+    let dir = write_model("qwen-partial", &config, &partial, StoredDtype::F32);
+    match FloatMoeModel::load(&dir) {
+        Err(ModelError::Checkpoint(CheckpointError::MissingTensor { name, .. })) => {
+            assert_eq!(name, "model.layers.0.mlp.shared_expert.down_proj.weight")
+        }
+        other => panic!("expected a missing-tensor error, got {other:?}"),
+    }
+    let mut extra = qwen_tensors();
+    push(
+        &mut extra,
+        "model.layers.0.mlp.expert_bias.weight",
+        mat(1, E, 5),
+    );
+    let dir = write_model("qwen-extra", &config, &extra, StoredDtype::F32);
+    let m = FloatMoeModel::load(&dir).unwrap();
+    assert_eq!(m.not_evaluated.len(), 1, "{:?}", m.not_evaluated);
+    assert!(
+        m.not_evaluated[0].contains("model.layers.0.mlp.expert_bias"),
+        "{:?}",
+        m.not_evaluated
+    );
 }
 
 #[test]
@@ -319,9 +386,10 @@ fn olmoe_intermediate_size_and_renormalized_gates() {
         "num_experts_per_tok": 2,
         "norm_topk_prob": true
     });
-    let dir = write_model("olmoe", &config, &qwen_tensors(), StoredDtype::F16);
+    let dir = write_model("olmoe", &config, &olmoe_tensors(), StoredDtype::F16);
     let m = FloatMoeModel::load(&dir).unwrap();
     assert_eq!(m.family, Family::Olmoe);
+    assert!(m.shared.is_none() && m.not_evaluated.is_empty());
     assert_eq!(m.config.h.0, H);
     assert_eq!(m.config.gating, Gating::SoftmaxSelected);
 }

@@ -25,8 +25,10 @@ use std::io::Read;
 
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"VEILMOE\0";
-/// Current envelope format version.
-pub const FORMAT_VERSION: u16 = 1;
+/// Current envelope format version. Version 2: a quantized model holds its shared expert
+/// (Qwen2-MoE), so version-1 model files no longer decode; they are refused by version, with a
+/// cause, rather than misread.
+pub const FORMAT_VERSION: u16 = 2;
 
 /// A hash of a preset's cryptographic parameters (not of its name or description).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -54,7 +54,7 @@ pub use quant::{Activation, QuantParams};
 pub use quantize::{
     evaluate_accuracy, quantize, quantize_with, AccuracyReport, QuantizeOptions, QuantizeReport,
 };
-pub use quantized::{ExpertWeights, QuantizedMoe};
+pub use quantized::{ExpertWeights, QuantizedMoe, SharedExpert};
 pub use random::SplitMix;
 pub use reference::{RefOutput, Rounding};
 pub use train::{train_digits, TrainOptions, Trained};

@@ -72,6 +72,12 @@ pub fn mixtral_gate(delta: i64, logit_scale: f64, g_max: i64) -> i64 {
     ((g_max as f64) * crate::math::sigmoid(delta as f64 * logit_scale)).round() as i64
 }
 
+/// Qwen2-MoE shared-expert gate from the gate row's requantized read `q`:
+/// `round(G * sigmoid(q * gate_scale))`.
+pub fn shared_gate(q: i64, gate_scale: f64, g_max: i64) -> i64 {
+    ((g_max as f64) * crate::math::sigmoid(q as f64 * gate_scale)).round() as i64
+}
+
 /// Switch/Qwen (softmax over all experts, then top-k) term of expert `j` for a slot whose logit
 /// is `v`: `min(round(S * exp((l_j - v) * logit_scale)), cap)`.
 pub fn switch_term(diff: i64, logit_scale: f64, s: i64, cap: i64) -> i64 {

@@ -21,6 +21,31 @@ pub struct ExpertWeights {
     pub b2: Option<Vec<i64>>,
 }
 
+/// Qwen2-MoE's shared expert, quantized: an FFN of the layer's kind that every token uses, its
+/// output multiplied by its gate `g = round(G * sigmoid(read(gate . x + gate_bias) *
+/// gate_scale))` in [0, G] (G = [`QuantParams::gate_max`]). Its first-stage rows (W1, W3 and the
+/// gate row) share the layer's input width; its W2 shares the routed experts' scale, so its
+/// gated output adds to theirs in the same units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedExpert {
+    /// Hidden units (Qwen's `shared_expert_intermediate_size`).
+    pub h: usize,
+    /// `w1`, `w3` are `h x d`, `w2` is `d x h`.
+    pub weights: ExpertWeights,
+    /// The gate row (d values) and its bias (the input zero point folded in).
+    pub gate: Vec<i64>,
+    pub gate_bias: i64,
+    /// Real value of one step of the gate row's first-stage read.
+    pub gate_scale: f64,
+}
+
+impl SharedExpert {
+    /// The gate from the gate row's requantized read `q`.
+    pub fn gate_value(&self, q: i64, g_max: i64) -> i64 {
+        quant::shared_gate(q, self.gate_scale, g_max)
+    }
+}
+
 /// What an encrypted router needs, whoever owns it (an MoE layer's router over its experts, a
 /// pool's router over its models): the public shape, the integer weights, the quantization and
 /// the first-stage read of the accumulators `W x + b`.
@@ -50,6 +75,8 @@ pub struct QuantizedMoe {
     pub router: Vec<i64>,
     pub router_bias: Option<Vec<i64>>,
     pub experts: Vec<ExpertWeights>,
+    /// Qwen2-MoE's shared expert (none for other families).
+    pub shared: Option<SharedExpert>,
 }
 
 /// Largest model or hidden dimension a quantized model may declare.
@@ -145,9 +172,14 @@ impl QuantizedMoe {
                 (FfnKind::Plain(_), None) => {}
             }
         }
+        if let Some(sh) = &self.shared {
+            self.validate_shared(sh)?;
+        }
+        let shared_weights = self.shared.as_ref().map(|s| &s.weights);
         let all = std::iter::once(&self.router)
             .chain(&self.router_bias)
-            .chain(self.experts.iter().flat_map(|x| {
+            .chain(self.shared.as_ref().map(|s| &s.gate))
+            .chain(self.experts.iter().chain(shared_weights).flat_map(|x| {
                 [
                     Some(&x.w1),
                     x.b1.as_ref(),
@@ -169,8 +201,60 @@ impl QuantizedMoe {
         Ok(())
     }
 
+    /// Checks the shared expert's shapes against the layer (d, the FFN kind), its hidden size
+    /// against [`MAX_DIM`], its gate scale and gate bias.
+    fn validate_shared(&self, sh: &SharedExpert) -> Result<()> {
+        let (d, h) = (self.config.d.0, sh.h);
+        if h == 0 || h > MAX_DIM {
+            return Err(config(format!(
+                "the shared expert's hidden size must be between 1 and {MAX_DIM}, got {h}"
+            )));
+        }
+        let x = &sh.weights;
+        check_len("shared expert w1", &x.w1, h * d)?;
+        check_opt("shared expert b1", &x.b1, h)?;
+        check_len("shared expert w2", &x.w2, d * h)?;
+        check_opt("shared expert b2", &x.b2, d)?;
+        match (self.config.ffn, &x.w3) {
+            (FfnKind::GatedSilu, Some(w3)) => {
+                check_len("shared expert w3", w3, h * d)?;
+                check_opt("shared expert b3", &x.b3, h)?;
+            }
+            (FfnKind::Plain(_), None) => {}
+            _ => {
+                return Err(ModelError::Weights(
+                    "the shared expert's w3 does not match the layer's FFN kind".into(),
+                ))
+            }
+        }
+        check_len("shared expert gate", &sh.gate, d)?;
+        if sh.gate_bias.unsigned_abs() > MAX_WEIGHT as u64 {
+            return Err(ModelError::Weights(format!(
+                "shared gate bias {} exceeds the largest supported magnitude {MAX_WEIGHT}",
+                sh.gate_bias
+            )));
+        }
+        if !(sh.gate_scale.is_finite() && sh.gate_scale > 0.0) {
+            return Err(config(format!(
+                "the shared gate scale must be positive and finite, got {}",
+                sh.gate_scale
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every FFN the layer evaluates with its hidden size: the routed experts, then the shared
+    /// expert.
+    pub fn ffns(&self) -> impl Iterator<Item = (&ExpertWeights, usize)> {
+        let h = self.config.h.0;
+        self.experts
+            .iter()
+            .map(move |x| (x, h))
+            .chain(self.shared.as_ref().map(|s| (&s.weights, s.h)))
+    }
+
     /// Worst-case range of every first-stage accumulator (router, W1 and W3 rows with their
-    /// biases) over inputs in the signed m-bit range.
+    /// biases, the shared gate row) over inputs in the signed m-bit range.
     pub fn first_stage_range(&self) -> (i128, i128) {
         let d = self.config.d.0;
         let (lo, hi) = (self.quant.input_min(), self.quant.input_max());
@@ -179,11 +263,14 @@ impl QuantizedMoe {
             let (a, z) = affine_range(w, b, d, lo, hi);
             r = (r.0.min(a), r.1.max(z));
         };
-        for x in &self.experts {
+        for (x, _) in self.ffns() {
             widen(&x.w1, x.b1.as_deref());
             if let Some(w3) = &x.w3 {
                 widen(w3, x.b3.as_deref());
             }
+        }
+        if let Some(s) = &self.shared {
+            widen(&s.gate, Some(std::slice::from_ref(&s.gate_bias)));
         }
         r
     }
@@ -218,9 +305,8 @@ impl QuantizedMoe {
     /// Worst-case range of one expert output `W2 a + b2`.
     pub fn expert_output_range(&self) -> (i128, i128) {
         let (lo, hi) = self.quant.hidden_range(self.config.ffn);
-        let h = self.config.h.0;
         let mut r = (0i128, 0i128);
-        for x in &self.experts {
+        for (x, h) in self.ffns() {
             let (a, b) = affine_range(&x.w2, x.b2.as_deref(), h, lo, hi);
             r = (r.0.min(a), r.1.max(b));
         }
@@ -241,9 +327,15 @@ impl QuantizedMoe {
         self.expert_output_width() - self.quant.message_bits
     }
 
-    /// Whether the gates are public constants (Mixtral with k = 1: the gate is 1.0).
+    /// Whether the routed gates are public constants (Mixtral with k = 1: the gate is 1.0).
     pub fn constant_gates(&self) -> bool {
         self.config.top_k.0 == 1 && self.config.gating == Gating::SoftmaxSelected
+    }
+
+    /// Whether the layer output is the single slot output itself (a constant gate and no
+    /// shared expert); otherwise it is `sum g * o` with gates in [0, G] standing for [0, 1].
+    pub fn output_is_slot(&self) -> bool {
+        self.constant_gates() && self.shared.is_none()
     }
 
     /// Encoding width of a slot output (and of the expert's hidden activations, whose encoding
@@ -264,15 +356,8 @@ impl QuantizedMoe {
     ) -> QuantizedMoe {
         let mut rng = SplitMix(seed);
         let (d, h, e) = (config.d.0, config.h.0, config.experts.0);
-        let mut sparse = |rows: usize, cols: usize, nz: usize, mag: i64| -> Vec<i64> {
-            let mut w = vec![0i64; rows * cols];
-            for r in 0..rows {
-                for _ in 0..nz.min(cols) {
-                    let c = rng.below(cols as u64) as usize;
-                    w[r * cols + c] = rng.range(-mag, mag);
-                }
-            }
-            w
+        let mut sparse = |rows: usize, cols: usize, nz: usize, mag: i64| {
+            sparse_rows(&mut rng, rows, cols, nz, mag)
         };
         let router = sparse(e, d, 4, 3);
         let mut experts = Vec::with_capacity(e);
@@ -303,6 +388,48 @@ impl QuantizedMoe {
             router,
             router_bias,
             experts,
+            shared: None,
         }
     }
+
+    /// The same layer with a random shared expert of `h` hidden units (for tests and
+    /// benchmarks), its rows as sparse as [`QuantizedMoe::random`]'s and its gate spanning
+    /// [0, G] over the gate row's read.
+    pub fn with_random_shared(mut self, h: usize, seed: u64) -> QuantizedMoe {
+        let mut rng = SplitMix(seed ^ 0x5ba2_ed00);
+        let d = self.config.d.0;
+        let gated = self.config.ffn == FfnKind::GatedSilu;
+        let w1 = sparse_rows(&mut rng, h, d, 4, 3);
+        let w3 = gated.then(|| sparse_rows(&mut rng, h, d, 4, 3));
+        let w2 = sparse_rows(&mut rng, d, h, 6, 1);
+        let gate = sparse_rows(&mut rng, 1, d, 4, 3);
+        let gate_bias = rng.range(-4, 4);
+        self.shared = Some(SharedExpert {
+            h,
+            weights: ExpertWeights {
+                w1,
+                b1: None,
+                w3,
+                b3: None,
+                w2,
+                b2: None,
+            },
+            gate,
+            gate_bias,
+            gate_scale: 0.5,
+        });
+        self
+    }
+}
+
+/// `rows x cols` weights with about `nz` non-zero entries per row, each in [-mag, mag].
+fn sparse_rows(rng: &mut SplitMix, rows: usize, cols: usize, nz: usize, mag: i64) -> Vec<i64> {
+    let mut w = vec![0i64; rows * cols];
+    for r in 0..rows {
+        for _ in 0..nz.min(cols) {
+            let c = rng.below(cols as u64) as usize;
+            w[r * cols + c] = rng.range(-mag, mag);
+        }
+    }
+    w
 }

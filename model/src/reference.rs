@@ -12,7 +12,7 @@
 
 use crate::arch::{FfnKind, Gating};
 use crate::quant::{self, round_shift};
-use crate::quantized::{QuantizedMoe, RouterSpec};
+use crate::quantized::{ExpertWeights, QuantizedMoe, RouterSpec};
 use crate::random::SplitMix;
 use ndarray::{Array1, ArrayView2};
 
@@ -67,9 +67,17 @@ pub struct RefOutput {
     /// Each slot's expert output accumulator `W2 a + b2` (d values, wide: never read through a
     /// PBS; the client decrypts it at its full width).
     pub expert_outputs: Vec<Vec<i64>>,
-    /// Layer output `sum_slots gate * expert_output`, in accumulator steps (see
-    /// [`QuantizedMoe::expert_output_shift`] for the step of an m-bit read).
+    /// The shared expert's gate in [0, G] and its output accumulator `W2 a + b2` (Qwen2-MoE).
+    pub shared: Option<(i64, Vec<i64>)>,
+    /// Layer output `sum_slots gate * expert_output` (plus `shared gate * shared output`), in
+    /// accumulator steps (see [`QuantizedMoe::expert_output_shift`] for the step of an m-bit
+    /// read).
     pub y: Vec<i64>,
+}
+
+/// `W2 a + b2` of an FFN with `d` outputs.
+fn ffn_output(w: &ExpertWeights, d: usize, hidden: &[i64]) -> Vec<i64> {
+    matvec(&w.w2, w.b2.as_deref(), d, hidden)
 }
 
 /// `W x + b` for `rows` rows of `x.len()` columns (shapes validated by the caller).
@@ -157,32 +165,36 @@ impl QuantizedMoe {
     /// (or, gated, its silu factor) reads.
     pub fn pre_activations(&self, e: usize, x: &[i64], rounding: &mut Rounding) -> Vec<i64> {
         let s = self.input_shift();
-        self.w1_accumulators(e, x)
+        let w = &self.experts[e];
+        matvec(&w.w1, w.b1.as_deref(), self.config.h.0, x)
             .into_iter()
             .map(|a| rounding.read(a, s))
             .collect()
     }
 
-    /// `W1 x + b1` of expert `e` (exact).
-    fn w1_accumulators(&self, e: usize, x: &[i64]) -> Vec<i64> {
-        let w = &self.experts[e];
-        matvec(&w.w1, w.b1.as_deref(), self.config.h.0, x)
-    }
-
     /// Hidden activations of expert `e` (one requantizing read per unit, plus the exact product
     /// of a gated FFN).
     pub fn hidden(&self, e: usize, x: &[i64], rounding: &mut Rounding) -> Vec<i64> {
-        let (h, s, q) = (self.config.h.0, self.input_shift(), &self.quant);
-        let w = &self.experts[e];
+        self.ffn_hidden(&self.experts[e], self.config.h.0, x, rounding)
+    }
+
+    /// Hidden activations of any FFN of the layer (`h` units): a routed expert or the shared one.
+    pub fn ffn_hidden(
+        &self,
+        w: &ExpertWeights,
+        h: usize,
+        x: &[i64],
+        rounding: &mut Rounding,
+    ) -> Vec<i64> {
+        let (s, q) = (self.input_shift(), &self.quant);
+        let u = matvec(&w.w1, w.b1.as_deref(), h, x);
         match self.config.ffn {
-            FfnKind::Plain(act) => self
-                .pre_activations(e, x, rounding)
+            FfnKind::Plain(act) => u
                 .into_iter()
-                .map(|v| q.activation(act, v))
+                .map(|a| q.activation(act, rounding.read(a, s)))
                 .collect(),
             FfnKind::GatedSilu => {
                 // the two factors' reads alternate per unit (the simulated rounding's order)
-                let u = self.w1_accumulators(e, x);
                 let v = matvec(w.w3.as_deref().unwrap_or(&[]), w.b3.as_deref(), h, x);
                 u.iter()
                     .zip(&v)
@@ -198,14 +210,25 @@ impl QuantizedMoe {
     /// encrypted path returns them wide, with no requantizing read (the client decrypts them at
     /// full width, so no PBS is spent and no rounding is lost on the way out).
     pub fn expert_output(&self, e: usize, hidden: &[i64]) -> Vec<i64> {
-        let w = &self.experts[e];
-        matvec(&w.w2, w.b2.as_deref(), self.config.d.0, hidden)
+        ffn_output(&self.experts[e], self.config.d.0, hidden)
+    }
+
+    /// The shared expert's gate and output accumulators (`None` without a shared expert).
+    pub fn shared_reference(&self, x: &[i64], rounding: &mut Rounding) -> Option<(i64, Vec<i64>)> {
+        let sh = self.shared.as_ref()?;
+        let acc = matvec(&sh.gate, Some(std::slice::from_ref(&sh.gate_bias)), 1, x)[0];
+        let gate = sh.gate_value(
+            rounding.read(acc, self.input_shift()),
+            self.quant.gate_max(),
+        );
+        let hidden = self.ffn_hidden(&sh.weights, sh.h, x, rounding);
+        Some((gate, ffn_output(&sh.weights, self.config.d.0, &hidden)))
     }
 
     /// The layer output (exact): the slot output itself under a constant gate, otherwise
     /// `sum_slots gate * output`.
     pub fn combine(&self, gates: &[i64], outputs: &[Vec<i64>]) -> Vec<i64> {
-        if self.constant_gates() {
+        if self.output_is_slot() {
             return outputs[0].clone();
         }
         let mut y = vec![0i64; self.config.d.0];
@@ -245,7 +268,13 @@ impl QuantizedMoe {
             .zip(&hidden)
             .map(|(&e, hd)| self.expert_output(e, hd))
             .collect();
-        let y = self.combine(&gates, &expert_outputs);
+        let mut y = self.combine(&gates, &expert_outputs);
+        let shared = self.shared_reference(x, rounding);
+        if let Some((g, o)) = &shared {
+            for (yi, oi) in y.iter_mut().zip(o) {
+                *yi += g * oi;
+            }
+        }
         RefOutput {
             logits,
             selected,
@@ -254,6 +283,7 @@ impl QuantizedMoe {
             gates,
             hidden,
             expert_outputs,
+            shared,
             y,
         }
     }

@@ -2,7 +2,7 @@
 //! and the loader of the gated-SiLU block that Mixtral, Qwen2-MoE and OLMoE have in common.
 
 use super::error::{CheckpointError, Result};
-use super::float::FloatExpert;
+use super::float::{FloatExpert, FloatSharedExpert};
 use super::store::TensorStore;
 use crate::arch::{ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig, TopK};
 use crate::quant::Activation;
@@ -11,11 +11,16 @@ use serde::de::DeserializeOwned;
 
 /// What a family file hands back: the block of one layer.
 pub(crate) struct Block {
+    /// Prefix of the block's tensor names (`model.layers.3.mlp.`): tensors under it that the
+    /// loader did not read are named as not evaluated.
+    pub prefix: String,
     pub config: MoeConfig,
     pub layer: usize,
     pub router: Array2<f32>,
     pub router_bias: Option<Array1<f32>>,
     pub experts: Vec<FloatExpert>,
+    /// Qwen2-MoE's shared expert, when the checkpoint has one.
+    pub shared: Option<FloatSharedExpert>,
 }
 
 /// Deserializes a family's `Config`, after checking its required keys are present, so that a
@@ -131,6 +136,7 @@ pub(crate) fn gated_silu_block(
         });
     }
     Ok(Block {
+        prefix: format!("{p}."),
         config: MoeConfig {
             d: ModelDim(d),
             h: HiddenDim(h),
@@ -143,6 +149,7 @@ pub(crate) fn gated_silu_block(
         router,
         router_bias: None,
         experts,
+        shared: None,
     })
 }
 

@@ -19,6 +19,24 @@ pub struct FloatExpert {
     pub b2: Option<Array1<f32>>,
 }
 
+/// Qwen2-MoE's shared expert: a gated FFN every token uses, scaled by its own sigmoid gate
+/// (`y = routed + sigmoid(gate . x) * FFN_shared(x)`). It carries no routing secret, but its
+/// gate depends on the token, so the gate is evaluated under encryption like a routed gate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloatSharedExpert {
+    /// The FFN, `[h_shared, d]` / `[d, h_shared]` (Qwen `shared_expert.{gate,up,down}_proj`).
+    pub ffn: FloatExpert,
+    /// `[d]`: Qwen `shared_expert_gate.weight` (one output row, no bias).
+    pub gate: Array1<f32>,
+}
+
+impl FloatSharedExpert {
+    /// Hidden units of the shared FFN (Qwen's `shared_expert_intermediate_size`).
+    pub fn hidden(&self) -> usize {
+        self.ffn.w1.nrows()
+    }
+}
+
 /// The classification head the client applies in the clear.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FloatHead {
@@ -41,6 +59,8 @@ pub struct FloatMoeModel {
     pub router: Array2<f32>,
     pub router_bias: Option<Array1<f32>>,
     pub experts: Vec<FloatExpert>,
+    /// Qwen2-MoE's shared expert, evaluated beside the routed ones.
+    pub shared: Option<FloatSharedExpert>,
     pub head: Option<FloatHead>,
     /// Whether the head reads `x + MoE(x)`.
     pub residual: bool,
@@ -48,8 +68,8 @@ pub struct FloatMoeModel {
     pub input_scale: f64,
     /// The quantization the model was trained for, if it declares one.
     pub quantization: Option<crate::quantize::QuantChoice>,
-    /// Parts of the checkpoint's block that veilmoe does not evaluate (for example Qwen2-MoE's
-    /// shared expert), each named: commands print them as warnings, never drop them silently.
+    /// Parts of the checkpoint's block that veilmoe does not evaluate, each named: commands
+    /// print them as warnings, never drop them silently.
     pub not_evaluated: Vec<String>,
 }
 
@@ -121,7 +141,18 @@ impl FloatMoeModel {
 
     /// Expert `e` on the block's real input, with its intermediates.
     pub fn expert_trace(&self, e: usize, x: &Array1<f32>) -> ExpertTrace {
-        let w = &self.experts[e];
+        self.ffn_trace(&self.experts[e], x)
+    }
+
+    /// The shared expert's sigmoid gate on the block's real input (`None` without one).
+    pub fn shared_gate(&self, x: &Array1<f32>) -> Option<f32> {
+        self.shared
+            .as_ref()
+            .map(|s| crate::math::sigmoid(s.gate.dot(x) as f64) as f32)
+    }
+
+    /// Any FFN of the block's kind (a routed expert or the shared one) on the block's input.
+    pub fn ffn_trace(&self, w: &FloatExpert, x: &Array1<f32>) -> ExpertTrace {
         let add = |mut a: Array1<f32>, b: &Option<Array1<f32>>| {
             if let Some(b) = b {
                 a += b;
@@ -143,7 +174,8 @@ impl FloatMoeModel {
         ExpertTrace { u, v, a, o }
     }
 
-    /// The block output `y = sum_slots gate * FFN(x)` on raw features.
+    /// The block output `y = sum_slots gate * FFN(x)` (plus the gated shared expert) on raw
+    /// features.
     pub fn block_output(&self, raw: &[f32]) -> Vec<f32> {
         let x = self.model_input(raw);
         self.block_output_of(&x).to_vec()
@@ -154,6 +186,9 @@ impl FloatMoeModel {
         let mut y = Array1::<f32>::zeros(self.config.d.0);
         for (&e, &g) in sel.iter().zip(&gates) {
             y.scaled_add(g, &self.expert_trace(e, x).o);
+        }
+        if let (Some(s), Some(g)) = (&self.shared, self.shared_gate(x)) {
+            y.scaled_add(g, &self.ffn_trace(&s.ffn, x).o);
         }
         y
     }
@@ -213,6 +248,7 @@ impl FloatMoeModel {
             router,
             router_bias: None,
             experts,
+            shared: None,
             head: None,
             residual: false,
             input_scale: 1.0,
@@ -260,6 +296,24 @@ impl FloatMoeModel {
                     return Err(format!("expert {i}: w3 on a plain FFN"))
                 }
                 (FfnKind::Plain(_), None) => {}
+            }
+        }
+        if let Some(s) = &self.shared {
+            let hs = s.hidden();
+            shape("shared expert w1", &s.ffn.w1, hs, d)?;
+            shape("shared expert w2", &s.ffn.w2, d, hs)?;
+            len("shared expert b1", &s.ffn.b1, hs)?;
+            len("shared expert b2", &s.ffn.b2, d)?;
+            match (c.ffn, &s.ffn.w3) {
+                (FfnKind::GatedSilu, Some(w3)) => shape("shared expert w3", w3, hs, d)?,
+                (FfnKind::Plain(_), None) => {}
+                _ => return Err("shared expert: w3 must match the FFN kind".into()),
+            }
+            if s.gate.len() != d {
+                return Err(format!(
+                    "shared expert gate: {} values, expected {d}",
+                    s.gate.len()
+                ));
             }
         }
         if let Some(hd) = &self.head {

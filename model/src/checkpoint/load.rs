@@ -108,7 +108,7 @@ fn load_from_store(
         Family::SwitchTransformers => switch::load(&value, &mut store, layer)?,
     };
     let head = load_head(&mut store, block.config.d.0)?;
-    let not_evaluated = not_evaluated(&store, family, block.layer);
+    let not_evaluated = not_evaluated(&store, &block.prefix);
     Ok(FloatMoeModel {
         family,
         origin,
@@ -117,6 +117,7 @@ fn load_from_store(
         router: block.router,
         router_bias: block.router_bias,
         experts: block.experts,
+        shared: block.shared,
         head,
         residual: extras.residual,
         input_scale: extras.input_scale,
@@ -125,24 +126,21 @@ fn load_from_store(
     })
 }
 
-/// Tensors of the block that the family's loader does not evaluate, described by name.
-fn not_evaluated(store: &TensorStore<'_>, family: Family, layer: usize) -> Vec<String> {
-    match family {
-        Family::Qwen2Moe | Family::Olmoe => {
-            let prefix = format!("model.layers.{layer}.mlp.shared_expert");
-            let shared: Vec<&str> = store.names().filter(|n| n.starts_with(&prefix)).collect();
-            if shared.is_empty() {
-                Vec::new()
-            } else {
-                vec![format!(
-                    "layer {layer}'s shared expert and its sigmoid gate ({} tensors under \
-                     `{prefix}*`): every token's block output lacks its contribution",
-                    shared.len()
-                )]
-            }
-        }
-        Family::Mixtral | Family::SwitchTransformers => Vec::new(),
+/// Tensors under the block's prefix that its loader did not read (what veilmoe would not
+/// evaluate), grouped by their parent module and named: a checkpoint feature that veilmoe
+/// does not evaluate is a warning, never silence.
+fn not_evaluated(store: &TensorStore<'_>, prefix: &str) -> Vec<String> {
+    let mut groups: std::collections::BTreeMap<&str, usize> = Default::default();
+    for name in store.unread_under(prefix) {
+        let module = name.rsplit_once('.').map_or(name, |(m, _)| m);
+        *groups.entry(module).or_default() += 1;
     }
+    groups
+        .into_iter()
+        .map(|(module, n)| {
+            format!("`{module}` ({n} tensor(s)): not evaluated, the block output lacks it")
+        })
+        .collect()
 }
 
 /// `score.*` (sequence classification) or `classifier.*`, if present.

@@ -59,6 +59,6 @@ pub use demo::embedded_demo_model;
 #[cfg(test)]
 pub(crate) use demo::{DEMO_CONFIG, DEMO_WEIGHTS};
 pub use error::{CheckpointError, Result};
-pub use float::{ExpertTrace, FloatExpert, FloatHead, FloatMoeModel};
+pub use float::{ExpertTrace, FloatExpert, FloatHead, FloatMoeModel, FloatSharedExpert};
 pub use load::{Family, VeilmoeExtras};
 pub use store::{safetensors_bytes, StoredDtype};

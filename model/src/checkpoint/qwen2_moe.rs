@@ -11,13 +11,16 @@
 //! softmax over the selected logits ([`Gating::SoftmaxSelected`]); otherwise the gates are the
 //! un-renormalized probabilities ([`Gating::SoftmaxThenTopK`]).
 //!
-//! Qwen2-MoE's shared expert (`mlp.shared_expert.*`, `mlp.shared_expert_gate.weight`) is a
-//! dense FFN that every token uses; it carries no routing secret and is **not evaluated** yet:
-//! the loaded model names it in `FloatMoeModel::not_evaluated`, and commands print it as a
-//! warning.
+//! Qwen2-MoE's shared expert is a dense gated FFN that every token uses, scaled by its own
+//! sigmoid gate: `mlp.shared_expert.{gate,up,down}_proj.weight` (`[hs, d]`, `[hs, d]`,
+//! `[d, hs]`, `hs = shared_expert_intermediate_size`) and `mlp.shared_expert_gate.weight`
+//! (`[1, d]`). It is loaded into [`crate::checkpoint::FloatSharedExpert`] and evaluated (under
+//! encryption too); a checkpoint holding only part of it is refused with the missing tensor's
+//! name.
 
 use super::block::{family_config, gated_silu_block, Block, GatedNames};
 use super::error::{CheckpointError, Result};
+use super::float::{FloatExpert, FloatSharedExpert};
 use super::store::TensorStore;
 use crate::arch::Gating;
 use serde::Deserialize;
@@ -34,6 +37,9 @@ pub struct Config {
     pub intermediate_size: Option<usize>,
     #[serde(default)]
     pub norm_topk_prob: bool,
+    /// Hidden units of the shared expert (Qwen2-MoE only).
+    #[serde(default)]
+    pub shared_expert_intermediate_size: Option<usize>,
     #[serde(default = "silu")]
     pub hidden_act: String,
 }
@@ -74,7 +80,7 @@ pub(crate) fn load(
     } else {
         Gating::SoftmaxThenTopK
     };
-    gated_silu_block(
+    let mut block = gated_silu_block(
         store,
         model_type,
         &cfg.hidden_act,
@@ -82,5 +88,51 @@ pub(crate) fn load(
         layer,
         (cfg.hidden_size, h, cfg.num_experts, cfg.num_experts_per_tok),
         gating,
-    )
+    )?;
+    block.shared = shared_expert(store, &block.prefix, cfg.hidden_size, &cfg)?;
+    Ok(block)
+}
+
+/// The block's shared expert, if its checkpoint has any tensor of one (then it must have all).
+fn shared_expert(
+    store: &mut TensorStore<'_>,
+    prefix: &str,
+    d: usize,
+    cfg: &Config,
+) -> Result<Option<FloatSharedExpert>> {
+    let p = format!("{prefix}shared_expert");
+    if !store.names().any(|n| n.starts_with(&p)) {
+        return Ok(None);
+    }
+    let w1_name = format!("{p}.gate_proj.weight");
+    // The config's size when it declares one, else the tensor's (checked against it below).
+    let hs = match (cfg.shared_expert_intermediate_size, store.shape(&w1_name)) {
+        (Some(hs), _) => hs,
+        (None, Some([hs, _])) => *hs,
+        (None, _) => {
+            return Err(CheckpointError::MissingTensor {
+                name: w1_name,
+                dir: store.origin().to_string(),
+            })
+        }
+    };
+    if hs == 0 {
+        return Err(CheckpointError::Config {
+            origin: store.origin().to_string(),
+            reason: "shared_expert_intermediate_size must be positive".into(),
+        });
+    }
+    let ffn = FloatExpert {
+        w1: store.matrix(&w1_name, hs, d)?,
+        b1: None,
+        w3: Some(store.matrix(&format!("{p}.up_proj.weight"), hs, d)?),
+        b3: None,
+        w2: store.matrix(&format!("{p}.down_proj.weight"), d, hs)?,
+        b2: None,
+    };
+    let gate = store.matrix(&format!("{p}_gate.weight"), 1, d)?;
+    Ok(Some(FloatSharedExpert {
+        ffn,
+        gate: gate.row(0).to_owned(),
+    }))
 }

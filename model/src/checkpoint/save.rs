@@ -42,6 +42,11 @@ impl FloatMoeModel {
             reason: reason.to_string(),
         };
         self.validate().map_err(|r| unsupported(&r))?;
+        if self.shared.is_some() {
+            return Err(unsupported(
+                "a shared expert (Mixtral has none; Qwen2-MoE holds one)",
+            ));
+        }
         if self.config.ffn != FfnKind::GatedSilu || self.config.gating != Gating::SoftmaxSelected {
             return Err(unsupported(
                 "Mixtral needs gated SiLU experts and softmax-over-selected gates",

@@ -36,6 +36,8 @@ pub(crate) struct TensorStore<'a> {
     files: Vec<StoreFile<'a>>,
     /// Tensor name -> (file index, dtype name, shape) from the headers.
     index: BTreeMap<String, (usize, String, Vec<usize>)>,
+    /// Tensors read so far (what the block evaluates).
+    read: std::collections::BTreeSet<String>,
 }
 
 fn bad_file(file: &str, reason: impl Into<String>) -> CheckpointError {
@@ -143,6 +145,7 @@ impl<'a> TensorStore<'a> {
             origin: dir.display().to_string(),
             files: Vec::new(),
             index: BTreeMap::new(),
+            read: Default::default(),
         };
         for path in paths {
             let name = path.display().to_string();
@@ -166,6 +169,7 @@ impl<'a> TensorStore<'a> {
             origin: origin.to_string(),
             files: Vec::new(),
             index: BTreeMap::new(),
+            read: Default::default(),
         };
         for (name, bytes) in files {
             let name = format!("{origin}/{name}");
@@ -207,6 +211,12 @@ impl<'a> TensorStore<'a> {
     /// Tensor names, sorted.
     pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
         self.index.keys().map(|s| s.as_str())
+    }
+
+    /// Tensor names under `prefix` that nothing has read (sorted).
+    pub(crate) fn unread_under<'s>(&'s self, prefix: &'s str) -> impl Iterator<Item = &'s str> {
+        self.names()
+            .filter(move |n| n.starts_with(prefix) && !self.read.contains(*n))
     }
 
     pub(crate) fn contains(&self, name: &str) -> bool {
@@ -267,6 +277,7 @@ impl<'a> TensorStore<'a> {
                 index: i,
             });
         }
+        self.read.insert(name.to_string());
         Ok(values)
     }
 

@@ -65,6 +65,7 @@ pub(crate) fn load(
         });
     }
     Ok(Block {
+        prefix: format!("{p}."),
         config: MoeConfig {
             d: ModelDim(d),
             h: HiddenDim(h),
@@ -77,5 +78,6 @@ pub(crate) fn load(
         router,
         router_bias,
         experts,
+        shared: None,
     })
 }

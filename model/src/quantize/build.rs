@@ -9,15 +9,17 @@ use super::second_stage::{act_out_scale, SecondStage};
 use crate::arch::FfnKind;
 use crate::classifier::{Head, QuantizedClassifier};
 use crate::error::{ModelError, Result};
-use crate::quantized::{ExpertWeights, QuantizedMoe};
+use crate::quantized::{ExpertWeights, QuantizedMoe, SharedExpert};
 
 /// The first-stage groups of one candidate, quantized with the shared shift.
 struct FirstStage {
     router: Rows,
-    /// W1 of all experts, stacked `[E * h, d]`.
+    /// W1 of all experts, stacked `[E * h, d]`, then the shared expert's `[hs, d]`.
     w1: Rows,
-    /// W3 of all experts, stacked (gated FFNs).
+    /// W3 of all experts, stacked the same way (gated FFNs).
     w3: Option<Rows>,
+    /// The shared expert's gate row, at its own scale.
+    shared_gate: Option<Rows>,
     /// Whether any expert has a float b1 (then every expert gets an integer b1).
     float_b1: bool,
 }
@@ -33,7 +35,9 @@ impl Context<'_> {
         let mut quant = self.quant;
 
         let first = self.first_stages(choice)?;
-        let mut experts = expert_shells(&first, e, h, d);
+        let hs = m.shared.as_ref().map(|s| s.hidden());
+        let mut experts = expert_shells(&first, e, h, d, hs);
+        // The shared expert's shell is the last one (quantized with the routed experts).
         let mut moe = QuantizedMoe {
             config: m.config,
             quant,
@@ -44,8 +48,10 @@ impl Context<'_> {
                 .iter()
                 .any(|&b| b != 0)
                 .then(|| first.router.b.clone()),
-            experts: experts.clone(),
+            experts: experts[..e].to_vec(),
+            shared: None,
         };
+        moe.shared = self.shared_expert(&first, &experts, 1.0);
         moe.validate()?;
         // The real steps of the first-stage reads follow from the shift the integer rows need.
         let s = moe.input_shift();
@@ -56,16 +62,28 @@ impl Context<'_> {
         quant.logit_scale = router_step;
         quant.act_out_scale = act_out_scale(m.config.ffn, &quant, act_in, choice.act_clip);
 
-        // Second stage: real value of one unit of the hidden activation, per unit.
+        // Second stage: real value of one unit of the hidden activation, per unit (of the
+        // routed experts, then the shared one).
+        let sizes: Vec<usize> = std::iter::repeat_n(h, e).chain(hs).collect();
         let w3_steps: Vec<Vec<f64>> = match &first.w3 {
-            Some(w3) => (0..e)
-                .map(|i| (0..h).map(|j| w3.sigma[i * h + j] * p2s).collect())
-                .collect(),
+            Some(w3) => {
+                let mut at = 0;
+                sizes
+                    .iter()
+                    .map(|&n| {
+                        let row = (at..at + n).map(|j| w3.sigma[j] * p2s).collect();
+                        at += n;
+                        row
+                    })
+                    .collect()
+            }
             None => Vec::new(),
         };
         let second = self.second_stage(choice, quant.act_out_scale, &w3_steps, &mut experts);
 
         moe.quant = quant;
+        moe.shared = self.shared_expert(&first, &experts, p2s);
+        experts.truncate(e);
         moe.experts = experts;
         let logit_zero_point = match choice.logit_zero_point {
             Some(z) => z,
@@ -82,7 +100,7 @@ impl Context<'_> {
 
         let output_shift = moe.expert_output_shift();
         let mut y_scale = second.sigma2 * 2f64.powi(output_shift as i32);
-        if !moe.constant_gates() {
+        if !moe.output_is_slot() {
             y_scale /= quant.gate_max() as f64;
         }
         let x_scale = if m.residual { self.input_step } else { 0.0 };
@@ -119,7 +137,6 @@ impl Context<'_> {
     /// folds into W2's columns).
     fn first_stages(&self, choice: &QuantChoice) -> Result<FirstStage> {
         let m = self.model;
-        let (d, h) = (m.config.d.0, m.config.h.0);
         let (centered, centered_bias) = if choice.router_center {
             center_router(&m.router, m.router_bias.as_ref())
         } else {
@@ -132,34 +149,68 @@ impl Context<'_> {
                 .map_err(|e| ModelError::Weights(e.to_string()))
         };
         // A missing bias is a zero bias once another expert has one.
-        let stack_b = |b: Vec<Option<&ndarray::Array1<f32>>>| {
-            b.iter().any(|b| b.is_some()).then(|| {
+        let stack_b = |b: Vec<(Option<&ndarray::Array1<f32>>, usize)>| {
+            b.iter().any(|(b, _)| b.is_some()).then(|| {
                 b.iter()
-                    .flat_map(|b| b.map_or(vec![0.0; h], |b| b.to_vec()))
+                    .flat_map(|(b, n)| b.map_or(vec![0.0; *n], |b| b.to_vec()))
                     .collect::<ndarray::Array1<f32>>()
             })
         };
-        let w1_all = stack(m.experts.iter().map(|x| x.w1.view()).collect())?;
-        let b1_all = stack_b(m.experts.iter().map(|x| x.b1.as_ref()).collect());
+        // The routed experts, then the shared one: one W1 group (one activation input scale).
+        let ffns: Vec<&crate::checkpoint::FloatExpert> = m
+            .experts
+            .iter()
+            .chain(m.shared.as_ref().map(|s| &s.ffn))
+            .collect();
+        let w1_all = stack(ffns.iter().map(|x| x.w1.view()).collect())?;
+        let b1_all = stack_b(ffns.iter().map(|x| (x.b1.as_ref(), x.w1.nrows())).collect());
         let w1 = self.first_stage(&w1_all, b1_all.as_ref(), choice.w1_prune, true);
         let w3 = if m.config.ffn == FfnKind::GatedSilu {
-            let zero = ndarray::Array2::<f32>::zeros((h, d));
+            let zeros: Vec<ndarray::Array2<f32>> = ffns
+                .iter()
+                .map(|x| ndarray::Array2::<f32>::zeros(x.w1.dim()))
+                .collect();
             let w3_all = stack(
-                m.experts
-                    .iter()
-                    .map(|x| x.w3.as_ref().unwrap_or(&zero).view())
+                ffns.iter()
+                    .zip(&zeros)
+                    .map(|(x, z)| x.w3.as_ref().unwrap_or(z).view())
                     .collect(),
             )?;
-            let b3_all = stack_b(m.experts.iter().map(|x| x.b3.as_ref()).collect());
+            let b3_all = stack_b(ffns.iter().map(|x| (x.b3.as_ref(), x.w1.nrows())).collect());
             Some(self.first_stage(&w3_all, b3_all.as_ref(), choice.w3_prune, false))
         } else {
             None
         };
+        let shared_gate = m.shared.as_ref().map(|s| {
+            let row = s.gate.clone().insert_axis(ndarray::Axis(0));
+            self.first_stage(&row, None, 0.0, true)
+        });
         Ok(FirstStage {
             router,
             w1,
             w3,
+            shared_gate,
             float_b1: b1_all.is_some(),
+        })
+    }
+
+    /// The quantized shared expert from its shell (the last of `shells`, after the routed
+    /// experts) and its gate row; `p2s` is `2^s` of the layer's first-stage shift (the gate's
+    /// read step is its row scale times that).
+    fn shared_expert(
+        &self,
+        first: &FirstStage,
+        shells: &[ExpertWeights],
+        p2s: f64,
+    ) -> Option<SharedExpert> {
+        let sh = self.model.shared.as_ref()?;
+        let gate = first.shared_gate.as_ref()?;
+        Some(SharedExpert {
+            h: sh.hidden(),
+            weights: shells.last()?.clone(),
+            gate: gate.w.clone(),
+            gate_bias: gate.b[0],
+            gate_scale: gate.sigma[0] * p2s,
         })
     }
 
@@ -194,7 +245,7 @@ impl Context<'_> {
         (output_shift, x_scale, y_scale): (u32, f64, f64),
     ) -> QuantizeReport {
         let c = &self.model.config;
-        let (d, h, e) = (c.d.0, c.h.0, c.experts.0);
+        let (d, e) = (c.d.0, c.experts.0);
         let zeroed_frac = |z: usize, n: usize| z as f64 / n.max(1) as f64;
         QuantizeReport {
             choice: *choice,
@@ -207,16 +258,16 @@ impl Context<'_> {
             router_zeroed: zeroed_frac(first.router.zeroed, e * d),
             logit_zero_point: moe.quant.logit_zero_point,
             act_in_scale: act_in,
-            w1_zeroed: zeroed_frac(first.w1.zeroed, e * h * d),
+            w1_zeroed: zeroed_frac(first.w1.zeroed, first.w1.w.len()),
             w3_zeroed: first
                 .w3
                 .as_ref()
-                .map_or(0.0, |w| zeroed_frac(w.zeroed, e * h * d)),
+                .map_or(0.0, |w| zeroed_frac(w.zeroed, w.w.len())),
             w3_steps,
             act_out_scale: moe.quant.act_out_scale,
             w2_scale: second.sigma2,
             w2_max_abs: second.max_abs,
-            w2_zeroed: zeroed_frac(second.zeroed, e * d * h),
+            w2_zeroed: zeroed_frac(second.zeroed, moe.ffns().map(|(_, h)| d * h).sum()),
             w2_norm2_sq: second.norm2_sq,
             w2_norm2_sq_limit: second.limit,
             output_width: moe.expert_output_width(),
@@ -234,25 +285,38 @@ impl Context<'_> {
 }
 
 /// The experts' first-stage weights, cut from the stacked groups, with an empty second stage
-/// (W2 depends on scales that the first stage's shift decides). An expert gets a b1 (b3) when
+/// (W2 depends on scales that the first stage's shift decides): the `e` routed experts of `h`
+/// units, then the shared expert of `hs` units if there is one. An expert gets a b1 (b3) when
 /// any expert had one or the input zero point folded into a non-zero one.
-fn expert_shells(first: &FirstStage, e: usize, h: usize, d: usize) -> Vec<ExpertWeights> {
+fn expert_shells(
+    first: &FirstStage,
+    e: usize,
+    h: usize,
+    d: usize,
+    hs: Option<usize>,
+) -> Vec<ExpertWeights> {
     let w1 = &first.w1;
     let w3 = first.w3.as_ref();
     let has_b1 = w1.b.iter().any(|&b| b != 0) || first.float_b1;
     let has_b3 = w3.is_some_and(|w3| w3.b.iter().any(|&b| b != 0));
-    (0..e)
-        .map(|i| ExpertWeights {
-            w1: w1.w[i * h * d..(i + 1) * h * d].to_vec(),
-            b1: has_b1.then(|| w1.b[i * h..(i + 1) * h].to_vec()),
-            w3: w3.map(|w3| w3.w[i * h * d..(i + 1) * h * d].to_vec()),
-            b3: if has_b3 {
-                w3.map(|w3| w3.b[i * h..(i + 1) * h].to_vec())
-            } else {
-                None
-            },
-            w2: vec![0; d * h],
-            b2: None,
+    let mut row = 0;
+    std::iter::repeat_n(h, e)
+        .chain(hs)
+        .map(|n| {
+            let (rows, weights) = (row..row + n, row * d..(row + n) * d);
+            row += n;
+            ExpertWeights {
+                w1: w1.w[weights.clone()].to_vec(),
+                b1: has_b1.then(|| w1.b[rows.clone()].to_vec()),
+                w3: w3.map(|w3| w3.w[weights].to_vec()),
+                b3: if has_b3 {
+                    w3.map(|w3| w3.b[rows].to_vec())
+                } else {
+                    None
+                },
+                w2: vec![0; d * n],
+                b2: None,
+            }
         })
         .collect()
 }

@@ -46,7 +46,8 @@ pub(super) fn act_out_scale(ffn: FfnKind, quant: &QuantParams, act_in: f64, act_
 }
 
 impl Context<'_> {
-    /// Quantizes every expert's W2 (and b2) into `experts`. `act_out` is the activation's
+    /// Quantizes every expert's W2 (and b2) into `experts` (the routed experts, then the shared
+    /// expert if the model has one: one scale for all, so their outputs add in the same units). `act_out` is the activation's
     /// output step and `w3_steps[i][j]` the real value of one W3 read step of expert `i`'s
     /// hidden unit `j` (empty for plain FFNs): their product is the real value of one unit of
     /// the integer hidden activation, which W2's column `j` multiplies, so it is folded into
@@ -59,12 +60,18 @@ impl Context<'_> {
         experts: &mut [ExpertWeights],
     ) -> SecondStage {
         let m = self.model;
-        let (d, h) = (m.config.d.0, m.config.h.0);
+        let d = m.config.d.0;
         let gated = m.config.ffn == FfnKind::GatedSilu;
+        let ffns: Vec<&crate::checkpoint::FloatExpert> = m
+            .experts
+            .iter()
+            .chain(m.shared.as_ref().map(|s| &s.ffn))
+            .collect();
         let unit = |i: usize, j: usize| -> f64 { act_out * w3_steps.get(i).map_or(1.0, |r| r[j]) };
         // One scale for all experts: the largest real weight becomes `w2_top`.
         let mut max_real = 0f64;
-        for (i, x) in m.experts.iter().enumerate() {
+        for (i, x) in ffns.iter().enumerate() {
+            let h = x.w2.ncols();
             for r in 0..d {
                 for j in 0..h {
                     max_real = max_real.max((x.w2[[r, j]] as f64 * unit(i, j)).abs());
@@ -86,7 +93,8 @@ impl Context<'_> {
             norm2_sq: 0,
             max_abs: 0,
         };
-        for (i, x) in m.experts.iter().enumerate() {
+        for (i, x) in ffns.iter().enumerate() {
+            let h = x.w2.ncols();
             let mut w2 = vec![0i64; d * h];
             for r in 0..d {
                 let reals: Vec<f64> = (0..h).map(|j| x.w2[[r, j]] as f64 * unit(i, j)).collect();

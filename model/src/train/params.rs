@@ -166,6 +166,7 @@ pub(super) fn to_model(l: &Layout, p: &[f64]) -> FloatMoeModel {
         },
         router: mat(l.wr, l.e, D),
         router_bias: None,
+        shared: None,
         not_evaluated: Vec::new(),
         experts: (0..l.e)
             .map(|e| FloatExpert {
