@@ -6,26 +6,14 @@
 
 mod common;
 
-use common::capacity::check_capacity_batch;
+use common::capacity::{check_capacity_batch, check_capacity_model};
 use common::{test_keys, Rng};
 use veilmoe::engine::{Evaluator, OpKind, PackedGlwe};
 use veilmoe::model::capacity::Capacities;
-use veilmoe::model::{
-    index_bits, Activation, ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig,
-    QuantParams, QuantizedMoe, TopK,
-};
+use veilmoe::model::{index_bits, Activation, FfnKind, Gating, QuantParams, QuantizedMoe};
 use veilmoe::protocols::MoeLayer;
 
-fn config(e: usize, k: usize, ffn: FfnKind, gating: Gating) -> MoeConfig {
-    MoeConfig {
-        d: ModelDim(4),
-        h: HiddenDim(4),
-        experts: ExpertCount(e),
-        top_k: TopK(k),
-        ffn,
-        gating,
-    }
-}
+use common::small_config as config;
 
 #[test]
 fn capacity_batches_match_the_rule_and_the_reference() {
@@ -65,6 +53,20 @@ fn capacity_batches_match_the_rule_and_the_reference() {
     }
     // E = 1 with 2 slots for 3 tokens drops one entry: the overflow path is exercised
     assert!(dropped >= 1);
+}
+
+/// A Qwen2-MoE-like layer (softmax then top-k, gated SiLU, a shared expert of another width):
+/// every token's output also holds its shared expert's gated output, which the client adds.
+#[test]
+fn capacity_batch_with_a_shared_expert() {
+    let keys = test_keys();
+    for (k, seed) in [(1, 21), (2, 22)] {
+        let cfg = config(4, k, FfnKind::GatedSilu, Gating::SoftmaxThenTopK);
+        let model = QuantizedMoe::random(cfg, QuantParams::for_message_bits(4), seed, true)
+            .with_random_shared(6, seed);
+        let (n, d) = check_capacity_model(&keys.client, &keys.server, model, 5, vec![2; 4], seed);
+        eprintln!("shared expert, k={k}: {d} of {n} entries dropped");
+    }
 }
 
 /// Obliviousness: batches routed differently, including one where every token picks the same

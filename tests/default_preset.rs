@@ -199,6 +199,45 @@ fn moe_layer_on_default() {
     );
 }
 
+/// Qwen2-MoE's shared expert on `default`: softmax-then-top-2 routing, gated SiLU experts and a
+/// shared expert of another width; the shared gate bits, its wide output and the layer output
+/// checked against the reference for 6 tokens.
+#[test]
+fn shared_expert_on_default() {
+    use veilmoe::model::{
+        ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig, QuantParams, QuantizedMoe,
+        TopK,
+    };
+    use veilmoe::protocols::{MoeLayer, Select};
+    let (preset, client, server) = default_keys();
+    let ev = Evaluator::new(server);
+    let cfg = MoeConfig {
+        d: ModelDim(8),
+        h: HiddenDim(8),
+        experts: ExpertCount(4),
+        top_k: TopK(2),
+        ffn: FfnKind::GatedSilu,
+        gating: Gating::SoftmaxThenTopK,
+    };
+    let model = QuantizedMoe::random(
+        cfg,
+        QuantParams::for_message_bits(preset.message_bits),
+        31,
+        true,
+    )
+    .with_random_shared(12, 31);
+    let layer = MoeLayer::new(&ev, model.clone()).unwrap();
+    for t in 0..6u64 {
+        let x: Vec<i64> = (0..8)
+            .map(|i| ((i as u64 * 5 + t * 11) % 16) as i64 - 8)
+            .collect();
+        let out = layer
+            .forward(&ev, &layer.encrypt(client, &x).unwrap(), &Select)
+            .unwrap();
+        common::wide::check_token(client, &model, &x, &out);
+    }
+}
+
 /// The `capacity` strategy on `default`: 8 tokens, top-2, 3 slots per expert (16 entries for 12
 /// slots: some overflow), checked against the capacity rule and the integer reference.
 #[test]

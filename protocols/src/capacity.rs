@@ -16,11 +16,16 @@
 //! each token's routing; it decrypts its tokens' gates and slot ids and adds the gated outputs
 //! of the slots its entries hold. A batch is one client's records under one key, so no other
 //! party's result is disclosed.
+//!
+//! A shared expert (Qwen2-MoE) is routed by nobody: it runs on every token
+//! ([`crate::shared`]), and the client decrypts its gate bits and wide output and adds
+//! `g * o` itself, so the capacity path spends no circuit bootstrap on the shared gate.
 
 use crate::dispatch::{decode_slot_id, dispatch, Dispatch, OverflowFlags};
 use crate::error::{config, Result};
 use crate::layer::MoeLayer;
 use crate::router::Routing;
+use crate::shared::SharedOutput;
 use veilmoe_engine::{ClientKey, Evaluator, LweVector, PackedGlwe};
 use veilmoe_model::capacity::{entries, entry, Capacities};
 
@@ -32,6 +37,8 @@ pub struct CapacityOutput {
     pub slot_ids: Vec<LweVector>,
     /// Per global slot: the output accumulators of the slot's expert (d values, wide).
     pub slot_outputs: Vec<LweVector>,
+    /// Per token: the shared expert's gate bits and wide output (empty without one).
+    pub shared: Vec<SharedOutput>,
     pub capacities: Capacities,
 }
 
@@ -69,10 +76,23 @@ impl MoeLayer {
         let d = dispatch(ev, &choices, caps, OverflowFlags::Skip)?;
         let slot_outputs = self.run_slots(ev, tokens, &d, caps)?;
         self.check_output_noise(ev, &slot_outputs)?;
+        let shared = match &self.shared {
+            Some(t) => tokens
+                .iter()
+                .map(|x| {
+                    ev.set_stage("shared-expert");
+                    let out = t.evaluate(ev, &self.ffn, &t.products(ev, x)?)?;
+                    self.check_output_noise(ev, std::slice::from_ref(&out.output))?;
+                    Ok(out)
+                })
+                .collect::<Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
         Ok(CapacityOutput {
             routings,
             slot_ids: d.slot_ids,
             slot_outputs,
+            shared,
             capacities: caps.clone(),
         })
     }
@@ -147,7 +167,7 @@ impl CapacityOutput {
 
     /// Client side: every token's layer output `y` (as [`crate::MoeOutput::decrypt_y`] gives
     /// it): the gated sum of the outputs of the slots its entries hold, zero for a dropped
-    /// entry.
+    /// entry, plus the gated shared expert's output.
     pub fn decrypt_y(
         &self,
         client: &ClientKey,
@@ -170,7 +190,22 @@ impl CapacityOutput {
                         None => vec![0; d],
                     })
                     .collect();
-                Ok(model.combine(&gates, &chosen))
+                let mut y = model.combine(&gates, &chosen);
+                if model.shared.is_some() {
+                    let s = self.shared.get(t).ok_or_else(|| {
+                        crate::error::session("the response lacks a token's shared expert")
+                    })?;
+                    let g: i64 = client
+                        .decrypt_lwe(&s.gate_bits)?
+                        .iter()
+                        .enumerate()
+                        .map(|(b, &v)| v << b)
+                        .sum();
+                    for (yi, oi) in y.iter_mut().zip(client.decrypt_lwe(&s.output)?) {
+                        *yi += g * oi;
+                    }
+                }
+                Ok(y)
             })
             .collect()
     }

@@ -13,7 +13,7 @@ use veilmoe_engine::{
     ValueRange, WeightMatrix,
 };
 use veilmoe_model::quant;
-use veilmoe_model::{FfnKind, QuantizedMoe};
+use veilmoe_model::{ExpertWeights, FfnKind, QuantizedMoe};
 
 /// One expert's weights, laid out for the engine.
 pub struct ExpertTables {
@@ -23,6 +23,51 @@ pub struct ExpertTables {
     pub(crate) b3: Option<Vec<i64>>,
     pub(crate) w2: WeightMatrix,
     pub(crate) b2: Option<Vec<i64>>,
+}
+
+impl ExpertTables {
+    /// Lays out one FFN's weights (`d` inputs and outputs, `h` hidden units; shapes validated
+    /// with the model).
+    pub(crate) fn new(
+        p: &veilmoe_engine::Preset,
+        x: &ExpertWeights,
+        d: usize,
+        h: usize,
+    ) -> Result<ExpertTables> {
+        let packed = |w: &[i64]| -> Result<PackedWeights> {
+            Ok(PackedWeights::new(
+                p,
+                WeightMatrix::new(Rows(h), Cols(d), w.to_vec())?,
+            ))
+        };
+        Ok(ExpertTables {
+            w1: packed(&x.w1)?,
+            b1: x.b1.clone(),
+            w3: x.w3.as_deref().map(packed).transpose()?,
+            b3: x.b3.clone(),
+            w2: WeightMatrix::new(Rows(d), Cols(h), x.w2.clone())?,
+            b2: x.b2.clone(),
+        })
+    }
+
+    /// First-stage products, still packed: (W1 x + b1, W3 x + b3).
+    pub(crate) fn first_stage(
+        &self,
+        ev: &Evaluator,
+        x: &PackedGlwe,
+    ) -> Result<(PackedRows, Option<PackedRows>)> {
+        let u = ev.packed_products(&self.w1, self.b1.as_deref(), x)?;
+        let v = match &self.w3 {
+            Some(w3) => Some(ev.packed_products(w3, self.b3.as_deref(), x)?),
+            None => None,
+        };
+        Ok((u, v))
+    }
+
+    /// Second-stage accumulators `W2 a + b2` (leveled): the FFN's output, wide.
+    pub(crate) fn second_stage(&self, ev: &Evaluator, a: &LweVector) -> Result<LweVector> {
+        Ok(ev.lwe_matvec(&self.w2, self.b2.as_deref(), a)?)
+    }
 }
 
 /// All experts plus the FFN's lookup tables.
@@ -68,22 +113,7 @@ impl FfnTables {
         let experts = model
             .experts
             .iter()
-            .map(|x| {
-                Ok(ExpertTables {
-                    w1: PackedWeights::new(p, WeightMatrix::new(Rows(h), Cols(d), x.w1.clone())?),
-                    b1: x.b1.clone(),
-                    w3: match &x.w3 {
-                        Some(w3) => Some(PackedWeights::new(
-                            p,
-                            WeightMatrix::new(Rows(h), Cols(d), w3.clone())?,
-                        )),
-                        None => None,
-                    },
-                    b3: x.b3.clone(),
-                    w2: WeightMatrix::new(Rows(d), Cols(h), x.w2.clone())?,
-                    b2: x.b2.clone(),
-                })
-            })
+            .map(|x| ExpertTables::new(p, x, d, h))
             .collect::<Result<Vec<_>>>()?;
         Ok(FfnTables {
             experts,
@@ -104,13 +134,7 @@ impl FfnTables {
         e: usize,
         x: &PackedGlwe,
     ) -> Result<(PackedRows, Option<PackedRows>)> {
-        let t = &self.experts[e];
-        let u = ev.packed_products(&t.w1, t.b1.as_deref(), x)?;
-        let v = match &t.w3 {
-            Some(w3) => Some(ev.packed_products(w3, t.b3.as_deref(), x)?),
-            None => None,
-        };
-        Ok((u, v))
+        self.experts[e].first_stage(ev, x)
     }
 
     /// Hidden activations from first-stage accumulators (any number of units, one batch).
@@ -144,8 +168,7 @@ impl FfnTables {
 
     /// Second-stage accumulators `W2 a + b2` of expert `e` (leveled): the expert's output, wide.
     pub fn second_stage(&self, ev: &Evaluator, e: usize, a: &LweVector) -> Result<LweVector> {
-        let t = &self.experts[e];
-        Ok(ev.lwe_matvec(&t.w2, t.b2.as_deref(), a)?)
+        self.experts[e].second_stage(ev, a)
     }
 
     /// Whole FFN of expert `e` (used by public routing): first stage, hidden, second stage.

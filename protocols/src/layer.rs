@@ -3,6 +3,7 @@
 use crate::error::{config, Result};
 use crate::ffn::FfnTables;
 use crate::router::{Gates, RouterTables, Routing};
+use crate::shared::{SharedOutput, SharedProducts, SharedTables};
 use crate::strategy::{select_from_products, ExpertStrategy, SlotInput};
 use veilmoe_engine::{
     ClientKey, Encoding, EngineError, Evaluator, GgswBit, LweVector, PackedGlwe, PackedRows,
@@ -22,13 +23,15 @@ pub struct MoeLayer {
     model: QuantizedMoe,
     pub(crate) router: RouterTables,
     pub(crate) ffn: FfnTables,
+    pub(crate) shared: Option<SharedTables>,
 }
 
 /// A token's first-stage products, still packed: the router's accumulators and, per expert,
-/// `(W1 x + b1, W3 x + b3)` (W3 for gated FFNs only).
+/// `(W1 x + b1, W3 x + b3)` (W3 for gated FFNs only), and the shared expert's products.
 pub struct FirstStage {
     pub router: PackedRows,
     pub experts: Vec<(PackedRows, Option<PackedRows>)>,
+    pub shared: Option<SharedProducts>,
 }
 
 /// The encrypted result of one token. Everything is under the client's key; the client
@@ -37,6 +40,8 @@ pub struct MoeOutput {
     pub routing: Routing,
     /// Each slot's expert output accumulators (d values, wide, at [`output_encoding`]).
     pub slot_outputs: Vec<LweVector>,
+    /// The shared expert's gate bits and wide output (Qwen2-MoE; `None` for other families).
+    pub shared: Option<SharedOutput>,
     /// The layer output as weighted terms `y = sum c * term` (see [`MoeOutput::decrypt_y`]).
     pub y_terms: Vec<(i64, LweVector)>,
 }
@@ -46,7 +51,13 @@ impl MoeLayer {
         model.validate()?;
         let router = RouterTables::new(ev, &model)?;
         let ffn = FfnTables::new(ev, &model)?;
-        Ok(MoeLayer { model, router, ffn })
+        let shared = SharedTables::new(ev, &model)?;
+        Ok(MoeLayer {
+            model,
+            router,
+            ffn,
+            shared,
+        })
     }
 
     pub fn model(&self) -> &QuantizedMoe {
@@ -93,7 +104,14 @@ impl MoeLayer {
                 index_ggsw: &index_ggsw,
             },
         )?;
-        self.finish(ev, routing, slot_outputs)
+        let shared = match &self.shared {
+            Some(t) => {
+                ev.set_stage("shared-expert");
+                Some(t.products(ev, x)?)
+            }
+            None => None,
+        };
+        self.finish(ev, routing, slot_outputs, shared.as_ref())
     }
 
     /// Every first-stage product of a token (router, each expert's W1 and W3), still packed:
@@ -106,7 +124,16 @@ impl MoeLayer {
         let experts = (0..self.model.config.experts.0)
             .map(|e| self.ffn.first_stage(ev, e, x))
             .collect::<Result<Vec<_>>>()?;
-        Ok(FirstStage { router, experts })
+        let shared = self
+            .shared
+            .as_ref()
+            .map(|t| t.products(ev, x))
+            .transpose()?;
+        Ok(FirstStage {
+            router,
+            experts,
+            shared,
+        })
     }
 
     /// The first stage of `candidates[index]`, `index` given by GGSW bits (least significant
@@ -118,9 +145,19 @@ impl MoeLayer {
         candidates: &[FirstStage],
     ) -> Result<FirstStage> {
         let experts = self.model.config.experts.0;
-        if candidates.is_empty() || candidates.iter().any(|c| c.experts.len() != experts) {
+        let shared = self.shared.is_some();
+        if candidates.is_empty()
+            || candidates
+                .iter()
+                .any(|c| c.experts.len() != experts || c.shared.is_some() != shared)
+        {
             return Err(config(format!(
-                "first stages to choose from must each have {experts} experts' products"
+                "first stages to choose from must each have {experts} experts' products{}",
+                if shared {
+                    " and the shared expert's"
+                } else {
+                    ""
+                }
             )));
         }
         let tree =
@@ -134,7 +171,24 @@ impl MoeLayer {
                 Ok((u, v.map(tree).transpose()?))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(FirstStage { router, experts })
+        let shared = if shared {
+            let all: Vec<&SharedProducts> = candidates.iter().flat_map(|c| &c.shared).collect();
+            let u = tree(all.iter().map(|s| s.u.clone()).collect())?;
+            let v: Option<Vec<PackedRows>> = all.iter().map(|s| s.v.clone()).collect();
+            let gate = tree(all.iter().map(|s| s.gate.clone()).collect())?;
+            Some(SharedProducts {
+                u,
+                v: v.map(tree).transpose()?,
+                gate,
+            })
+        } else {
+            None
+        };
+        Ok(FirstStage {
+            router,
+            experts,
+            shared,
+        })
     }
 
     /// Evaluates the layer, Select-Then-Compute, from a token's first-stage products.
@@ -142,7 +196,7 @@ impl MoeLayer {
         let routing = self.router.route_products(ev, &fs.router)?;
         let index_ggsw = self.index_ggsw(ev, &routing, true)?;
         let slot_outputs = select_from_products(ev, &self.ffn, &fs.experts, &index_ggsw)?;
-        self.finish(ev, routing, slot_outputs)
+        self.finish(ev, routing, slot_outputs, fs.shared.as_ref())
     }
 
     /// Circuit-bootstraps each slot's index bits (none when the strategy does not need them;
@@ -167,17 +221,36 @@ impl MoeLayer {
             .collect()
     }
 
-    /// Checks the slot outputs' noise, combines them by the gates and checks the result's
-    /// public structure.
+    /// Evaluates the shared expert from its products (when the model has one), checks the
+    /// outputs' noise, combines them by the gates and checks the result's public structure.
     fn finish(
         &self,
         ev: &Evaluator,
         routing: Routing,
         slot_outputs: Vec<LweVector>,
+        shared_products: Option<&SharedProducts>,
     ) -> Result<MoeOutput> {
+        let shared = match (&self.shared, shared_products) {
+            (Some(t), Some(p)) => {
+                ev.set_stage("shared-expert");
+                Some(t.evaluate(ev, &self.ffn, p)?)
+            }
+            (None, None) => None,
+            _ => {
+                return Err(config(
+                    "the shared expert's products do not match the model (a protocol bug)",
+                ))
+            }
+        };
         self.check_output_noise(ev, &slot_outputs)?;
+        if let Some(s) = &shared {
+            self.check_output_noise(ev, std::slice::from_ref(&s.output))?;
+        }
         ev.set_stage("combine");
-        let y_terms = self.combine(ev, &routing.gates, &slot_outputs)?;
+        let mut y_terms = self.combine(ev, &routing.gates, &slot_outputs)?;
+        if let (Some(t), Some(s)) = (&self.shared, &shared) {
+            y_terms.extend(t.terms(ev, s)?);
+        }
         // The client checks responses against the public structure: the layer must produce it.
         if y_terms
             .iter()
@@ -191,6 +264,7 @@ impl MoeLayer {
         Ok(MoeOutput {
             routing,
             slot_outputs,
+            shared,
             y_terms,
         })
     }
@@ -229,7 +303,9 @@ impl MoeLayer {
         outs: &[LweVector],
     ) -> Result<Vec<(i64, LweVector)>> {
         match gates {
-            Gates::Constant(_) => Ok(vec![(1, outs[0].clone())]),
+            // the slot output itself, or at the gate's full scale G beside a shared expert
+            Gates::Constant(_) if self.model.output_is_slot() => Ok(vec![(1, outs[0].clone())]),
+            Gates::Constant(_) => Ok(vec![(self.model.quant.gate_max(), outs[0].clone())]),
             Gates::Complementary { g1_bits } => {
                 // y = G * o2 + sum_b 2^b * (g1_b ? o1 - o2 : 0)
                 let (o1, o2) = (&outs[0], &outs[1]);
@@ -265,17 +341,22 @@ pub fn output_encoding(model: &QuantizedMoe) -> Encoding {
 pub fn output_coefficients(model: &QuantizedMoe) -> Vec<i64> {
     let bits = model.quant.gate_bits;
     let powers = (0..bits).map(|b| 1i64 << b);
-    if model.constant_gates() {
+    let g = model.quant.gate_max();
+    let mut c: Vec<i64> = if model.output_is_slot() {
         vec![1]
+    } else if model.constant_gates() {
+        vec![g]
     } else if model.config.gating == veilmoe_model::Gating::SoftmaxSelected {
-        std::iter::once(model.quant.gate_max())
-            .chain(powers)
-            .collect()
+        std::iter::once(g).chain(powers.clone()).collect()
     } else {
         (0..model.config.top_k.0)
             .flat_map(|_| powers.clone())
             .collect()
+    };
+    if model.shared.is_some() {
+        c.extend(powers);
     }
+    c
 }
 
 impl MoeOutput {

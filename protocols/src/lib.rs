@@ -1,7 +1,7 @@
 //! veilmoe-protocols: private Mixture-of-Experts inference over the engine.
 //!
 //! - [`router`]: encrypted router logits, tournament argmax, top-k, gates;
-//! - [`ffn`]: encrypted expert FFNs;
+//! - [`ffn`]: encrypted expert FFNs, and [`shared`], Qwen2-MoE's gated shared expert;
 //! - [`strategy`]: oblivious expert evaluation (select, compute-all) and the INSECURE
 //!   public-routing reference, and the [`Strategy`] a job names;
 //! - [`layer`]: the MoE layer end to end;
@@ -28,6 +28,7 @@ pub mod pool_batch;
 pub mod pool_router;
 pub mod router;
 pub mod session;
+pub mod shared;
 pub mod simulate;
 pub mod strategy;
 

@@ -2,7 +2,7 @@
 //! `veilmoe_model::capacity` and the integer reference (shared by the `test` and `default`
 //! preset tests).
 
-use super::wide::{check_slot_outputs, hidden_read_slack, noise_steps};
+use super::wide::{check_shared, check_slot_outputs, hidden_read_slack, noise_steps};
 use super::Rng;
 use veilmoe::engine::{ClientKey, Evaluator, PackedGlwe, ServerKey};
 use veilmoe::model::capacity::{assign, entry, Capacities};
@@ -24,9 +24,23 @@ pub fn check_capacity_batch(
     caps: Vec<usize>,
     seed: u64,
 ) -> (usize, usize) {
-    let ev = Evaluator::new(server);
     let quant = QuantParams::for_message_bits(client.preset().message_bits);
     let model = QuantizedMoe::random(cfg, quant, seed, true);
+    check_capacity_model(client, server, model, tokens, caps, seed)
+}
+
+/// [`check_capacity_batch`] on a given model; a shared expert's gated output (checked against
+/// the reference by [`check_shared`]) adds to each token's expected output.
+pub fn check_capacity_model(
+    client: &ClientKey,
+    server: &ServerKey,
+    model: QuantizedMoe,
+    tokens: usize,
+    caps: Vec<usize>,
+    seed: u64,
+) -> (usize, usize) {
+    let ev = Evaluator::new(server);
+    let cfg = model.config;
     let layer = MoeLayer::new(&ev, model.clone()).expect("layer");
     let caps = Capacities::new(caps).unwrap();
     let mut rng = Rng::new(seed);
@@ -85,7 +99,23 @@ pub fn check_capacity_batch(
                 None => vec![0; cfg.d.0],
             })
             .collect();
-        let expected = model.combine(&gates[t], &outs);
+        let mut expected = model.combine(&gates[t], &outs);
+        // the shared expert: its decrypted gate times its reference output
+        let mut shared_allowed = vec![0i64; cfg.d.0];
+        if let Some(sh) = &model.shared {
+            let s = check_shared(c, &model, &xs[t], &out.shared[t]);
+            let (_, o) = model
+                .shared_reference(&xs[t], &mut Rounding::Exact)
+                .unwrap();
+            for (i, (e, v)) in expected.iter_mut().zip(o).enumerate() {
+                *e += s.gate * v;
+                let l1: i64 = sh.weights.w2[i * sh.h..(i + 1) * sh.h]
+                    .iter()
+                    .map(|w| w.abs())
+                    .sum();
+                shared_allowed[i] = s.gate * (l1 * slack + noise_steps(&out.shared[t].output));
+            }
+        }
         for (i, (a, b)) in y.iter().zip(&expected).enumerate() {
             // per entry: its noise and one off-by-one hidden read per unit through W2
             let allowed: i64 = (0..k)
@@ -96,14 +126,15 @@ pub fn check_capacity_batch(
                         .iter()
                         .map(|w| w.abs())
                         .sum();
-                    let gate = if model.constant_gates() {
+                    let gate = if model.output_is_slot() {
                         1
                     } else {
                         gates[t][j]
                     };
                     gate * (l1 * slack + noise_steps(&out.slot_outputs[g]))
                 })
-                .sum();
+                .sum::<i64>()
+                + shared_allowed[i];
             assert!(
                 (a - b).abs() <= allowed,
                 "token {t} output {i}: {a} vs {b} (allowed {allowed})"

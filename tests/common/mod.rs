@@ -7,7 +7,9 @@ pub mod wide;
 
 use std::sync::OnceLock;
 use veilmoe::engine::{ClientKey, Preset, ServerKey};
-use veilmoe::model::QuantizedMoe;
+use veilmoe::model::{
+    ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig, QuantizedMoe, TopK,
+};
 
 pub struct Keys {
     pub client: ClientKey,
@@ -23,6 +25,18 @@ pub fn test_keys() -> &'static Keys {
         let server = client.server_key();
         Keys { client, server }
     })
+}
+
+/// A layer of d = h = 4 (small enough for hundreds of encrypted tokens on `test`).
+pub fn small_config(e: usize, k: usize, ffn: FfnKind, gating: Gating) -> MoeConfig {
+    MoeConfig {
+        d: ModelDim(4),
+        h: HiddenDim(4),
+        experts: ExpertCount(e),
+        top_k: TopK(k),
+        ffn,
+        gating,
+    }
 }
 
 /// Deterministic xorshift generator for test inputs (not for crypto).

@@ -4,7 +4,9 @@
 //! of a hidden read that came out one step off near a box edge.
 
 use veilmoe::engine::{ClientKey, LweVector};
+use veilmoe::model::quant::round_shift;
 use veilmoe::model::{FfnKind, QuantizedMoe, Rounding};
+use veilmoe::protocols::shared::SharedOutput;
 use veilmoe::protocols::MoeOutput;
 
 /// Largest change of one hidden activation when each requantizing read that feeds it comes out
@@ -100,8 +102,60 @@ pub fn check_slot_outputs(
     (outs, t)
 }
 
-/// The decrypted layer output equals the gate combination of the decrypted slot outputs, up to
-/// the noise of each weighted term.
+/// The shared expert's decrypted gate and output, checked against the reference.
+pub struct SharedCheck {
+    pub gate: i64,
+    pub output: Vec<i64>,
+}
+
+/// Decrypts a token's shared-expert result and checks it against the exact reference: the gate
+/// is one that a read of its accumulator one step either way gives (the read is the
+/// approximate step), the output is the reference's up to noise and one off-by-one hidden read
+/// per unit through W2.
+pub fn check_shared(
+    client: &ClientKey,
+    model: &QuantizedMoe,
+    x: &[i64],
+    s: &SharedOutput,
+) -> SharedCheck {
+    let sh = model.shared.as_ref().expect("a model with a shared expert");
+    let bits = client.decrypt_lwe(&s.gate_bits).expect("decrypt");
+    assert!(
+        bits.iter().all(|b| (0..=1).contains(b)),
+        "gate bits {bits:?}"
+    );
+    let gate: i64 = bits.iter().enumerate().map(|(b, &v)| v << b).sum();
+    let acc: i64 = sh.gate.iter().zip(x).map(|(w, v)| w * v).sum::<i64>() + sh.gate_bias;
+    let read = round_shift(acc, model.input_shift());
+    let g_max = model.quant.gate_max();
+    let ok: Vec<i64> = (read - 1..=read + 1)
+        .map(|r| sh.gate_value(r, g_max))
+        .collect();
+    assert!(
+        ok.contains(&gate),
+        "shared gate {gate} (bits {bits:?}): expected one of {ok:?} (accumulator {acc})"
+    );
+    let output = client.decrypt_lwe(&s.output).expect("decrypt");
+    let (_, want) = model
+        .shared_reference(x, &mut Rounding::Exact)
+        .expect("shared reference");
+    let (slack, noise) = (hidden_read_slack(model), noise_steps(&s.output));
+    for (i, (a, b)) in output.iter().zip(&want).enumerate() {
+        let l1: i64 = sh.weights.w2[i * sh.h..(i + 1) * sh.h]
+            .iter()
+            .map(|w| w.abs())
+            .sum();
+        let bound = l1 * slack + noise;
+        assert!(
+            (a - b).abs() <= bound,
+            "shared expert output {i}: {a} vs reference {b} (allowed {bound})"
+        );
+    }
+    SharedCheck { gate, output }
+}
+
+/// The decrypted layer output equals the gate combination of the decrypted slot outputs (plus
+/// the decrypted shared expert's gated output), up to the noise of each weighted term.
 pub fn check_combination(
     client: &ClientKey,
     model: &QuantizedMoe,
@@ -110,7 +164,20 @@ pub fn check_combination(
     out: &MoeOutput,
 ) {
     let y = out.decrypt_y(client).expect("decrypt y");
-    let want = model.combine(gates, outs);
+    let mut want = model.combine(gates, outs);
+    if let Some(s) = &out.shared {
+        let g: i64 = client
+            .decrypt_lwe(&s.gate_bits)
+            .expect("decrypt")
+            .iter()
+            .enumerate()
+            .map(|(b, &v)| v << b)
+            .sum();
+        let o = client.decrypt_lwe(&s.output).expect("decrypt");
+        for (w, v) in want.iter_mut().zip(o) {
+            *w += g * v;
+        }
+    }
     // each term's own noise, plus the rounding of the slot outputs it combines
     let allowed: i64 = out
         .y_terms
@@ -122,5 +189,41 @@ pub fn check_combination(
             (a - b).abs() <= allowed,
             "output {i}: {a} vs the combination of the slot outputs {b} (allowed {allowed})"
         );
+    }
+}
+
+/// What [`check_token`] decrypted of a token's routing.
+pub struct TokenCheck {
+    /// Experts selected from the decrypted logits (the reference's routing rule).
+    pub selected: Vec<usize>,
+    pub gates: Vec<i64>,
+    pub wide: WideTally,
+}
+
+/// Every check of one token's encrypted layer output: routing from its decrypted logits, the
+/// slot outputs ([`check_slot_outputs`]), the shared expert when the model has one
+/// ([`check_shared`]) and the layer output as their gated sum ([`check_combination`]).
+pub fn check_token(
+    client: &ClientKey,
+    model: &QuantizedMoe,
+    x: &[i64],
+    out: &MoeOutput,
+) -> TokenCheck {
+    let logits = client.decrypt_lwe(&out.routing.logits).expect("decrypt");
+    let (selected, _, _) = model.route(&logits);
+    let gates = out
+        .routing
+        .decrypt_gates(client, model.quant.gate_max())
+        .expect("decrypt gates");
+    let (outs, wide) = check_slot_outputs(client, model, x, &selected, &out.slot_outputs);
+    assert_eq!(out.shared.is_some(), model.shared.is_some());
+    if let Some(s) = &out.shared {
+        check_shared(client, model, x, s);
+    }
+    check_combination(client, model, &gates, &outs, out);
+    TokenCheck {
+        selected,
+        gates,
+        wide,
     }
 }
