@@ -216,3 +216,102 @@ fn quantized_qwen_block_with_shared_expert_runs_encrypted() {
         "the shared expert contributes to every record"
     );
 }
+
+/// A shared expert that does not fit its layer (as a hostile or damaged model file may hold)
+/// is refused by validation, and so by the layer and the model-file decoder, with a cause.
+#[test]
+fn a_malformed_shared_expert_is_refused() {
+    use veilmoe::format::{Binding, ObjectKind};
+    use veilmoe::model::model_file::{decode_model_file, encode_model_file, ModelFile};
+    let cfg = config(4, 2, FfnKind::GatedSilu, Gating::SoftmaxThenTopK);
+    let good = QuantizedMoe::random(cfg, QuantParams::for_message_bits(4), 3, true)
+        .with_random_shared(5, 3);
+    good.validate().unwrap();
+    type Damage = fn(&mut veilmoe::model::SharedExpert);
+    let damages: [(&str, Damage); 6] = [
+        ("hidden size", |s| s.h = 0),
+        ("w2", |s| {
+            s.weights.w2.pop();
+        }),
+        ("w3", |s| s.weights.w3 = None),
+        ("gate", |s| s.gate.push(1)),
+        ("gate bias", |s| s.gate_bias = i64::MAX),
+        ("gate scale", |s| s.gate_scale = f64::NAN),
+    ];
+    let k = test_keys();
+    let ev = Evaluator::new(&k.server);
+    for (what, damage) in damages {
+        let mut bad = good.clone();
+        damage(bad.shared.as_mut().unwrap());
+        let e = bad.validate().expect_err(what).to_string();
+        assert!(
+            e.contains("shared"),
+            "{what}: the cause names the shared expert: {e}"
+        );
+        assert!(MoeLayer::new(&ev, bad).is_err(), "{what}");
+    }
+    // a model file with a damaged shared expert: refused by the decoder, with the cause
+    let (float, records) = float_with_shared(cfg, 9, 40);
+    let (mut q, _) =
+        quantize_with(&float, &QuantizeOptions::for_message_bits(4), &records).unwrap();
+    let bytes = encode_model_file(&q, "test").unwrap();
+    assert_eq!(decode_model_file(&bytes, "test").unwrap().model, q);
+    q.moe.shared.as_mut().unwrap().weights.w1.truncate(3);
+    let e = encode_model_file(&q, "test").unwrap_err().to_string();
+    assert!(e.contains("shared expert w1"), "{e}");
+    // written by another program, bypassing the encoder's check
+    let file = ModelFile {
+        id: q.id(),
+        source: "damaged".into(),
+        model: q,
+    };
+    let bytes =
+        veilmoe::format::encode(ObjectKind::QuantizedModel, &Binding::UNBOUND, &file).unwrap();
+    let e = decode_model_file(&bytes, "test").unwrap_err().to_string();
+    assert!(e.contains("shared expert w1"), "{e}");
+}
+
+/// `params check` and `quantize` report the shared expert's gate and output among the stages.
+#[test]
+fn fidelity_reports_the_shared_expert_stages() {
+    use veilmoe::model::reference_fidelity;
+    let cfg = config(4, 2, FfnKind::GatedSilu, Gating::SoftmaxThenTopK);
+    let (float, records) = float_with_shared(cfg, 12, 60);
+    let (q, _) = quantize_with(&float, &QuantizeOptions::for_message_bits(4), &records).unwrap();
+    let f = reference_fidelity(&float, &q, &records, &mut Rounding::Exact).unwrap();
+    let stages: Vec<&str> = f.stages.iter().map(|s| s.stage).collect();
+    assert_eq!(
+        stages,
+        [
+            "router logits",
+            "pre-activation",
+            "silu factor",
+            "shared gate",
+            "shared expert output"
+        ]
+    );
+    // 3 gate bits: the gate is within half a step (1/14) of the float sigmoid, over all records
+    let gate = &f.stages[3].fidelity;
+    assert!(gate.cosine_mean > 0.95 && gate.relative_l2 < 0.2, "{gate}");
+}
+
+/// A float block of `cfg` (weights of std 1/sqrt(fan-in)) with a shared expert of the routed
+/// experts' shape, and `n` records in [-1, 1].
+fn float_with_shared(cfg: MoeConfig, seed: u64, n: usize) -> (FloatMoeModel, Vec<Vec<f32>>) {
+    let mut m = FloatMoeModel::random(cfg, 1.0, seed);
+    let extra = FloatMoeModel::random(cfg, 1.0, seed + 1);
+    m.shared = Some(FloatSharedExpert {
+        ffn: extra.experts[0].clone(),
+        gate: extra.router.row(0).to_owned(),
+    });
+    let d = cfg.d.0;
+    let mut rng = Rng::new(seed);
+    let records = (0..n)
+        .map(|_| {
+            (0..d)
+                .map(|_| rng.range(-1000, 1000) as f32 / 1000.0)
+                .collect()
+        })
+        .collect();
+    (m, records)
+}

@@ -156,6 +156,9 @@ pub fn reference_fidelity(
     let mut block = VectorErrors::default();
     let (mut logits, mut pre, mut act) = Default::default();
     let (mut experts_agree, mut top1_agree) = (0usize, 0usize);
+    // the shared expert: its gates over all records (one vector), its outputs per record
+    let (mut shared_gates, mut float_gates) = (Vec::new(), Vec::new());
+    let mut shared_out = VectorErrors::default();
     let y_step = q.y_step();
     for raw in records {
         let xq = q.quantize_input(raw)?;
@@ -200,6 +203,14 @@ pub fn reference_fidelity(
                 .unzip();
             VectorErrors::add(&mut act, &qa, &fa);
         }
+        if let (Some((g, o)), Some(fs)) = (&r.shared, &float.shared) {
+            let g_max = qp.gate_max() as f64;
+            shared_gates.push(*g as f64 / g_max);
+            float_gates.push(float.shared_gate(&x).unwrap_or(0.0) as f64);
+            // o in accumulator steps: y = sum g o with g in [0, G] standing for [0, 1]
+            let o_real: Vec<f64> = o.iter().map(|&v| v as f64 * y_step * g_max).collect();
+            shared_out.add(&o_real, &to_f64(float.ffn_trace(&fs.ffn, &x).o));
+        }
         if float.head.is_some() && q.head.is_some() {
             let out = q.outputs_from(&xq, &r.y);
             top1_agree += (argmax(&out) == float.predict(raw)) as usize;
@@ -228,8 +239,31 @@ pub fn reference_fidelity(
                 stage: activation,
                 fidelity: act.summary(),
             },
-        ],
+        ]
+        .into_iter()
+        .chain(shared_stages(&shared_gates, &float_gates, shared_out))
+        .collect(),
     })
+}
+
+/// The shared expert's stages (none without one): its gate over all records as one vector
+/// (a scalar per record), its output per record.
+fn shared_stages(q: &[f64], f: &[f64], out: VectorErrors) -> Vec<StageFidelity> {
+    if q.is_empty() {
+        return Vec::new();
+    }
+    let mut gates = VectorErrors::default();
+    gates.add(q, f);
+    vec![
+        StageFidelity {
+            stage: "shared gate",
+            fidelity: gates.summary(),
+        },
+        StageFidelity {
+            stage: "shared expert output",
+            fidelity: out.summary(),
+        },
+    ]
 }
 
 /// Fidelity of decrypted block outputs (`y` as the client decrypts it, in accumulator steps)

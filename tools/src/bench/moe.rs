@@ -24,6 +24,8 @@ pub struct MoeBench {
     pub h: usize,
     pub top_k: usize,
     pub ffn: FfnKind,
+    /// Hidden units of a Qwen2-MoE shared expert (`None`: no shared expert).
+    pub shared_hidden: Option<usize>,
     pub runs: usize,
     /// Also time batches under expert capacities (`None`: not measured).
     pub capacity: Option<CapacityBench>,
@@ -58,6 +60,9 @@ pub struct MoeReport {
     pub h: usize,
     pub top_k: usize,
     pub ffn: String,
+    /// Hidden units of the shared expert, when the layer has one (its PBS, circuit bootstraps
+    /// and external products are the `shared-expert` stage of `ops_per_stage`).
+    pub shared_hidden: Option<usize>,
     pub cases: Vec<MoeCase>,
     /// Batches under expert capacities, per number of experts (when asked for).
     pub capacity_cases: Vec<CapacityCase>,
@@ -126,7 +131,10 @@ pub fn run_moe(
             ffn: b.ffn,
             gating: Gating::SoftmaxSelected,
         };
-        let model = QuantizedMoe::random(config, quant, 1000 + e as u64, true);
+        let mut model = QuantizedMoe::random(config, quant, 1000 + e as u64, true);
+        if let Some(hs) = b.shared_hidden {
+            model = model.with_random_shared(hs, 2000 + e as u64);
+        }
         let ev = Evaluator::new(&server);
         let layer = MoeLayer::new(&ev, model).map_err(err)?;
         for &name in &b.strategies {
@@ -258,6 +266,7 @@ pub fn run_moe(
         h: b.h,
         top_k: b.top_k,
         ffn: b.ffn.name(),
+        shared_hidden: b.shared_hidden,
         cases,
         capacity_cases,
         argmax8_ms: median(&times),

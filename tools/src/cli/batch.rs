@@ -94,7 +94,7 @@ impl Quantize {
             let fid = reference_fidelity(&f.float, &model, &f.records, &mut Rounding::Exact)?;
             eprintln!("fidelity to the float model ({}): {fid}", f.origin);
             for s in &fid.stages {
-                eprintln!("  {:<16} {}", s.stage, s.fidelity);
+                eprintln!("  {:<21} {}", s.stage, s.fidelity);
             }
         }
         eprintln!("checking one token on preset {preset} (keys in memory) ...");

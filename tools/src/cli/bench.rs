@@ -40,6 +40,10 @@ pub enum Bench {
         /// Expert FFN: relu, gelu, silu or gated-silu.
         #[arg(long, default_value = "gated-silu")]
         ffn: String,
+        /// Add a Qwen2-MoE shared expert of this many hidden units, with its sigmoid gate
+        /// (0: none).
+        #[arg(long, default_value_t = 0)]
+        shared_hidden: usize,
         /// Timed tokens per case (median reported); timed batches for --capacity-batch.
         #[arg(long, default_value_t = 3)]
         runs: usize,
@@ -192,8 +196,17 @@ impl std::fmt::Display for MoeReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "preset {}  threads {}  {}  d={} h={} k={} ffn={}",
-            self.preset, self.threads, self.machine, self.d, self.h, self.top_k, self.ffn
+            "preset {}  threads {}  {}  d={} h={} k={} ffn={}{}",
+            self.preset,
+            self.threads,
+            self.machine,
+            self.d,
+            self.h,
+            self.top_k,
+            self.ffn,
+            self.shared_hidden
+                .map(|h| format!(" shared expert h={h}"))
+                .unwrap_or_default()
         )?;
         for c in &self.cases {
             writeln!(
@@ -435,6 +448,7 @@ impl Bench {
                 h,
                 top_k,
                 ffn,
+                shared_hidden,
                 runs,
                 capacity_batch,
                 capacity_factor,
@@ -463,6 +477,7 @@ impl Bench {
                     h,
                     top_k,
                     ffn,
+                    shared_hidden: (shared_hidden > 0).then_some(shared_hidden),
                     runs,
                     capacity,
                 };
