@@ -14,17 +14,18 @@
 //! - `hf_qwen_block_encrypted_on_default` runs the Qwen2-MoE block encrypted on `default` and
 //!   prints the decrypted block output's fidelity and the time per token.
 
+mod common;
+
+use common::checkpoints::{write_model, Tensors};
 use std::path::PathBuf;
 use std::time::Instant;
 use veilmoe::engine::{ClientKey, Evaluator, Preset};
-use veilmoe::model::checkpoint::{safetensors_bytes, FloatMoeModel, StoredDtype};
+use veilmoe::model::checkpoint::{FloatMoeModel, StoredDtype};
 use veilmoe::model::data::embedded_digits;
 use veilmoe::model::fidelity::VectorErrors;
 use veilmoe::model::quantize::{quantize_with, QuantizeOptions};
 use veilmoe::model::{reference_fidelity, QuantizedClassifier, Rounding, SplitMix};
 use veilmoe::protocols::{simulated_rounding, MoeLayer, Select};
-
-type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
 
 const D: usize = 64;
 const E: usize = 8;
@@ -57,19 +58,6 @@ impl Writer {
     }
 }
 
-fn write(name: &str, config: serde_json::Value, tensors: &Tensors) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("veilmoe-hf-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    std::fs::write(
-        dir.join("model.safetensors"),
-        safetensors_bytes(tensors, StoredDtype::F32).unwrap(),
-    )
-    .unwrap();
-    dir
-}
-
 fn mixtral() -> PathBuf {
     let mut w = Writer::new(1);
     let p = "model.layers.0.block_sparse_moe";
@@ -83,7 +71,7 @@ fn mixtral() -> PathBuf {
         "model_type": "mixtral", "hidden_size": D, "intermediate_size": H,
         "num_local_experts": E, "num_experts_per_tok": 2, "num_hidden_layers": 1
     });
-    write("mixtral", cfg, &w.tensors)
+    write_model("hf-mixtral", &cfg, &w.tensors, StoredDtype::F32)
 }
 
 fn qwen2_moe() -> PathBuf {
@@ -104,7 +92,7 @@ fn qwen2_moe() -> PathBuf {
         "shared_expert_intermediate_size": HS, "num_experts": E, "num_experts_per_tok": 2,
         "norm_topk_prob": false, "num_hidden_layers": 1
     });
-    write("qwen2-moe", cfg, &w.tensors)
+    write_model("hf-qwen2-moe", &cfg, &w.tensors, StoredDtype::F32)
 }
 
 fn switch() -> PathBuf {
@@ -119,7 +107,7 @@ fn switch() -> PathBuf {
         "model_type": "switch_transformers", "num_experts": E, "d_model": D, "d_ff": H,
         "dense_act_fn": "relu", "num_layers": 2
     });
-    write("switch", cfg, &w.tensors)
+    write_model("hf-switch", &cfg, &w.tensors, StoredDtype::F32)
 }
 
 /// The digits features centred and scaled to [-1, 1] (pixels are 0..16): 200 calibration

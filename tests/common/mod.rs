@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod capacity;
+pub mod checkpoints;
 pub mod pool;
 pub mod wide;
 
