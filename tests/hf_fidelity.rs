@@ -222,13 +222,7 @@ fn hf_qwen_block_encrypted_on_default() {
             .decrypt_gates(&client, q.moe.quant.gate_max())
             .unwrap();
         let sh = out.shared.as_ref().unwrap();
-        let sg: i64 = client
-            .decrypt_lwe(&sh.gate_bits)
-            .unwrap()
-            .iter()
-            .enumerate()
-            .map(|(b, &v)| v << b)
-            .sum();
+        let sg = sh.decrypt_gate(&client).unwrap();
         let (rg, ro) = reference.shared.clone().unwrap();
         let slots: Vec<f64> = out
             .slot_outputs

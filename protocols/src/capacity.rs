@@ -195,12 +195,7 @@ impl CapacityOutput {
                     let s = self.shared.get(t).ok_or_else(|| {
                         crate::error::session("the response lacks a token's shared expert")
                     })?;
-                    let g: i64 = client
-                        .decrypt_lwe(&s.gate_bits)?
-                        .iter()
-                        .enumerate()
-                        .map(|(b, &v)| v << b)
-                        .sum();
+                    let g = s.decrypt_gate(client)?;
                     for (yi, oi) in y.iter_mut().zip(client.decrypt_lwe(&s.output)?) {
                         *yi += g * oi;
                     }

@@ -79,18 +79,31 @@ pub struct Routing {
     pub gates: Gates,
 }
 
+/// Client side: the value of encrypted bits, least significant first (a gate from its bits).
+pub fn decrypt_bits_value(client: &ClientKey, bits: &LweVector) -> Result<i64> {
+    Ok(client
+        .decrypt_lwe(bits)?
+        .iter()
+        .enumerate()
+        .map(|(b, &v)| v << b)
+        .sum())
+}
+
+/// One PBS per table on a single value; the bits come back as one vector (a gate's bits).
+pub(crate) fn read_bits(ev: &Evaluator, x: &LweVector, tables: &[Lut]) -> Result<LweVector> {
+    let mut bits = Vec::with_capacity(tables.len());
+    for t in tables {
+        bits.push(ev.pbs(x, t)?);
+    }
+    let refs: Vec<&LweVector> = bits.iter().collect();
+    Ok(LweVector::concat(&refs)?)
+}
+
 impl Routing {
     /// Client side: the gate value of each slot (in `[0, g_max]`), decrypted from the gate
     /// bits, for a client inspecting its own token's routing.
     pub fn decrypt_gates(&self, client: &ClientKey, g_max: i64) -> Result<Vec<i64>> {
-        let value = |bits: &LweVector| -> Result<i64> {
-            Ok(client
-                .decrypt_lwe(bits)?
-                .iter()
-                .enumerate()
-                .map(|(b, &v)| v << b)
-                .sum())
-        };
+        let value = |bits: &LweVector| decrypt_bits_value(client, bits);
         match &self.gates {
             Gates::Constant(g) => Ok(g.clone()),
             Gates::Complementary { g1_bits } => {
@@ -293,7 +306,7 @@ impl RouterTables {
                     &[1, -1],
                     slots[0].logit.encoding(),
                 )?;
-                let bits = self.read_bits(ev, &delta, &self.gate_bits)?;
+                let bits = read_bits(ev, &delta, &self.gate_bits)?;
                 Ok(Gates::Complementary { g1_bits: bits })
             }
             (Gating::SoftmaxThenTopK, _) => {
@@ -312,22 +325,12 @@ impl RouterTables {
                         WeightMatrix::new(Rows(1), Cols(self.experts), vec![1; self.experts])?;
                     let z = ev.lwe_matvec(&ones, None, &terms)?;
                     let z = z.with_encoding(self.switch_encoding)?;
-                    all.push(self.read_bits(ev, &z, &self.switch_gate_bits)?);
+                    all.push(read_bits(ev, &z, &self.switch_gate_bits)?);
                     slot.partition_sum = Some(z);
                 }
                 Ok(Gates::PerSlot(all))
             }
         }
-    }
-
-    /// One PBS per table on a single value; the bits come back as one vector.
-    fn read_bits(&self, ev: &Evaluator, x: &LweVector, tables: &[Lut]) -> Result<LweVector> {
-        let mut bits = Vec::with_capacity(tables.len());
-        for t in tables {
-            bits.push(ev.pbs(x, t)?);
-        }
-        let refs: Vec<&LweVector> = bits.iter().collect();
-        Ok(LweVector::concat(&refs)?)
     }
 
     pub fn gate_max(&self) -> i64 {

@@ -18,8 +18,8 @@
 use crate::error::Result;
 use crate::ffn::{ExpertTables, FfnTables};
 use veilmoe_engine::{
-    Cols, Encoding, Evaluator, GgswBit, Lut, LweVector, PackedGlwe, PackedRows, PackedWeights,
-    Rows, WeightMatrix,
+    ClientKey, Cols, Encoding, Evaluator, GgswBit, Lut, LweVector, PackedGlwe, PackedRows,
+    PackedWeights, Rows, WeightMatrix,
 };
 use veilmoe_model::QuantizedMoe;
 
@@ -38,6 +38,13 @@ pub struct SharedProducts {
     pub u: PackedRows,
     pub v: Option<PackedRows>,
     pub gate: PackedRows,
+}
+
+impl SharedOutput {
+    /// Client side: the gate in [0, G] from its bits.
+    pub fn decrypt_gate(&self, client: &ClientKey) -> Result<i64> {
+        crate::router::decrypt_bits_value(client, &self.gate_bits)
+    }
 }
 
 /// The shared expert's encrypted result for one token.
@@ -92,12 +99,7 @@ impl SharedTables {
         products: &SharedProducts,
     ) -> Result<SharedOutput> {
         let gate = ev.extract_rows(&products.gate)?;
-        let mut bits = Vec::with_capacity(self.gate_bits.len());
-        for t in &self.gate_bits {
-            bits.push(ev.pbs(&gate, t)?);
-        }
-        let refs: Vec<&LweVector> = bits.iter().collect();
-        let gate_bits = LweVector::concat(&refs)?;
+        let gate_bits = crate::router::read_bits(ev, &gate, &self.gate_bits)?;
         let u = ev.extract_rows(&products.u)?;
         let v = products
             .v

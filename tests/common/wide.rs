@@ -166,13 +166,7 @@ pub fn check_combination(
     let y = out.decrypt_y(client).expect("decrypt y");
     let mut want = model.combine(gates, outs);
     if let Some(s) = &out.shared {
-        let g: i64 = client
-            .decrypt_lwe(&s.gate_bits)
-            .expect("decrypt")
-            .iter()
-            .enumerate()
-            .map(|(b, &v)| v << b)
-            .sum();
+        let g = s.decrypt_gate(client).expect("decrypt");
         let o = client.decrypt_lwe(&s.output).expect("decrypt");
         for (w, v) in want.iter_mut().zip(o) {
             *w += g * v;

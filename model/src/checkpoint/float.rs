@@ -144,6 +144,14 @@ impl FloatMoeModel {
         self.ffn_trace(&self.experts[e], x)
     }
 
+    /// Every FFN of the block: the routed experts, then the shared expert (the order the
+    /// quantizer stacks them in).
+    pub fn ffns(&self) -> impl Iterator<Item = &FloatExpert> {
+        self.experts
+            .iter()
+            .chain(self.shared.as_ref().map(|s| &s.ffn))
+    }
+
     /// The shared expert's sigmoid gate on the block's real input (`None` without one).
     pub fn shared_gate(&self, x: &Array1<f32>) -> Option<f32> {
         self.shared

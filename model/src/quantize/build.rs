@@ -157,11 +157,7 @@ impl Context<'_> {
             })
         };
         // The routed experts, then the shared one: one W1 group (one activation input scale).
-        let ffns: Vec<&crate::checkpoint::FloatExpert> = m
-            .experts
-            .iter()
-            .chain(m.shared.as_ref().map(|s| &s.ffn))
-            .collect();
+        let ffns: Vec<&crate::checkpoint::FloatExpert> = m.ffns().collect();
         let w1_all = stack(ffns.iter().map(|x| x.w1.view()).collect())?;
         let b1_all = stack_b(ffns.iter().map(|x| (x.b1.as_ref(), x.w1.nrows())).collect());
         let w1 = self.first_stage(&w1_all, b1_all.as_ref(), choice.w1_prune, true);

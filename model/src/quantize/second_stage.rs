@@ -47,11 +47,11 @@ pub(super) fn act_out_scale(ffn: FfnKind, quant: &QuantParams, act_in: f64, act_
 
 impl Context<'_> {
     /// Quantizes every expert's W2 (and b2) into `experts` (the routed experts, then the shared
-    /// expert if the model has one: one scale for all, so their outputs add in the same units). `act_out` is the activation's
-    /// output step and `w3_steps[i][j]` the real value of one W3 read step of expert `i`'s
-    /// hidden unit `j` (empty for plain FFNs): their product is the real value of one unit of
-    /// the integer hidden activation, which W2's column `j` multiplies, so it is folded into
-    /// the column before the common scale is chosen.
+    /// expert if the model has one: one scale for all, so their outputs add in the same units).
+    /// `act_out` is the activation's output step and `w3_steps[i][j]` the real value of one W3
+    /// read step of expert `i`'s hidden unit `j` (empty for plain FFNs): their product is the
+    /// real value of one unit of the integer hidden activation, which W2's column `j`
+    /// multiplies, so it is folded into the column before the common scale is chosen.
     pub(super) fn second_stage(
         &self,
         choice: &QuantChoice,
@@ -62,11 +62,7 @@ impl Context<'_> {
         let m = self.model;
         let d = m.config.d.0;
         let gated = m.config.ffn == FfnKind::GatedSilu;
-        let ffns: Vec<&crate::checkpoint::FloatExpert> = m
-            .experts
-            .iter()
-            .chain(m.shared.as_ref().map(|s| &s.ffn))
-            .collect();
+        let ffns: Vec<&crate::checkpoint::FloatExpert> = m.ffns().collect();
         let unit = |i: usize, j: usize| -> f64 { act_out * w3_steps.get(i).map_or(1.0, |r| r[j]) };
         // One scale for all experts: the largest real weight becomes `w2_top`.
         let mut max_real = 0f64;
