@@ -34,6 +34,9 @@ pub struct WeightMatrix {
     rows: Rows,
     cols: Cols,
     data: Vec<i64>,
+    /// The accumulators' declared range, where it is a calibrated bound rather than the worst
+    /// case (see [`WeightMatrix::with_declared_range`]).
+    declared: Option<ValueRange>,
 }
 
 impl WeightMatrix {
@@ -50,7 +53,36 @@ impl WeightMatrix {
                 format!("{} entries", data.len()),
             ));
         }
-        Ok(WeightMatrix { rows, cols, data })
+        Ok(WeightMatrix {
+            rows,
+            cols,
+            data,
+            declared: None,
+        })
+    }
+
+    /// Declares the range of the product's accumulators (`W x + b`) for every input the caller
+    /// will give, in place of the worst case over the input's tracked range, which the
+    /// products otherwise require to fit the encoding. For rows scaled from calibration data:
+    /// the worst case of a dense row is several times its typical accumulator. An accumulator
+    /// beyond the declared range wraps around the torus (the server computes on, unaware;
+    /// what a PBS or the client then reads of it is meaningless): the caller owns that risk
+    /// and measures it. The range must hold 0; the output range is never wider than the worst
+    /// case.
+    pub fn with_declared_range(mut self, range: ValueRange) -> Result<WeightMatrix> {
+        if range.min > 0 || range.max < 0 {
+            return Err(EngineError::range(
+                "declared accumulator range",
+                format!("[{}, {}] does not hold 0", range.min, range.max),
+            ));
+        }
+        self.declared = Some(range);
+        Ok(self)
+    }
+
+    /// The declared accumulator range, if any.
+    pub fn declared_range(&self) -> Option<ValueRange> {
+        self.declared
     }
     pub fn rows(&self) -> Rows {
         self.rows
@@ -108,6 +140,9 @@ impl WeightMatrix {
             })
     }
 
+    /// Checks shapes and that every accumulator fits the input's encoding: the worst case over
+    /// `range`, or, where the matrix declares its accumulators' range (a calibrated bound that
+    /// the worst case may exceed), that range. Returns the output encoding and range.
     fn check_input(
         &self,
         context: &'static str,
@@ -132,7 +167,14 @@ impl WeightMatrix {
                 ));
             }
         }
-        let (lo, hi) = self.output_range(range, bias);
+        let (lo, hi) = match self.declared {
+            // never wider than the worst case
+            Some(d) => {
+                let (wlo, whi) = self.output_range(range, bias);
+                ((d.min as i128).max(wlo), (d.max as i128).min(whi))
+            }
+            None => self.output_range(range, bias),
+        };
         let out = Encoding::signed(enc.width);
         if lo < out.min() as i128 || hi > out.max() as i128 {
             return Err(EngineError::range(
