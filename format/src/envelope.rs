@@ -27,8 +27,9 @@ use std::io::Read;
 pub const MAGIC: [u8; 8] = *b"VEILMOE\0";
 /// Current envelope format version. Version 2: a quantized model holds its shared expert
 /// (Qwen2-MoE), so version-1 model files no longer decode; they are refused by version, with a
-/// cause, rather than misread.
-pub const FORMAT_VERSION: u16 = 2;
+/// cause, rather than misread. Version 3: a quantized model records whether its first-stage
+/// shift was calibrated (the input width then follows from it, not from the worst case).
+pub const FORMAT_VERSION: u16 = 3;
 
 /// A hash of a preset's cryptographic parameters (not of its name or description).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

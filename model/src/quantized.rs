@@ -64,6 +64,9 @@ pub struct RouterSpec<'a> {
     pub input_width: u32,
     /// Switch gating's partition-sum read shift (unused by Mixtral gating).
     pub partition_shift: u32,
+    /// The accumulators' declared range when the read shift was calibrated (see
+    /// [`QuantizedMoe::first_stage_declared`]).
+    pub declared: Option<(i64, i64)>,
 }
 
 /// A quantized MoE layer.
@@ -77,7 +80,25 @@ pub struct QuantizedMoe {
     pub experts: Vec<ExpertWeights>,
     /// Qwen2-MoE's shared expert (none for other families).
     pub shared: Option<SharedExpert>,
+    /// The first-stage read shift when it was set from calibrated accumulator ranges rather
+    /// than from the worst case over every input of the box (`None`: the worst case). Reads
+    /// are then several times finer, and an accumulator beyond the read box
+    /// ([`QuantizedMoe::first_stage_box`]), which an input unlike the calibration data may
+    /// produce, wraps around the torus under encryption: that token's output is garbage,
+    /// though nothing fails. The quantizer measures how often it happens
+    /// ([`QuantizedMoe::first_stage_overflows`]).
+    pub calibrated_shift: Option<u32>,
+    /// The expert outputs' encoding width (signed, before the extra bit of a top-2 difference)
+    /// when it was set from calibrated output ranges rather than the worst case (`None`). The
+    /// outputs leave the server wide and their noise is fixed on the torus, so every bit the
+    /// width sheds divides the noise the client decrypts, in output steps, by two. An output
+    /// beyond [`QuantizedMoe::expert_output_box`] wraps ([`QuantizedMoe::overflows`] counts
+    /// it).
+    pub calibrated_output_width: Option<u32>,
 }
+
+/// Largest calibrated first-stage shift (the encrypted input stays well inside 64-bit words).
+pub const MAX_CALIBRATED_SHIFT: u32 = 40;
 
 /// Largest model or hidden dimension a quantized model may declare.
 pub const MAX_DIM: usize = 1 << 16;
@@ -174,6 +195,23 @@ impl QuantizedMoe {
         }
         if let Some(sh) = &self.shared {
             self.validate_shared(sh)?;
+        }
+        if let Some(s) = self.calibrated_shift {
+            if s > MAX_CALIBRATED_SHIFT {
+                return Err(config(format!(
+                    "calibrated first-stage shift {s} exceeds {MAX_CALIBRATED_SHIFT}"
+                )));
+            }
+        }
+        if let Some(w) = self.calibrated_output_width {
+            let (lo, hi) = self.quant.hidden_range(c.ffn);
+            let least = quant::hold_width(lo as i128, hi as i128).max(self.quant.message_bits);
+            if w < least || w > MAX_CALIBRATED_SHIFT {
+                return Err(config(format!(
+                    "calibrated output width {w} is outside [{least}, {MAX_CALIBRATED_SHIFT}] \
+                     (the hidden activations share the outputs' encoding)"
+                )));
+            }
         }
         let shared_weights = self.shared.as_ref().map(|s| &s.weights);
         let all = std::iter::once(&self.router)
@@ -276,10 +314,62 @@ impl QuantizedMoe {
     }
 
     /// Encoding width of the encrypted input: every first-stage accumulator (router, W1, W3)
-    /// must be readable through its top `message_bits` bits.
+    /// must be readable through its top `message_bits` bits, for every input of the box (or,
+    /// with a calibrated shift, for the calibration data).
     pub fn input_width(&self) -> u32 {
-        let (lo, hi) = self.first_stage_range();
-        quant::read_width(lo, hi, self.quant.message_bits)
+        match self.calibrated_shift {
+            Some(s) => self.quant.message_bits + s,
+            None => {
+                let (lo, hi) = self.first_stage_range();
+                quant::read_width(lo, hi, self.quant.message_bits)
+            }
+        }
+    }
+
+    /// The accumulators a first-stage read takes without wrapping: `[-2^(m-1), 2^(m-1) - 1]`
+    /// boxes of `2^s` (the top box keeps half a box of headroom, as in [`quant::read_width`]).
+    pub fn first_stage_box(&self) -> (i64, i64) {
+        let s = self.input_shift();
+        (self.quant.input_min() << s, self.quant.input_max() << s)
+    }
+
+    /// The range the encrypted first-stage products are declared to take when the worst case
+    /// over the input box exceeds the read box (a calibrated shift): the read box. `None` when
+    /// every input fits (the engine then checks the worst case itself).
+    pub fn first_stage_declared(&self) -> Option<(i64, i64)> {
+        self.calibrated_shift?;
+        let (lo, hi) = self.first_stage_box();
+        let (wlo, whi) = self.first_stage_range();
+        (wlo < lo as i128 || whi > hi as i128).then_some((lo, hi))
+    }
+
+    /// How many of the token's first-stage accumulators (router, W1, W3, shared gate) fall
+    /// outside [`QuantizedMoe::first_stage_box`]: 0 for every input under a worst-case shift.
+    /// Under encryption such an accumulator wraps (see [`QuantizedMoe::calibrated_shift`]);
+    /// the reference reads it unwrapped, as the float model would.
+    pub fn first_stage_overflows(&self, x: &[i64]) -> usize {
+        let (lo, hi) = self.first_stage_box();
+        let out = |w: &[i64], b: Option<&[i64]>, rows: usize| {
+            crate::reference::matvec(w, b, rows, x)
+                .into_iter()
+                .filter(|&a| a < lo || a > hi)
+                .count()
+        };
+        let mut n = out(
+            &self.router,
+            self.router_bias.as_deref(),
+            self.config.experts.0,
+        );
+        for (w, rows) in self.ffns() {
+            n += out(&w.w1, w.b1.as_deref(), rows);
+            if let Some(w3) = &w.w3 {
+                n += out(w3, w.b3.as_deref(), rows);
+            }
+        }
+        if let Some(sh) = &self.shared {
+            n += out(&sh.gate, Some(std::slice::from_ref(&sh.gate_bias)), 1);
+        }
+        n
     }
 
     /// Shift of the first-stage requantization (`input_width - message_bits`).
@@ -299,6 +389,7 @@ impl QuantizedMoe {
             quant: &self.quant,
             input_width: self.input_width(),
             partition_shift: self.partition_shift(),
+            declared: self.first_stage_declared(),
         }
     }
 
@@ -317,8 +408,49 @@ impl QuantizedMoe {
     /// would drop the low [`QuantizedMoe::expert_output_shift`] bits; the encrypted path
     /// returns it wide instead.
     pub fn expert_output_width(&self) -> u32 {
-        let (lo, hi) = self.expert_output_range();
-        quant::read_width(lo, hi, self.quant.message_bits)
+        match self.calibrated_output_width {
+            Some(w) => w,
+            None => {
+                let (lo, hi) = self.expert_output_range();
+                quant::read_width(lo, hi, self.quant.message_bits)
+            }
+        }
+    }
+
+    /// The expert outputs an encoding of [`QuantizedMoe::expert_output_width`] holds.
+    pub fn expert_output_box(&self) -> (i64, i64) {
+        let w = self.expert_output_width();
+        (-(1i64 << (w - 1)), (1i64 << (w - 1)) - 1)
+    }
+
+    /// The range the encrypted expert outputs are declared to take when the worst case
+    /// exceeds [`QuantizedMoe::expert_output_box`] (a calibrated width); `None` otherwise.
+    pub fn expert_output_declared(&self) -> Option<(i64, i64)> {
+        self.calibrated_output_width?;
+        let (lo, hi) = self.expert_output_box();
+        let (wlo, whi) = self.expert_output_range();
+        (wlo < lo as i128 || whi > hi as i128).then_some((lo, hi))
+    }
+
+    /// How many of a token's expert output values (the selected slots' and the shared
+    /// expert's, as `reference` computed them) fall outside [`QuantizedMoe::expert_output_box`].
+    pub fn output_overflows(&self, reference: &crate::reference::RefOutput) -> usize {
+        let (lo, hi) = self.expert_output_box();
+        reference
+            .expert_outputs
+            .iter()
+            .chain(reference.shared.as_ref().map(|(_, o)| o))
+            .flatten()
+            .filter(|&&v| v < lo || v > hi)
+            .count()
+    }
+
+    /// Values of the token `x` that wrap under encryption: first-stage accumulators beyond the
+    /// read box and expert outputs beyond their box. Always 0 without calibrated ranges; with
+    /// them, such a token's encrypted output is meaningless (nothing fails).
+    pub fn overflows(&self, x: &[i64]) -> usize {
+        let r = self.reference(x, &mut crate::reference::Rounding::Exact);
+        self.first_stage_overflows(x) + self.output_overflows(&r)
     }
 
     /// The bits an m-bit read of an expert output would drop: the block output's accumulator
@@ -389,6 +521,8 @@ impl QuantizedMoe {
             router_bias,
             experts,
             shared: None,
+            calibrated_shift: None,
+            calibrated_output_width: None,
         }
     }
 

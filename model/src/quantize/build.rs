@@ -50,6 +50,11 @@ impl Context<'_> {
                 .then(|| first.router.b.clone()),
             experts: experts[..e].to_vec(),
             shared: None,
+            calibrated_shift: self
+                .opts
+                .calibrated_headroom
+                .map(|_| self.opts.first_stage_shift),
+            calibrated_output_width: None,
         };
         moe.shared = self.shared_expert(&first, &experts, 1.0);
         moe.validate()?;
@@ -96,6 +101,9 @@ impl Context<'_> {
             .unwrap_or((cap + 1) / 2)
             .clamp(1, cap);
         moe.quant = quant;
+        if let Some(headroom) = self.opts.calibrated_headroom {
+            moe.calibrated_output_width = Some(self.calibrated_output_width(&moe, headroom));
+        }
         moe.validate()?;
 
         let output_shift = moe.expert_output_shift();
@@ -228,6 +236,37 @@ impl Context<'_> {
         placed_logit_zero_point(tops, moe.quant.logit_max())
     }
 
+    /// The expert outputs' encoding width from their range over the scored records (every
+    /// FFN of the layer, routed or shared, on every record) times `headroom`: never wider than
+    /// the worst case, never narrower than the hidden activations (which share the encoding)
+    /// or the read bits.
+    fn calibrated_output_width(&self, moe: &QuantizedMoe, headroom: f64) -> u32 {
+        use rayon::prelude::*;
+        let d = moe.config.d.0;
+        let (lo, hi) = self
+            .scored
+            .par_iter()
+            .map(|r| {
+                let x = self.quantize_record(r);
+                let mut range = (0i64, 0i64);
+                for (w, h) in moe.ffns() {
+                    let a = moe.ffn_hidden(w, h, &x, &mut crate::Rounding::Exact);
+                    for v in crate::reference::matvec(&w.w2, w.b2.as_deref(), d, &a) {
+                        range = (range.0.min(v), range.1.max(v));
+                    }
+                }
+                range
+            })
+            .reduce(|| (0, 0), |a, b| (a.0.min(b.0), a.1.max(b.1)));
+        let scaled = |v: i64| (v as f64 * headroom).round() as i128;
+        let (hlo, hhi) = moe.quant.hidden_range(moe.config.ffn);
+        let (wlo, whi) = moe.expert_output_range();
+        crate::quant::hold_width(scaled(lo), scaled(hi))
+            .max(crate::quant::hold_width(hlo as i128, hhi as i128))
+            .max(moe.quant.message_bits)
+            .min(crate::quant::read_width(wlo, whi, moe.quant.message_bits))
+    }
+
     /// The report of a built candidate (its calibration scores are filled in by `score`).
     #[allow(clippy::too_many_arguments)]
     fn report(
@@ -250,6 +289,12 @@ impl Context<'_> {
             input_step: self.input_step,
             input_width: moe.input_width(),
             input_shift,
+            calibrated_headroom: self.opts.calibrated_headroom,
+            overflowing_records: self
+                .scored
+                .iter()
+                .filter(|r| moe.overflows(&self.quantize_record(r)) > 0)
+                .count(),
             router_step,
             router_zeroed: zeroed_frac(first.router.zeroed, e * d),
             logit_zero_point: moe.quant.logit_zero_point,

@@ -21,6 +21,9 @@ pub(super) struct Context<'a> {
     pub(super) input_step: f64,
     /// Scored records and the float model's outputs and routes on them.
     pub(super) scored: Vec<&'a Vec<f32>>,
+    /// The scored records as the client quantizes them, less the input zero point: what the
+    /// calibrated first-stage ranges are measured on.
+    pub(super) centred_inputs: Vec<Vec<f64>>,
     float_out: Vec<Vec<f32>>,
     float_routes: Vec<Vec<usize>>,
     /// Quantization parameters before the per-choice scales are set.
@@ -62,17 +65,30 @@ impl<'a> Context<'a> {
             .par_iter()
             .map(|r| model.route(&model.model_input(r)).0)
             .collect();
-        Ok(Context {
+        let mut ctx = Context {
             model,
             opts,
             input,
             input_range: (lo, hi),
             input_step: raw_step * model.input_scale,
             scored,
+            centred_inputs: Vec::new(),
             float_out,
             float_routes,
             quant,
-        })
+        };
+        let zp = ctx.input.input_zero_point;
+        ctx.centred_inputs = ctx
+            .scored
+            .iter()
+            .map(|r| {
+                ctx.quantize_record(r)
+                    .into_iter()
+                    .map(|v| (v - zp) as f64)
+                    .collect()
+            })
+            .collect();
+        Ok(ctx)
     }
 
     /// A raw record as the client quantizes it (the same arithmetic as

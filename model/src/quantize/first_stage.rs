@@ -1,6 +1,7 @@
 //! The first stage (router, W1, W3): rows read by PBS from the packed input with one shared
-//! shift `s`. Each group's scale is the finest at which its worst-case row still fits the read
-//! box, and the router rows are centred first to shrink their L1 norms.
+//! shift `s`. Each group's scale is the finest at which its worst-case row (or, calibrated,
+//! its calibration range times a headroom) still fits the read box, and the router rows are
+//! centred first to shrink their L1 norms.
 
 use super::context::Context;
 use crate::quantized::affine_range;
@@ -74,8 +75,10 @@ impl Context<'_> {
     }
 
     /// Per row, the smallest scale (real value of one accumulator unit) at which the row's
-    /// worst case over every input of the box, bias included, fits the read box of shift `s`.
-    /// The inputs are taken relative to the zero point (it is folded into the biases later).
+    /// range, bias included, fits the read box of shift `s`: its worst case over every input
+    /// of the box, or, with a calibrated headroom, its range over the calibration records
+    /// times the headroom (never more than the worst case). The inputs are taken relative to
+    /// the zero point (it is folded into the biases later).
     fn needed_scales(
         &self,
         real: &[f64],
@@ -94,9 +97,26 @@ impl Context<'_> {
                 let row = &real[r * cols..(r + 1) * cols];
                 let hi: f64 = bias(r) + row.iter().map(|&v| (v * tlo).max(v * thi)).sum::<f64>();
                 let lo: f64 = bias(r) + row.iter().map(|&v| (v * tlo).min(v * thi)).sum::<f64>();
+                let (lo, hi) = match self.opts.calibrated_headroom {
+                    None => (lo, hi),
+                    Some(headroom) => {
+                        let (clo, chi) = self.calibrated_range(|x| {
+                            bias(r) + row.iter().zip(x).map(|(w, x)| w * x).sum::<f64>()
+                        });
+                        ((clo * headroom).max(lo), (chi * headroom).min(hi))
+                    }
+                };
                 (hi / top).max(-lo / bottom).max(1e-30)
             })
             .collect()
+    }
+
+    /// `[min, max]` of `acc` over the calibration records (centred inputs), widened to hold 0.
+    fn calibrated_range(&self, acc: impl Fn(&[f64]) -> f64) -> (f64, f64) {
+        self.centred_inputs
+            .iter()
+            .map(|x| acc(x))
+            .fold((0f64, 0f64), |(lo, hi), a| (lo.min(a), hi.max(a)))
     }
 
     /// Rounds the real rows at scales `sigma` (biases with the input zero point folded in:
@@ -140,7 +160,17 @@ impl Context<'_> {
                     qmin,
                     qmax,
                 );
-                refit[r] = hi > box_hi || lo < box_lo;
+                let worst_fits = hi <= box_hi && lo >= box_lo;
+                // A calibrated row fits when its calibration range, times the headroom, does.
+                let calibrated_fits = self.opts.calibrated_headroom.is_some_and(|headroom| {
+                    let w = &wi[r * cols..(r + 1) * cols];
+                    let b = bi[r] + zp * sum;
+                    let (clo, chi) = self.calibrated_range(|x| {
+                        b as f64 + w.iter().zip(x).map(|(&w, x)| w as f64 * x).sum::<f64>()
+                    });
+                    chi * headroom <= box_hi as f64 && clo * headroom >= box_lo as f64
+                });
+                refit[r] = !(worst_fits || calibrated_fits);
             }
             if !refit.iter().any(|&f| f) {
                 break;

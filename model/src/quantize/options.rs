@@ -20,6 +20,17 @@ pub struct QuantizeOptions {
     /// Shift of the first-stage reads: the first-stage weights get about this many bits of
     /// precision (wider costs nothing in noise: the packed inputs are fresh encryptions).
     pub first_stage_shift: u32,
+    /// Size the integer reads from calibrated ranges times this headroom rather than from the
+    /// worst case over every input of the box (`None`): the first-stage rows (router, W1, W3,
+    /// shared gate) are scaled so that the calibration records' accumulators fit the read box,
+    /// and the expert outputs' encoding is as wide as their calibration range needs. The worst
+    /// case of a dense row is several times its typical accumulator, so calibrated reads are
+    /// 2-3 bits finer, and a narrower output encoding divides the output noise in output
+    /// steps. The price: an input far outside the calibration data can wrap a read or an
+    /// output (see [`crate::QuantizedMoe::overflows`]); the report gives the rate on the
+    /// calibration records. A model that declares the quantization it was trained for is
+    /// quantized with worst-case ranges, as it was trained.
+    pub calibrated_headroom: Option<f64>,
     /// Gate bits (see [`crate::quant::QuantParams::gate_bits`]).
     pub gate_bits: u32,
     /// Search the choices by calibration (`false`: the defaults of [`QuantChoice`]).
@@ -32,6 +43,10 @@ pub struct QuantizeOptions {
     pub max_scored: usize,
 }
 
+/// Default headroom of calibrated ranges (see [`QuantizeOptions::calibrated_headroom`]): the
+/// calibration maximum of every row at two thirds of its read box.
+pub const DEFAULT_CALIBRATED_HEADROOM: f64 = 1.5;
+
 impl QuantizeOptions {
     /// Options for a preset reading `message_bits`, with the 4-bit presets' noise budget
     /// (`max_norm2 = 5`).
@@ -41,6 +56,7 @@ impl QuantizeOptions {
             max_norm2: 5.0,
             wide_output_noise: 2.68,
             first_stage_shift: 10,
+            calibrated_headroom: Some(DEFAULT_CALIBRATED_HEADROOM),
             gate_bits: 3,
             search: true,
             use_model_choice: true,

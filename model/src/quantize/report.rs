@@ -17,6 +17,11 @@ pub struct QuantizeReport {
     pub input_step: f64,
     pub input_width: u32,
     pub input_shift: u32,
+    /// The headroom over calibrated ranges (`None`: worst-case ranges).
+    pub calibrated_headroom: Option<f64>,
+    /// Scored records with a first-stage accumulator beyond its read box or an expert output
+    /// beyond its encoding (they would wrap under encryption; always 0 with worst-case ranges).
+    pub overflowing_records: usize,
     /// Real value of one router read step (= `logit_scale`).
     pub router_step: f64,
     pub router_zeroed: f64,
@@ -61,8 +66,16 @@ impl fmt::Display for QuantizeReport {
         )?;
         writeln!(
             f,
-            "stage 1:  input width {} bits, read shift {} (router, W1, W3 share it)",
-            self.input_width, self.input_shift
+            "stage 1:  input width {} bits, read shift {} (router, W1, W3 share it), {}",
+            self.input_width,
+            self.input_shift,
+            match self.calibrated_headroom {
+                None => "worst-case ranges".to_string(),
+                Some(h) => format!(
+                    "calibrated ranges x {h:.2}: {} of the scored records overflow a read or an output (they would wrap)",
+                    self.overflowing_records
+                ),
+            }
         )?;
         writeln!(
             f,

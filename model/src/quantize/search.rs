@@ -201,10 +201,15 @@ pub fn quantize_with(
     opts: &QuantizeOptions,
     calibration: &[Vec<f32>],
 ) -> Result<(QuantizedClassifier, QuantizeReport)> {
-    let ctx = Context::new(model, opts, calibration)?;
     if let (true, Some(c)) = (opts.use_model_choice, &model.quantization) {
-        return ctx.build_scored(c, 1);
+        // trained for worst-case first-stage ranges: quantized as it was trained
+        let trained = QuantizeOptions {
+            calibrated_headroom: None,
+            ..opts.clone()
+        };
+        return Context::new(model, &trained, calibration)?.build_scored(c, 1);
     }
+    let ctx = Context::new(model, opts, calibration)?;
     if !opts.search {
         return ctx.build_scored(&QuantChoice::default(), 1);
     }

@@ -108,7 +108,11 @@ pub fn train_digits(
 
     // 2. quantization-aware phase, for the choice the search finds for the float model
     let calib = &train.features;
-    let quantize_opts = QuantizeOptions::for_message_bits(MESSAGE_BITS);
+    // worst-case first-stage ranges: a model that declares its quantization is quantized so
+    let quantize_opts = QuantizeOptions {
+        calibrated_headroom: None,
+        ..QuantizeOptions::for_message_bits(MESSAGE_BITS)
+    };
     let (_, float_phase_report) = quantize_with(&to_model(&t.l, &t.p), &quantize_opts, calib)?;
     log(&format!(
         "quantization of the float model:\n{float_phase_report}"
