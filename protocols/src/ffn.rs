@@ -25,27 +25,48 @@ pub struct ExpertTables {
     pub(crate) b2: Option<Vec<i64>>,
 }
 
+/// First-stage weights (`rows x d`) laid out for packed products, with the model's declared
+/// accumulator range when its first-stage shift was calibrated
+/// ([`QuantizedMoe::first_stage_declared`]).
+pub(crate) fn first_stage_weights(
+    p: &veilmoe_engine::Preset,
+    w: &[i64],
+    rows: usize,
+    d: usize,
+    declared: Option<(i64, i64)>,
+) -> Result<PackedWeights> {
+    let matrix = WeightMatrix::new(Rows(rows), Cols(d), w.to_vec())?;
+    let matrix = match declared {
+        Some((min, max)) => matrix.with_declared_range(ValueRange { min, max })?,
+        None => matrix,
+    };
+    Ok(PackedWeights::new(p, matrix))
+}
+
 impl ExpertTables {
     /// Lays out one FFN's weights (`d` inputs and outputs, `h` hidden units; shapes validated
-    /// with the model).
+    /// with the model) with the model's declared ranges: of the first stage
+    /// ([`QuantizedMoe::first_stage_declared`]) and of the output
+    /// ([`QuantizedMoe::expert_output_declared`]).
     pub(crate) fn new(
         p: &veilmoe_engine::Preset,
         x: &ExpertWeights,
-        d: usize,
-        h: usize,
+        (d, h): (usize, usize),
+        model: &QuantizedMoe,
     ) -> Result<ExpertTables> {
-        let packed = |w: &[i64]| -> Result<PackedWeights> {
-            Ok(PackedWeights::new(
-                p,
-                WeightMatrix::new(Rows(h), Cols(d), w.to_vec())?,
-            ))
+        let declared = model.first_stage_declared();
+        let w2 = WeightMatrix::new(Rows(d), Cols(h), x.w2.clone())?;
+        let w2 = match model.expert_output_declared() {
+            Some((min, max)) => w2.with_declared_range(ValueRange { min, max })?,
+            None => w2,
         };
+        let packed = |w: &[i64]| first_stage_weights(p, w, h, d, declared);
         Ok(ExpertTables {
             w1: packed(&x.w1)?,
             b1: x.b1.clone(),
             w3: x.w3.as_deref().map(packed).transpose()?,
             b3: x.b3.clone(),
-            w2: WeightMatrix::new(Rows(d), Cols(h), x.w2.clone())?,
+            w2,
             b2: x.b2.clone(),
         })
     }
@@ -113,7 +134,7 @@ impl FfnTables {
         let experts = model
             .experts
             .iter()
-            .map(|x| ExpertTables::new(p, x, d, h))
+            .map(|x| ExpertTables::new(p, x, (d, h), model))
             .collect::<Result<Vec<_>>>()?;
         Ok(FfnTables {
             experts,

@@ -145,10 +145,7 @@ impl RouterTables {
                 "the router's input width {width} is below its {m}-bit reads"
             ))
         })?;
-        let router = PackedWeights::new(
-            p,
-            WeightMatrix::new(Rows(e), Cols(d), spec.weights.to_vec())?,
-        );
+        let router = crate::ffn::first_stage_weights(p, spec.weights, e, d, spec.declared)?;
         let logit = Lut::requantize(p, Encoding::signed(width), shift, small, |v| q.logit(v))?;
         let cmp = Lut::univariate(p, small, small, |dv| (dv < 0) as i64)?;
         let relu_neg = Lut::univariate(p, small, small, |dv| (-dv).clamp(0, small.max()))?;

@@ -16,10 +16,9 @@
 //! ([`crate::layer::MoeLayer::select_first_stage`]), and its output is computed from them.
 
 use crate::error::Result;
-use crate::ffn::{ExpertTables, FfnTables};
+use crate::ffn::{first_stage_weights, ExpertTables, FfnTables};
 use veilmoe_engine::{
-    ClientKey, Cols, Encoding, Evaluator, GgswBit, Lut, LweVector, PackedGlwe, PackedRows,
-    PackedWeights, Rows, WeightMatrix,
+    ClientKey, Encoding, Evaluator, GgswBit, Lut, LweVector, PackedGlwe, PackedRows, PackedWeights,
 };
 use veilmoe_model::QuantizedMoe;
 
@@ -65,6 +64,7 @@ impl SharedTables {
         let (p, q, d) = (ev.preset(), &model.quant, model.config.d.0);
         let input = Encoding::signed(model.input_width());
         let shift = model.input_shift();
+        let declared = model.first_stage_declared();
         let bit_encoding = Encoding::signed(q.message_bits);
         let g = q.gate_max();
         let gate_bits = (0..q.gate_bits)
@@ -75,8 +75,8 @@ impl SharedTables {
             })
             .collect::<veilmoe_engine::Result<Vec<_>>>()?;
         Ok(Some(SharedTables {
-            ffn: ExpertTables::new(p, &sh.weights, d, sh.h)?,
-            gate: PackedWeights::new(p, WeightMatrix::new(Rows(1), Cols(d), sh.gate.clone())?),
+            ffn: ExpertTables::new(p, &sh.weights, (d, sh.h), model)?,
+            gate: first_stage_weights(p, &sh.gate, 1, d, declared)?,
             gate_bias: sh.gate_bias,
             gate_bits,
         }))
