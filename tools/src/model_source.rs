@@ -9,7 +9,8 @@ use thiserror::Error;
 use veilmoe_model::checkpoint::{embedded_demo_model, FloatMoeModel};
 use veilmoe_model::data::{digits_split, embedded_digits, load_labelled, read_records, Dataset};
 use veilmoe_model::model_file::read_model_file;
-use veilmoe_model::quantize::quantize;
+use veilmoe_model::quantize::options::DEFAULT_CALIBRATED_HEADROOM;
+use veilmoe_model::quantize::{quantize_with, QuantizeOptions};
 use veilmoe_model::{ModelError, QuantizedClassifier};
 
 #[derive(Debug, Error)]
@@ -26,6 +27,8 @@ pub enum SourceError {
     CalibrationForFile(String),
     #[error("--model {0}: no such file or directory")]
     Missing(String),
+    #[error("--headroom {0}: give a factor from 1 to 16 (the calibration range times it must fit each read)")]
+    BadHeadroom(f64),
 }
 
 /// The `--model` / `--calibration` options every model-using command shares.
@@ -40,9 +43,32 @@ pub struct ModelArgs {
     /// calibrates on its own training split).
     #[arg(long)]
     pub calibration: Option<PathBuf>,
+    /// Quantizing a --model directory: size each first-stage read and the expert outputs'
+    /// encoding from the calibration records' range times this factor (default 1.5). Reads
+    /// are then 2-3 bits finer than worst-case ones; an input far outside the calibration data
+    /// can wrap a read, and `quantize` reports how many calibration records would.
+    #[arg(long, conflicts_with = "worst_case_ranges")]
+    pub headroom: Option<f64>,
+    /// Quantizing a --model directory: size every read from the worst case over all inputs
+    /// instead (no input can wrap a read; the reads are coarser).
+    #[arg(long)]
+    pub worst_case_ranges: bool,
 }
 
 impl ModelArgs {
+    /// The calibrated-range headroom a --model directory is quantized with (`None`: worst-case
+    /// ranges).
+    fn headroom(&self) -> Result<Option<f64>, SourceError> {
+        if self.worst_case_ranges {
+            return Ok(None);
+        }
+        match self.headroom {
+            None => Ok(Some(DEFAULT_CALIBRATED_HEADROOM)),
+            Some(h) if (1.0..=16.0).contains(&h) => Ok(Some(h)),
+            Some(h) => Err(SourceError::BadHeadroom(h)),
+        }
+    }
+
     pub fn source(&self) -> Result<ModelSource, SourceError> {
         let Some(path) = &self.model else {
             return Ok(ModelSource::Embedded);
@@ -51,6 +77,7 @@ impl ModelArgs {
             Ok(ModelSource::Dir {
                 dir: path.clone(),
                 calibration: self.calibration.clone(),
+                headroom: self.headroom()?,
             })
         } else if path.is_file() {
             if self.calibration.is_some() {
@@ -78,10 +105,12 @@ pub enum ModelSource {
     Embedded,
     /// A quantized-model file.
     File(PathBuf),
-    /// A Hugging Face-format directory and calibration records for its quantization.
+    /// A Hugging Face-format directory, calibration records for its quantization and the
+    /// headroom of its calibrated ranges (`None`: worst-case ranges).
     Dir {
         dir: PathBuf,
         calibration: Option<PathBuf>,
+        headroom: Option<f64>,
     },
 }
 
@@ -113,7 +142,9 @@ impl ModelSource {
     pub fn calibration_records(&self, model: &FloatMoeModel) -> Result<Vec<Vec<f32>>, SourceError> {
         Ok(match self {
             ModelSource::Embedded => digits_split(&embedded_digits()?).0.features,
-            ModelSource::Dir { dir, calibration } => {
+            ModelSource::Dir {
+                dir, calibration, ..
+            } => {
                 let path = calibration
                     .as_ref()
                     .ok_or_else(|| SourceError::NoCalibration(dir.display().to_string()))?;
@@ -131,7 +162,26 @@ impl ModelSource {
         }
         let model = self.load_float()?;
         let calibration = self.calibration_records(&model)?;
-        Ok(quantize(&model, message_bits, &calibration)?)
+        self.quantize(&model, message_bits, &calibration)
+    }
+
+    /// Quantizes `model` (loaded from this source) for `message_bits`-bit reads, with the
+    /// source's calibrated-range headroom.
+    fn quantize(
+        &self,
+        model: &FloatMoeModel,
+        message_bits: u32,
+        calibration: &[Vec<f32>],
+    ) -> Result<QuantizedClassifier, SourceError> {
+        let defaults = QuantizeOptions::for_message_bits(message_bits);
+        let opts = QuantizeOptions {
+            calibrated_headroom: match self {
+                ModelSource::Dir { headroom, .. } => *headroom,
+                _ => defaults.calibrated_headroom,
+            },
+            ..defaults
+        };
+        Ok(quantize_with(model, &opts, calibration)?.0)
     }
 
     /// The quantized model (as [`ModelSource::load_classifier`]) with the float model it came
@@ -146,7 +196,7 @@ impl ModelSource {
         }
         let float = self.load_float()?;
         let calibration = self.calibration_records(&float)?;
-        let q = quantize(&float, message_bits, &calibration)?;
+        let q = self.quantize(&float, message_bits, &calibration)?;
         let (origin, records) = match self {
             ModelSource::Embedded => {
                 let test = digits_split(&embedded_digits()?).1;

@@ -96,6 +96,25 @@ impl Quantize {
             for s in &fid.stages {
                 eprintln!("  {:<21} {}", s.stage, s.fidelity);
             }
+            if model.moe.calibrated_shift.is_some() || model.moe.calibrated_output_width.is_some() {
+                let overflowing = f
+                    .records
+                    .iter()
+                    .map(|r| model.quantize_input(r).map(|x| model.moe.overflows(&x) > 0))
+                    .collect::<Result<Vec<bool>, _>>()?
+                    .into_iter()
+                    .filter(|&o| o)
+                    .count();
+                eprintln!(
+                    "calibrated ranges: read shift {}, output width {} bits; {overflowing} of {} \
+                     records ({}) push a value past its box (it would wrap under encryption; \
+                     --worst-case-ranges rules it out)",
+                    model.moe.input_shift(),
+                    model.moe.expert_output_width(),
+                    f.records.len(),
+                    f.origin
+                );
+            }
         }
         eprintln!("checking one token on preset {preset} (keys in memory) ...");
         let keys = ProbeKeys::generate(&preset);
