@@ -199,43 +199,91 @@ fn moe_layer_on_default() {
     );
 }
 
-/// Qwen2-MoE's shared expert on `default`: softmax-then-top-2 routing, gated SiLU experts and a
-/// shared expert of another width; the shared gate bits, its wide output and the layer output
-/// checked against the reference for 6 tokens.
-#[test]
-fn shared_expert_on_default() {
+/// A random d = h = 8, E = 4, top-2 gated SiLU model for `default`'s reads.
+fn small_gated_model(gating: veilmoe::model::Gating, seed: u64) -> veilmoe::model::QuantizedMoe {
     use veilmoe::model::{
-        ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig, QuantParams, QuantizedMoe,
-        TopK,
+        ExpertCount, FfnKind, HiddenDim, ModelDim, MoeConfig, QuantParams, QuantizedMoe, TopK,
     };
-    use veilmoe::protocols::{MoeLayer, Select};
-    let (preset, client, server) = default_keys();
-    let ev = Evaluator::new(server);
     let cfg = MoeConfig {
         d: ModelDim(8),
         h: HiddenDim(8),
         experts: ExpertCount(4),
         top_k: TopK(2),
         ffn: FfnKind::GatedSilu,
-        gating: Gating::SoftmaxThenTopK,
+        gating,
     };
-    let model = QuantizedMoe::random(
+    QuantizedMoe::random(
         cfg,
-        QuantParams::for_message_bits(preset.message_bits),
-        31,
+        QuantParams::for_message_bits(default_keys().0.message_bits),
+        seed,
         true,
     )
-    .with_random_shared(12, 31);
-    let layer = MoeLayer::new(&ev, model.clone()).unwrap();
+}
+
+/// Runs token `x` through `layer` with Select-Then-Compute on `default`.
+fn forward_on_default(
+    layer: &veilmoe::protocols::MoeLayer,
+    x: &[i64],
+) -> veilmoe::protocols::MoeOutput {
+    let (_, client, server) = default_keys();
+    let ev = Evaluator::new(server);
+    layer
+        .forward(
+            &ev,
+            &layer.encrypt(client, x).unwrap(),
+            &veilmoe::protocols::Select,
+        )
+        .unwrap()
+}
+
+/// Qwen2-MoE's shared expert on `default`: softmax-then-top-2 routing, gated SiLU experts and a
+/// shared expert of another width; the shared gate bits, its wide output and the layer output
+/// checked against the reference for 6 tokens.
+#[test]
+fn shared_expert_on_default() {
+    let (_, client, server) = default_keys();
+    let ev = Evaluator::new(server);
+    let model =
+        small_gated_model(veilmoe::model::Gating::SoftmaxThenTopK, 31).with_random_shared(12, 31);
+    let layer = veilmoe::protocols::MoeLayer::new(&ev, model.clone()).unwrap();
     for t in 0..6u64 {
         let x: Vec<i64> = (0..8)
             .map(|i| ((i as u64 * 5 + t * 11) % 16) as i64 - 8)
             .collect();
-        let out = layer
-            .forward(&ev, &layer.encrypt(client, &x).unwrap(), &Select)
-            .unwrap();
+        let out = forward_on_default(&layer, &x);
         common::wide::check_token(client, &model, &x, &out);
     }
+}
+
+/// Calibrated ranges (issue 13 item 3) on `default`: a first-stage shift one bit finer and an
+/// output encoding one bit narrower than the worst case; tokens within the boxes match the
+/// reference by every check of `check_token`; a token that overflows a read runs and decrypts
+/// (its output is meaningless).
+#[test]
+fn calibrated_ranges_on_default() {
+    use common::calibrated::{calibrated, overflowing_input};
+    let (_, client, server) = default_keys();
+    let ev = Evaluator::new(server);
+    let model = calibrated(
+        small_gated_model(veilmoe::model::Gating::SoftmaxSelected, 17),
+        1,
+        1,
+    );
+    let layer = veilmoe::protocols::MoeLayer::new(&ev, model.clone()).unwrap();
+    let mut within = 0;
+    for t in 0..4u64 {
+        let x: Vec<i64> = (0..8)
+            .map(|i| ((i as u64 * 5 + t * 3) % 8) as i64 - 4)
+            .collect();
+        let out = forward_on_default(&layer, &x);
+        if model.overflows(&x) == 0 {
+            common::wide::check_token(client, &model, &x, &out);
+            within += 1;
+        }
+    }
+    assert!(within >= 3, "half-range tokens stay in their boxes");
+    let x = overflowing_input(&model);
+    forward_on_default(&layer, &x).decrypt_y(client).unwrap();
 }
 
 /// The `capacity` strategy on `default`: 8 tokens, top-2, 3 slots per expert (16 entries for 12

@@ -123,9 +123,31 @@ fn records() -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
 }
 
 fn quantize(m: &FloatMoeModel, calib: &[Vec<f32>]) -> QuantizedClassifier {
-    quantize_with(m, &QuantizeOptions::for_message_bits(4), calib)
-        .unwrap()
-        .0
+    quantize_headroom(
+        m,
+        calib,
+        QuantizeOptions::for_message_bits(4).calibrated_headroom,
+    )
+}
+
+fn quantize_headroom(
+    m: &FloatMoeModel,
+    calib: &[Vec<f32>],
+    headroom: Option<f64>,
+) -> QuantizedClassifier {
+    let opts = QuantizeOptions {
+        calibrated_headroom: headroom,
+        ..QuantizeOptions::for_message_bits(4)
+    };
+    quantize_with(m, &opts, calib).unwrap().0
+}
+
+/// Records of `test` with a first-stage accumulator or an expert output beyond its box (they
+/// would wrap under encryption).
+fn overflowing(q: &QuantizedClassifier, test: &[Vec<f32>]) -> usize {
+    test.iter()
+        .filter(|r| q.moe.overflows(&q.quantize_input(r).unwrap()) > 0)
+        .count()
 }
 
 #[test]
@@ -140,6 +162,17 @@ fn hf_random_checkpoints_fidelity() {
     ] {
         let m = FloatMoeModel::load(&dir).unwrap();
         assert!(m.not_evaluated.is_empty(), "{:?}", m.not_evaluated);
+        for headroom in [None, Some(2.0), Some(1.5), Some(1.25), Some(1.0)] {
+            let q = quantize_headroom(&m, &calib, headroom);
+            let exact = reference_fidelity(&m, &q, &test, &mut Rounding::Exact).unwrap();
+            println!(
+                "{name}: calibrated headroom {headroom:?} (read shift {}, output width {}): {} of {} held-out records overflow; exact reads: {exact}",
+                q.moe.input_shift(),
+                q.moe.expert_output_width(),
+                overflowing(&q, &test),
+                test.len()
+            );
+        }
         let q = quantize(&m, &calib);
         let exact = reference_fidelity(&m, &q, &test, &mut Rounding::Exact).unwrap();
         let mut sim = simulated_rounding(&default, q.moe.quant.message_bits, 7);
@@ -200,7 +233,7 @@ fn hf_qwen_block_encrypted_on_default() {
     let (mut enc, mut refe) = (VectorErrors::default(), VectorErrors::default());
     let mut times = Vec::new();
     let mut equal = 0;
-    let tokens = 4;
+    let tokens = 8;
     for r in test.iter().take(tokens) {
         let x = q.quantize_input(r).unwrap();
         let ct = layer.encrypt(&client, &x).unwrap();

@@ -1,6 +1,7 @@
 //! Shared test fixtures: one key set per test binary (key generation is the expensive part).
 #![allow(dead_code)]
 
+pub mod calibrated;
 pub mod capacity;
 pub mod checkpoints;
 pub mod pool;
