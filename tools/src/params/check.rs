@@ -42,6 +42,9 @@ pub struct AccumulatorCheck {
     pub read: bool,
     /// Low bits the read drops (the PBS reads `message_bits` + padding); 0 when not read.
     pub dropped_bits: u32,
+    /// The box the encoding holds when it was sized from calibrated ranges and the worst case
+    /// exceeds it (a value beyond it wraps); `None`: the worst case fits.
+    pub calibrated_box: Option<(i64, i64)>,
 }
 
 /// Where precision is lost: the quantized reference (exact rounding) against the float model.
@@ -53,13 +56,20 @@ pub struct FidelityCheck {
     /// The first stage whose cosine to the float values falls below [`FAITHFUL_COSINE`], in
     /// the order the token meets them (block output last); `None` when every stage keeps it.
     pub first_lossy_stage: Option<String>,
+    /// Of the records compared on, how many push a value past a calibrated box (they would
+    /// wrap under encryption), and how many there are.
+    pub overflowing_records: (usize, usize),
 }
 
 /// A stage whose mean cosine to the float model is below this has visibly lost meaning.
 pub const FAITHFUL_COSINE: f64 = 0.9;
 
 impl FidelityCheck {
-    fn new(records: String, fidelity: Fidelity) -> FidelityCheck {
+    fn new(
+        records: String,
+        fidelity: Fidelity,
+        overflowing_records: (usize, usize),
+    ) -> FidelityCheck {
         let first_lossy_stage = fidelity
             .stages
             .iter()
@@ -74,6 +84,7 @@ impl FidelityCheck {
             records,
             fidelity,
             first_lossy_stage,
+            overflowing_records,
         }
     }
 }
@@ -120,10 +131,20 @@ pub fn check(
     let fidelity = match &float {
         Some(f) => {
             status(&format!("fidelity to the float model on {} ...", f.origin));
+            let overflowing = f
+                .records
+                .iter()
+                .map(|r| Ok(model.moe.overflows(&model.quantize_input(r)?) > 0))
+                .collect::<Result<Vec<bool>, veilmoe_model::ModelError>>()
+                .map_err(ProtocolError::from)?;
             Some(FidelityCheck::new(
                 f.origin.clone(),
                 reference_fidelity(&f.float, &model, &f.records, &mut Rounding::Exact)
                     .map_err(ProtocolError::from)?,
+                (
+                    overflowing.iter().filter(|&&o| o).count(),
+                    overflowing.len(),
+                ),
             ))
         }
         None => None,
@@ -141,6 +162,7 @@ pub fn check(
             width: first,
             read: true,
             dropped_bits: first - m,
+            calibrated_box: moe.first_stage_declared(),
         },
         AccumulatorCheck {
             stage: "expert output (W2)".into(),
@@ -149,6 +171,7 @@ pub fn check(
             width: out,
             read: false,
             dropped_bits: 0,
+            calibrated_box: moe.expert_output_declared(),
         },
     ];
     let mut advice = Vec::new();
@@ -225,9 +248,15 @@ impl std::fmt::Display for CheckReport {
             } else {
                 "returned wide (no read)".to_string()
             };
+            let calibrated = match a.calibrated_box {
+                Some((lo, hi)) => {
+                    format!(" (worst case; calibrated box [{lo}, {hi}]: a value beyond it wraps)")
+                }
+                None => String::new(),
+            };
             writeln!(
                 f,
-                "    {:<30} [{}, {}] in {} bits, {fate}",
+                "    {:<30} [{}, {}]{calibrated} in {} bits, {fate}",
                 a.stage, a.min, a.max, a.width
             )?;
         }
@@ -247,6 +276,14 @@ impl std::fmt::Display for CheckReport {
                 match fd.top1_agreement {
                     Some(t) => writeln!(f, ", predictions on {:.1} %", 100.0 * t)?,
                     None => writeln!(f)?,
+                }
+                let (over, n) = fc.overflowing_records;
+                if self.accumulators.iter().any(|a| a.calibrated_box.is_some()) {
+                    writeln!(
+                        f,
+                        "    calibrated ranges: {over} of {n} records push a value past its box \
+                         (it would wrap under encryption)"
+                    )?;
                 }
                 match &fc.first_lossy_stage {
                     Some(stage) => writeln!(
