@@ -133,6 +133,23 @@ impl QuantizedClassifier {
             .map_or(self.moe.config.d.0, |h| h.bias.len())
     }
 
+    /// The records (indices) that push a value of the layer past one of its calibrated boxes
+    /// ([`crate::QuantizedMoe::overflows`]): under encryption that value wraps and the record's
+    /// output is meaningless. The client can tell before it encrypts: it holds the records and
+    /// the model. Always empty for a model quantized with worst-case ranges.
+    pub fn overflowing_records(&self, records: &[Vec<f32>]) -> Result<Vec<usize>> {
+        if self.moe.calibrated_shift.is_none() && self.moe.calibrated_output_width.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for (i, r) in records.iter().enumerate() {
+            if self.moe.overflows(&self.quantize_input(r)?) > 0 {
+                out.push(i);
+            }
+        }
+        Ok(out)
+    }
+
     /// Client side: raw features to the block's signed m-bit input.
     pub fn quantize_input(&self, raw: &[f32]) -> Result<Vec<i64>> {
         if raw.len() != self.features() {

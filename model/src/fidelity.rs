@@ -394,4 +394,66 @@ mod tests {
             "mean relative L2 {before:.3} -> {after:.3}"
         );
     }
+
+    /// Calibrated ranges (the default) against worst-case ones on four untrained blocks:
+    /// finer first-stage reads and narrower outputs bring the block output closer to the float
+    /// model; no calibration record overflows (every scored row fits by construction); records
+    /// far outside the calibration data are named, and never under worst-case ranges.
+    #[test]
+    fn calibrated_ranges_read_finer_and_name_the_records_that_would_wrap() {
+        let calibrated = crate::QuantizeOptions::for_message_bits(4);
+        let worst = crate::QuantizeOptions {
+            calibrated_headroom: None,
+            ..calibrated.clone()
+        };
+        let (mut before, mut after) = (0.0, 0.0);
+        for (d, h, e, k) in [(8, 8, 4, 2), (8, 16, 4, 1), (16, 16, 8, 2), (16, 8, 4, 1)] {
+            let float = random_mixtral(d, h, e, k, 11);
+            let mut rng = crate::SplitMix(3);
+            let records: Vec<Vec<f32>> = (0..200)
+                .map(|_| (0..d).map(|_| rng.gaussian() as f32).collect())
+                .collect();
+            let (qc, _) = crate::quantize_with(&float, &calibrated, &records).unwrap();
+            let (qw, _) = crate::quantize_with(&float, &worst, &records).unwrap();
+            assert_eq!(qc.moe.calibrated_shift, Some(calibrated.first_stage_shift));
+            // never wider than its own worst case
+            let own_worst = crate::QuantizedMoe {
+                calibrated_output_width: None,
+                ..qc.moe.clone()
+            };
+            assert!(qc.moe.expert_output_width() <= own_worst.expert_output_width());
+            assert_eq!(
+                qc.overflowing_records(&records).unwrap(),
+                Vec::<usize>::new()
+            );
+            // far outside: signs aligned with a router row, at the input range's ends
+            let far: Vec<Vec<f32>> = (0..e)
+                .map(|r| {
+                    (0..d)
+                        .map(|c| 4.0 * float.router[[r, c]].signum())
+                        .collect()
+                })
+                .collect();
+            assert!(qw.overflowing_records(&far).unwrap().is_empty());
+            let named = qc.overflowing_records(&far).unwrap();
+            assert!(
+                !named.is_empty(),
+                "a row driven to its worst case overflows"
+            );
+            let fid = |q: &crate::QuantizedClassifier| {
+                reference_fidelity(&float, q, &records, &mut Rounding::Exact).unwrap()
+            };
+            let (w, c) = (fid(&qw), fid(&qc));
+            eprintln!(
+                "d {d} h {h} E {e} k {k}: worst case {w}\n  calibrated {c}; {} of {e} far records overflow",
+                named.len()
+            );
+            before += w.block_output.relative_l2 / 4.0;
+            after += c.block_output.relative_l2 / 4.0;
+        }
+        assert!(
+            after < before - 0.05,
+            "mean relative L2 {before:.3} -> {after:.3}"
+        );
+    }
 }

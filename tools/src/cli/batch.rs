@@ -97,14 +97,7 @@ impl Quantize {
                 eprintln!("  {:<21} {}", s.stage, s.fidelity);
             }
             if model.moe.calibrated_shift.is_some() || model.moe.calibrated_output_width.is_some() {
-                let overflowing = f
-                    .records
-                    .iter()
-                    .map(|r| model.quantize_input(r).map(|x| model.moe.overflows(&x) > 0))
-                    .collect::<Result<Vec<bool>, _>>()?
-                    .into_iter()
-                    .filter(|&o| o)
-                    .count();
+                let overflowing = model.overflowing_records(&f.records)?.len();
                 eprintln!(
                     "calibrated ranges: read shift {}, output width {} bits; {overflowing} of {} \
                      records ({}) push a value past its box (it would wrap under encryption; \
@@ -176,6 +169,24 @@ impl Encrypt {
         let (client, model) = client_key_and_model(&self.key, &self.model, self.allow_insecure)?;
         let session = ClientSession::new(&client, &model)?;
         let records = read_records(&self.input, model.features())?;
+        let overflowing = model.overflowing_records(&records)?;
+        if !overflowing.is_empty() {
+            let shown: Vec<String> = overflowing.iter().take(10).map(|i| i.to_string()).collect();
+            eprintln!(
+                "WARNING: {} of {} records (indices {}{}) push a value past one of the model's \
+                 calibrated boxes: under encryption it wraps and their outputs are meaningless \
+                 (quantize on records like these, with a larger --headroom, or with \
+                 --worst-case-ranges)",
+                overflowing.len(),
+                records.len(),
+                shown.join(", "),
+                if overflowing.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            );
+        }
         let meta = encrypt_batch(&session, &records, &self.out)?;
         eprintln!(
             "wrote {}: {} records for model {} (key set {})",

@@ -131,20 +131,15 @@ pub fn check(
     let fidelity = match &float {
         Some(f) => {
             status(&format!("fidelity to the float model on {} ...", f.origin));
-            let overflowing = f
-                .records
-                .iter()
-                .map(|r| Ok(model.moe.overflows(&model.quantize_input(r)?) > 0))
-                .collect::<Result<Vec<bool>, veilmoe_model::ModelError>>()
-                .map_err(ProtocolError::from)?;
+            let overflowing = model
+                .overflowing_records(&f.records)
+                .map_err(ProtocolError::from)?
+                .len();
             Some(FidelityCheck::new(
                 f.origin.clone(),
                 reference_fidelity(&f.float, &model, &f.records, &mut Rounding::Exact)
                     .map_err(ProtocolError::from)?,
-                (
-                    overflowing.iter().filter(|&&o| o).count(),
-                    overflowing.len(),
-                ),
+                (overflowing, f.records.len()),
             ))
         }
         None => None,
