@@ -135,9 +135,18 @@ fn quantize_headroom(
     calib: &[Vec<f32>],
     headroom: Option<f64>,
 ) -> QuantizedClassifier {
+    quantize_bits(m, calib, headroom, 4)
+}
+
+fn quantize_bits(
+    m: &FloatMoeModel,
+    calib: &[Vec<f32>],
+    headroom: Option<f64>,
+    bits: u32,
+) -> QuantizedClassifier {
     let opts = QuantizeOptions {
         calibrated_headroom: headroom,
-        ..QuantizeOptions::for_message_bits(4)
+        ..QuantizeOptions::for_message_bits(bits)
     };
     quantize_with(m, &opts, calib).unwrap().0
 }
@@ -172,6 +181,31 @@ fn hf_random_checkpoints_fidelity() {
                 overflowing(&q, &test),
                 test.len()
             );
+        }
+        // wider reads (no secure preset with Select-Then-Compute reads them yet): the
+        // quantized reference only
+        for bits in [5, 6] {
+            let q = quantize_bits(
+                &m,
+                &calib,
+                QuantizeOptions::for_message_bits(bits).calibrated_headroom,
+                bits,
+            );
+            let exact = reference_fidelity(&m, &q, &test, &mut Rounding::Exact).unwrap();
+            println!(
+                "{name}: {bits}-bit reads, calibrated: {} of {} held-out records overflow; exact reads: {exact}",
+                overflowing(&q, &test),
+                test.len()
+            );
+        }
+        for gate_bits in [4, 5] {
+            let opts = QuantizeOptions {
+                gate_bits,
+                ..QuantizeOptions::for_message_bits(4)
+            };
+            let q = quantize_with(&m, &opts, &calib).unwrap().0;
+            let exact = reference_fidelity(&m, &q, &test, &mut Rounding::Exact).unwrap();
+            println!("{name}: 4-bit reads, {gate_bits} gate bits: exact reads: {exact}");
         }
         let q = quantize(&m, &calib);
         let exact = reference_fidelity(&m, &q, &test, &mut Rounding::Exact).unwrap();
