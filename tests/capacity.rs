@@ -69,6 +69,22 @@ fn capacity_batch_with_a_shared_expert() {
     }
 }
 
+/// A capacity batch of a model with calibrated ranges (reads one bit finer, outputs one bit
+/// narrower than the worst case): the declared boxes hold through the dispatch and the
+/// client-side combination.
+#[test]
+fn capacity_batch_with_calibrated_ranges() {
+    let keys = test_keys();
+    let cfg = config(4, 2, FfnKind::GatedSilu, Gating::SoftmaxSelected);
+    let model = common::calibrated::calibrated(
+        QuantizedMoe::random(cfg, QuantParams::for_message_bits(4), 23, true),
+        1,
+        1,
+    );
+    let (n, d) = check_capacity_model(&keys.client, &keys.server, model, 6, vec![3; 4], 23);
+    eprintln!("calibrated ranges: {d} of {n} entries dropped");
+}
+
 /// Obliviousness: batches routed differently, including one where every token picks the same
 /// expert (most entries overflow), issue identical operation traces.
 #[test]

@@ -45,7 +45,12 @@ pub fn check_capacity_model(
     let caps = Capacities::new(caps).unwrap();
     let mut rng = Rng::new(seed);
     let (lo, hi) = (model.quant.input_min(), model.quant.input_max());
-    let xs: Vec<Vec<i64>> = (0..tokens).map(|_| rng.vec(cfg.d.0, lo, hi)).collect();
+    // Tokens within the model's boxes (every token, unless its ranges are calibrated: a value
+    // past a calibrated box wraps and the token's output is meaningless by design).
+    let xs: Vec<Vec<i64>> = std::iter::repeat_with(|| rng.vec(cfg.d.0, lo, hi))
+        .filter(|x| model.overflows(x) == 0)
+        .take(tokens)
+        .collect();
     let cts: Vec<PackedGlwe> = xs
         .iter()
         .map(|x| layer.encrypt(client, x).unwrap())

@@ -165,9 +165,9 @@ impl ModelSource {
         self.quantize(&model, message_bits, &calibration)
     }
 
-    /// Quantizes `model` (loaded from this source) for `message_bits`-bit reads, with the
-    /// source's calibrated-range headroom.
-    fn quantize(
+    /// Quantizes `model` (loaded from this source, or derived from it) for `message_bits`-bit
+    /// reads, with the source's calibrated-range headroom.
+    pub fn quantize(
         &self,
         model: &FloatMoeModel,
         message_bits: u32,

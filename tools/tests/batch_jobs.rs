@@ -617,3 +617,43 @@ fn quantize_refuses_a_model_the_preset_cannot_run() {
     assert!(err.contains("fidelity to the float model"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--headroom` outside [1, 16] is refused in one line, and beside `--worst-case-ranges` by the
+/// argument parser; nothing is written either way.
+#[test]
+fn a_bad_headroom_is_refused_and_nothing_is_written() {
+    let dir = tmpdir("headroom");
+    let model_dir = dir.join("model");
+    veilmoe_model::embedded_demo_model()
+        .unwrap()
+        .save_mixtral(&model_dir)
+        .unwrap();
+    let csv = dir.join("calib.csv");
+    write_records(&csv, 4);
+    let out_path = dir.join("m.vmm");
+    let quantize = |extra: &[&str]| {
+        veilmoe()
+            .args([
+                "quantize",
+                "--preset",
+                "test",
+                "--allow-insecure",
+                "--model",
+            ])
+            .arg(&model_dir)
+            .arg("--calibration")
+            .arg(&csv)
+            .arg("--out")
+            .arg(&out_path)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    fails_with(&quantize(&["--headroom", "0.5"]), "--headroom 0.5");
+    assert!(!out_path.exists());
+    let out = quantize(&["--headroom", "2", "--worst-case-ranges"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+    assert!(!out_path.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -31,7 +31,7 @@ use crate::model_source::ModelSource;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use veilmoe_engine::{OpKind, Preset};
-use veilmoe_model::quantize::{evaluate_accuracy, float_accuracy, quantize};
+use veilmoe_model::quantize::{evaluate_accuracy, float_accuracy};
 use veilmoe_model::{
     reference_fidelity, Dataset, Fidelity, FloatMoeModel, QuantizedClassifier, Rounding, TopK,
 };
@@ -185,7 +185,9 @@ pub fn sweep(
         for &b in &spec.bits {
             status(&format!("quantizing for {b} bits, top-{k} ..."));
             let q = float_k.clone().and_then(|m| {
-                let q = quantize(&m, b, &calibration).map_err(|e| e.to_string())?;
+                let q = source
+                    .quantize(&m, b, &calibration)
+                    .map_err(|e| e.to_string())?;
                 let exact = evaluate_accuracy(&m, &q, test, &mut Rounding::Exact)
                     .map_err(|e| e.to_string())?;
                 let fidelity = reference_fidelity(&m, &q, &test.features, &mut Rounding::Exact)
