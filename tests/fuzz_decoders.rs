@@ -38,7 +38,8 @@ const QUICK_CASES: usize = 1_000;
 /// Cases per decoder in the full (ignored) run.
 const FULL_CASES: usize = 10_000;
 
-/// A small model: the fuzzed messages are those of this model on the `test` preset.
+/// A small model with calibrated ranges: the fuzzed messages are those of this model on the
+/// `test` preset.
 fn model() -> &'static QuantizedClassifier {
     static M: OnceLock<QuantizedClassifier> = OnceLock::new();
     M.get_or_init(|| {
@@ -50,8 +51,16 @@ fn model() -> &'static QuantizedClassifier {
             ffn: FfnKind::Plain(Activation::Relu),
             gating: Gating::SoftmaxThenTopK,
         };
+        // calibrated ranges, so that mutations reach their fields' validation too
+        let moe = QuantizedMoe::random(config, QuantParams::for_message_bits(4), 3, true);
+        let moe = QuantizedMoe {
+            calibrated_shift: Some(moe.input_shift() - 1),
+            calibrated_output_width: Some(moe.expert_output_width() - 1),
+            ..moe
+        };
+        moe.validate().unwrap();
         QuantizedClassifier {
-            moe: QuantizedMoe::random(config, QuantParams::for_message_bits(4), 3, true),
+            moe,
             input: InputQuantizer {
                 input_scale: 1.0,
                 input_zero_point: 0,
