@@ -123,6 +123,11 @@ fn check_opt(what: &str, v: &Option<Vec<i64>>, n: usize) -> Result<()> {
     }
 }
 
+/// `bx` when the worst case `worst` leaves it (the box must then be declared to the engine).
+fn exceeded_box(bx: (i64, i64), worst: (i128, i128)) -> Option<(i64, i64)> {
+    (worst.0 < bx.0 as i128 || worst.1 > bx.1 as i128).then_some(bx)
+}
+
 /// Worst-case range of `W x + b` for x in [lo, hi] (rows of length `cols`).
 pub fn affine_range(w: &[i64], b: Option<&[i64]>, cols: usize, lo: i64, hi: i64) -> (i128, i128) {
     let (mut min, mut max) = (0i128, 0i128);
@@ -338,9 +343,7 @@ impl QuantizedMoe {
     /// every input fits (the engine then checks the worst case itself).
     pub fn first_stage_declared(&self) -> Option<(i64, i64)> {
         self.calibrated_shift?;
-        let (lo, hi) = self.first_stage_box();
-        let (wlo, whi) = self.first_stage_range();
-        (wlo < lo as i128 || whi > hi as i128).then_some((lo, hi))
+        exceeded_box(self.first_stage_box(), self.first_stage_range())
     }
 
     /// How many of the token's first-stage accumulators (router, W1, W3, shared gate) fall
@@ -427,9 +430,7 @@ impl QuantizedMoe {
     /// exceeds [`QuantizedMoe::expert_output_box`] (a calibrated width); `None` otherwise.
     pub fn expert_output_declared(&self) -> Option<(i64, i64)> {
         self.calibrated_output_width?;
-        let (lo, hi) = self.expert_output_box();
-        let (wlo, whi) = self.expert_output_range();
-        (wlo < lo as i128 || whi > hi as i128).then_some((lo, hi))
+        exceeded_box(self.expert_output_box(), self.expert_output_range())
     }
 
     /// How many of a token's expert output values (the selected slots' and the shared

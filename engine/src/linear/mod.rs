@@ -80,10 +80,6 @@ impl WeightMatrix {
         Ok(self)
     }
 
-    /// The declared accumulator range, if any.
-    pub fn declared_range(&self) -> Option<ValueRange> {
-        self.declared
-    }
     pub fn rows(&self) -> Rows {
         self.rows
     }
