@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::noise::{ggsws_of_one, measured_cmux_variance, measured_pbs_output_variance};
 use common::{test_keys, Rng};
 use veilmoe::engine::{
     BivariateLut, Cols, Encoding, EngineError, Evaluator, Lut, OpKind, PackedWeights, Rows,
@@ -420,18 +421,6 @@ fn circuit_bootstrap_takes_only_bits() {
     assert_eq!(ev.circuit_bootstrap(&bits).unwrap().len(), 1);
 }
 
-/// `count` circuit-bootstrapped GGSWs of 1 (the worst case for the noise of what they select).
-fn ggsws_of_one(
-    ev: &Evaluator,
-    client: &veilmoe::engine::ClientKey,
-    count: usize,
-) -> Vec<veilmoe::engine::GgswBit> {
-    let bits = client
-        .encrypt_bits(&vec![1; count], Encoding::unsigned(4))
-        .unwrap();
-    ev.circuit_bootstrap(&bits).unwrap()
-}
-
 /// The rate at which values of encoding `enc` decrypt wrongly, measured (`errors` of `total`)
 /// against the rate the model predicts from its variance bound (a Gaussian tail): within a
 /// factor of 3, at a rate high enough to measure.
@@ -478,38 +467,6 @@ fn gate_product_failure_rate_matches_the_model() {
     check_failure_rate("gate products", enc, variance, errors, total);
 }
 
-/// Mean squared error of CMUX outputs through 64 circuit-bootstrapped GGSWs of 1, each
-/// selecting between its own fresh pair of packed ciphertexts, and the model's variance. The
-/// noise has a random scale per GGSW (outputs of one GGSW vary together: with 16 GGSWs the mean
-/// over a key set's 16,384 coefficients still ranged 0.75-1.04 of the bound over repeated runs,
-/// alike within and across key sets), so the mean is taken over many GGSWs, not coefficients.
-fn measured_cmux_variance(
-    client: &veilmoe::engine::ClientKey,
-    server: &veilmoe::engine::ServerKey,
-    seed: u64,
-) -> (f64, f64) {
-    let ev = Evaluator::new(server);
-    let n = client.preset().glwe.polynomial_size;
-    let mut rng = Rng::new(seed);
-    let enc = Encoding::unsigned(8);
-    let ggsw = ggsws_of_one(&ev, client, 64);
-    let (mut sum, mut count, mut model) = (0.0f64, 0.0f64, 0.0f64);
-    for g in &ggsw {
-        let a = rng.vec(n, 0, 255);
-        let b = rng.vec(n, 0, 255);
-        let ca = client.encrypt_packed(&a, enc).unwrap();
-        let cb = client.encrypt_packed(&b, enc).unwrap();
-        let sel = ev.cmux_tree(std::slice::from_ref(g), &[ca, cb]).unwrap();
-        model = sel.variance();
-        for (phase, &v) in client.decrypt_packed_phases(&sel).unwrap().iter().zip(&b) {
-            let err = phase.wrapping_sub(enc.encode(v).unwrap()) as i64 as f64 / 2f64.powi(64);
-            sum += err * err;
-            count += 1.0;
-        }
-    }
-    (sum / count, model)
-}
-
 /// The measured/model ratio of [`measured_cmux_variance`] over fresh key sets (a recorded run
 /// is quoted in BENCHMARKS.md): `cargo test --release --test engine_core -- --ignored --nocapture`.
 #[test]
@@ -539,4 +496,29 @@ fn cmux_noise_over_fresh_keys() {
         (0.75..=1.1).contains(&median),
         "median {median:.3} of the expectation"
     );
+}
+
+/// Measured variance of PBS outputs against the model's `pbs_output_variance` on the secure
+/// presets that run Select-Then-Compute, 4,096 PBS each on fresh keys (a recorded run is quoted
+/// in BENCHMARKS.md): `cargo test --release --test engine_core -- --ignored --nocapture
+/// pbs_output`.
+#[test]
+#[ignore = "key generation of the secure presets and thousands of PBS (minutes)"]
+fn pbs_output_noise_on_secure_presets() {
+    for name in ["default", "fine"] {
+        let p = veilmoe::engine::Preset::load(name, false).unwrap();
+        let t0 = std::time::Instant::now();
+        let client = veilmoe::engine::ClientKey::generate(&p);
+        let server = client.server_key();
+        eprintln!("{name}: keys in {:.1} s", t0.elapsed().as_secs_f64());
+        let t0 = std::time::Instant::now();
+        let (measured, model) = measured_pbs_output_variance(&client, &server, 4096, 77);
+        eprintln!(
+            "{name}: 4096 PBS in {:.1} s, measured output variance {measured:.3e}, model \
+             {model:.3e} (measured / model {:.3})",
+            t0.elapsed().as_secs_f64(),
+            measured / model
+        );
+        assert!(measured <= model, "{name}: {measured:.3e} > {model:.3e}");
+    }
 }

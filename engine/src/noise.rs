@@ -59,12 +59,39 @@ fn bootstrap_output_variance(p: &Preset, base_log: usize, level: usize) -> f64 {
     let big_n = p.glwe.polynomial_size as f64;
     let b = 2f64.powi(base_log as i32);
     let l = level as f64;
-    // FFT rounding of the external products (53-bit mantissa), Concrete's empirical fit order.
-    let fft = n * l * (k + 1.0) * big_n * big_n * b * b * 2f64.powi(-2 * 53) / 3.0;
     n * l * (k + 1.0) * big_n * (b * b + 2.0) / 12.0 * p.glwe.noise.variance()
         + n / (24.0 * b.powf(2.0 * l)) * (1.0 + k * big_n / 2.0)
-        + fft
+        + blind_rotation_fft_variance(n, k, big_n, b, l)
 }
+
+/// FFT rounding of a blind rotation's external products (f64, 53-bit mantissa): the fit that
+/// tfhe's `pbs_variance_132_bits_security_gaussian_fft_mul` (Concrete's optimizer) uses to vet
+/// its parameter sets, `0.00705 * 2^(2 (64 - 53)) * B^2 * L^1.018 * k^1.22 * N^2.22 * (k+1)^1.018`
+/// in units of 2^128, times [`FFT_FIT_MARGIN`].
+///
+/// veilmoe's former term, `n L (k+1) N^2 B^2 2^-106 / 3`, was 8x larger than the fit, which
+/// made the PBS output variance 3.1x (`default`) and 3.9x (`fine`) the measured one
+/// (`engine_core::pbs_output_noise_on_secure_presets`: 8.94e-10 on `default`, 2.49e-9 on
+/// `fine`, 4,096 PBS each). Since the input budget is `max_norm2^2` PBS outputs, that also made
+/// the budget 3x looser than the published failure probability holds for.
+fn blind_rotation_fft_variance(n: f64, k: f64, big_n: f64, b: f64, l: f64) -> f64 {
+    FFT_FIT_MARGIN
+        * n
+        * 0.00705
+        * 2f64.powi(2 * (64 - 53) - 128)
+        * b
+        * b
+        * l.powf(1.01827)
+        * k.powf(1.22003)
+        * big_n.powf(2.22003)
+        * (k + 1.0).powf(1.01827)
+}
+
+/// Margin of the FFT term over tfhe's fit: the measured PBS output variance on `fine` is 1.07x
+/// tfhe's fitted total (0.96x on `default`), so the fit alone can underestimate; with the
+/// margin the measured variance is 0.85x of the model on both (the bound a test on `fine`
+/// asserts, with room for sampling error).
+pub const FFT_FIT_MARGIN: f64 = 1.5;
 
 /// Variance added by veilmoe's (centered-mean) modulus switch to 2N.
 pub fn modulus_switch_variance(p: &Preset) -> f64 {
@@ -235,7 +262,7 @@ mod tests {
 
     #[test]
     fn a_wider_bit_encoding_weighs_its_circuit_bootstrap_noise_more() {
-        let p = Preset::from_toml("test", crate::preset::EMBEDDED_PRESETS[2].1).unwrap();
+        let p = Preset::load("test", true).unwrap();
         let m = p.message_bits;
         assert_eq!(cbs_noise_weight(&p, m), 1.0);
         assert_eq!(cbs_noise_weight(&p, m + 1), 4.0);
