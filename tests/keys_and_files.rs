@@ -4,6 +4,7 @@
 mod common;
 
 use common::test_keys;
+use tfhe::shortint::parameters::v1_4::V1_4_PARAM_MESSAGE_3_CARRY_2_KS_PBS_GAUSSIAN_2M128;
 use tfhe::shortint::parameters::v1_8::{
     V1_8_PARAM_MESSAGE_2_CARRY_2_KS_PBS_GAUSSIAN_2M128,
     V1_8_PARAM_MESSAGE_3_CARRY_3_KS_PBS_GAUSSIAN_2M128,
@@ -26,6 +27,7 @@ fn secure_presets_are_tfhe_vetted_sets() {
             "default",
             V1_8_PARAM_MESSAGE_2_CARRY_2_KS_PBS_GAUSSIAN_2M128,
         ),
+        ("fine", V1_4_PARAM_MESSAGE_3_CARRY_2_KS_PBS_GAUSSIAN_2M128),
         (
             "precise",
             V1_8_PARAM_MESSAGE_3_CARRY_3_KS_PBS_GAUSSIAN_2M128,

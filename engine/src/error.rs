@@ -11,7 +11,7 @@ pub enum EngineError {
     InvalidPreset { name: String, reason: String },
 
     /// A preset name that is neither embedded nor a readable file.
-    #[error("unknown preset `{0}` (embedded presets: default, precise, test; or give a path to a .toml file)")]
+    #[error("unknown preset `{0}` (embedded presets: default, fine, precise, test; or give a path to a .toml file)")]
     UnknownPreset(String),
 
     /// An insecure (test-only) preset was used without an explicit opt-in.

@@ -14,8 +14,9 @@ use std::fmt;
 use tfhe::core_crypto::prelude::*;
 
 /// The presets shipped with veilmoe, embedded at build time.
-pub const EMBEDDED_PRESETS: [(&str, &str); 3] = [
+pub const EMBEDDED_PRESETS: [(&str, &str); 4] = [
     ("default", include_str!("../params/default.toml")),
+    ("fine", include_str!("../params/fine.toml")),
     ("precise", include_str!("../params/precise.toml")),
     ("test", include_str!("../params/test.toml")),
 ];

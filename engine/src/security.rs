@@ -348,7 +348,7 @@ mod tests {
 
     #[test]
     fn shipped_secure_presets_meet_the_128_bit_curves() {
-        for name in ["default", "precise"] {
+        for name in ["default", "fine", "precise"] {
             let p = embedded(name);
             let keys = p.key_security();
             for k in keys {

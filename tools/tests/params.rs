@@ -28,7 +28,7 @@ fn list_and_show_report_every_preset() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["default", "precise", "test"]);
+    assert_eq!(names, ["default", "fine", "precise", "test"]);
     let out = params()
         .args(["show", "default", "--json"])
         .output()

@@ -23,7 +23,7 @@ use veilmoe_protocols::{ClientSession, ServerSession, Strategy};
 /// Generates client.key (mode 0600) and server.key (seeded form) for a preset.
 #[derive(Args)]
 pub struct Keygen {
-    /// Preset name (default, precise, test) or a path to a preset TOML file.
+    /// Preset name (default, fine, precise, test) or a path to a preset TOML file.
     #[arg(long, default_value = "default")]
     preset: String,
     /// Output directory.
@@ -89,7 +89,7 @@ impl Quantize {
             bail!("{} is already a quantized-model file", p.display());
         }
         let strategy = self.strategy.oblivious()?;
-        let (model, float) = source.load_with_float(preset.message_bits)?;
+        let (model, float) = source.load_with_float(&preset)?;
         if let Some(f) = &float {
             let fid = reference_fidelity(&f.float, &model, &f.records, &mut Rounding::Exact)?;
             eprintln!("fidelity to the float model ({}): {fid}", f.origin);
@@ -141,9 +141,7 @@ fn client_key_and_model(
     allow_insecure: bool,
 ) -> Result<(ClientKey, QuantizedClassifier)> {
     let client = read_client_key(key, allow_insecure)?;
-    let model = model
-        .source()?
-        .load_classifier(client.preset().message_bits)?;
+    let model = model.source()?.load_classifier(client.preset())?;
     Ok((client, model))
 }
 
@@ -240,10 +238,7 @@ impl Infer {
     pub fn run(self) -> Result<()> {
         self.strategy.oblivious()?;
         let server = read_server_key(&self.server_key, self.allow_insecure)?;
-        let model = self
-            .model
-            .source()?
-            .load_classifier(server.preset().message_bits)?;
+        let model = self.model.source()?.load_classifier(server.preset())?;
         if self.parallel_records == Some(0) {
             bail!("--parallel-records must be at least 1");
         }

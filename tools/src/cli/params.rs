@@ -126,9 +126,9 @@ fn reports(presets: Vec<Preset>, calibrate: bool) -> Result<Vec<PresetReport>> {
 pub fn run_params(cmd: ParamsCommand) -> Result<()> {
     match cmd {
         ParamsCommand::List { calibrate, json } => {
-            let presets = ["default", "precise", "test"]
+            let presets = veilmoe_engine::preset::EMBEDDED_PRESETS
                 .iter()
-                .map(|n| Preset::load(n, true))
+                .map(|(n, _)| Preset::load(n, true))
                 .collect::<veilmoe_engine::Result<Vec<_>>>()?;
             let rs = reports(presets, calibrate)?;
             if json {
