@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use thiserror::Error;
+use veilmoe_engine::Preset;
 use veilmoe_model::checkpoint::{embedded_demo_model, FloatMoeModel};
 use veilmoe_model::data::{digits_split, embedded_digits, load_labelled, read_records, Dataset};
 use veilmoe_model::model_file::read_model_file;
@@ -154,26 +155,28 @@ impl ModelSource {
         })
     }
 
-    /// The quantized model: read from a model file, or quantized for a preset reading
-    /// `message_bits` bits per PBS.
-    pub fn load_classifier(&self, message_bits: u32) -> Result<QuantizedClassifier, SourceError> {
+    /// The quantized model: read from a model file, or quantized for `preset` (its bits per
+    /// PBS and its noise budget).
+    pub fn load_classifier(&self, preset: &Preset) -> Result<QuantizedClassifier, SourceError> {
         if let ModelSource::File(path) = self {
             return Ok(read_model_file(path)?.model);
         }
         let model = self.load_float()?;
         let calibration = self.calibration_records(&model)?;
-        self.quantize(&model, message_bits, &calibration)
+        self.quantize(&model, preset.message_bits, preset.max_norm2, &calibration)
     }
 
     /// Quantizes `model` (loaded from this source, or derived from it) for `message_bits`-bit
-    /// reads, with the source's calibrated-range headroom.
+    /// reads on a preset whose noise budget is a dot product of 2-norm `max_norm2` over PBS
+    /// outputs, with the source's calibrated-range headroom.
     pub fn quantize(
         &self,
         model: &FloatMoeModel,
         message_bits: u32,
+        max_norm2: f64,
         calibration: &[Vec<f32>],
     ) -> Result<QuantizedClassifier, SourceError> {
-        let defaults = QuantizeOptions::for_message_bits(message_bits);
+        let defaults = QuantizeOptions::for_reads(message_bits, max_norm2);
         let opts = QuantizeOptions {
             calibrated_headroom: match self {
                 ModelSource::Dir { headroom, .. } => *headroom,
@@ -189,14 +192,14 @@ impl ModelSource {
     /// checkpoint's calibration records. `None` for a model file, which holds no float weights.
     pub fn load_with_float(
         &self,
-        message_bits: u32,
+        preset: &Preset,
     ) -> Result<(QuantizedClassifier, Option<FloatReference>), SourceError> {
         if let ModelSource::File(path) = self {
             return Ok((read_model_file(path)?.model, None));
         }
         let float = self.load_float()?;
         let calibration = self.calibration_records(&float)?;
-        let q = self.quantize(&float, message_bits, &calibration)?;
+        let q = self.quantize(&float, preset.message_bits, preset.max_norm2, &calibration)?;
         let (origin, records) = match self {
             ModelSource::Embedded => {
                 let test = digits_split(&embedded_digits()?).1;

@@ -161,7 +161,8 @@ fn keygen_encrypt_infer_decrypt_matches_the_plaintext_model() {
     );
     // The plaintext quantized model on the same records: encrypted predictions agree except
     // where approximate rounding (one step) changes a near tie.
-    let model = ModelSource::Embedded.load_classifier(4).unwrap();
+    let preset = veilmoe_engine::Preset::load("test", true).unwrap();
+    let model = ModelSource::Embedded.load_classifier(&preset).unwrap();
     let agree = preds
         .iter()
         .filter(|(i, c)| {

@@ -17,12 +17,12 @@
 //! - **second stage** (W2): one scale for all experts, chosen by the integer value `w2_top`
 //!   of the largest weight. No PBS reads `W2 a` (the output leaves the server wide), so the
 //!   only limit is the noise the client decrypts: a row's 2-norm stays within
-//!   `wide_output_noise` (2.68) times the 2-norm a read's budget allows (divided by sqrt 2 for
+//!   `wide_output_noise` (8) times the 2-norm a read's budget allows (divided by sqrt 2 for
 //!   gated FFNs, whose hidden values are differences of two PBS outputs, and by 2 where the
 //!   Mixtral top-2 combination widens the slot outputs' encoding by a bit): on `default` the
-//!   output's noise std is then at most 0.023 read step. Rows that exceed it lose their
-//!   smallest weights and weights are clipped to `floor(sqrt(limit))` (13, gated 9, gated
-//!   top-2 4; was 5 and 3);
+//!   output's noise std is then at most 0.042 read step. Rows that exceed it lose their
+//!   smallest weights and weights are clipped to `floor(sqrt(limit))` (40, gated 28, gated
+//!   top-2 14; were 13, 9 and 4 at the former factor 2.68);
 //! - **router**: the rows are first centred (the per-input median over experts is subtracted:
 //!   every logit moves by the same amount, so routing and gates are unchanged, while the L1
 //!   norms and thus the read step shrink); then the logit zero point that places the typical

@@ -92,9 +92,7 @@ pub fn run_scaling(
     let client = ClientKey::generate(preset);
     let server = client.server_key();
     let source = ModelSource::Embedded;
-    let model = source
-        .load_classifier(preset.message_bits)
-        .map_err(|e| setup(&e))?;
+    let model = source.load_classifier(preset).map_err(|e| setup(&e))?;
     let strategy = Strategy::Select;
     let client_session = ClientSession::new(&client, &model).map_err(|e| setup(&e))?;
     let server_session = ServerSession::new(&server, &model, strategy).map_err(|e| setup(&e))?;

@@ -150,7 +150,7 @@ pub fn run_demo(
 ) -> Result<DemoReport, DemoError> {
     let source = ModelSource::Embedded;
     let float = source.load_float()?;
-    let model = source.load_classifier(opts.preset.message_bits)?;
+    let model = source.load_classifier(&opts.preset)?;
     let (_, test) = digits_split(&embedded_digits()?);
     let n_test = test.features.len();
     status("plaintext accuracy on the test split ...");

@@ -126,7 +126,7 @@ pub fn check(
     status: &mut dyn FnMut(&str),
 ) -> Result<CheckReport, CheckError> {
     let strat = strategy.oblivious()?;
-    let (model, float) = source.load_with_float(preset.message_bits)?;
+    let (model, float) = source.load_with_float(preset)?;
     let moe = &model.moe;
     let fidelity = match &float {
         Some(f) => {

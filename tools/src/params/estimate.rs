@@ -195,7 +195,7 @@ pub fn estimate(
     status: &mut dyn FnMut(&str),
 ) -> std::result::Result<EstimateReport, CheckError> {
     let strat = strategy.oblivious()?;
-    let model = source.load_classifier(preset.message_bits)?;
+    let model = source.load_classifier(preset)?;
     status(&format!("generating keys ({preset}) ..."));
     let keys = ProbeKeys::generate(preset);
     status("calibrating unit costs (one thread) ...");

@@ -31,7 +31,7 @@ use crate::model_source::ModelSource;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use veilmoe_engine::{OpKind, Preset};
-use veilmoe_model::quantize::{evaluate_accuracy, float_accuracy};
+use veilmoe_model::quantize::{evaluate_accuracy, float_accuracy, QuantizeOptions};
 use veilmoe_model::{
     reference_fidelity, Dataset, Fidelity, FloatMoeModel, QuantizedClassifier, Rounding, TopK,
 };
@@ -177,6 +177,14 @@ pub fn sweep(
         spec.top_k.clone()
     };
     // Quantize each (k, bits) once: the quantization does not depend on the preset.
+    // One quantization per (top-k, bits) serves every swept preset: the tightest noise budget
+    // among them sizes the wide outputs.
+    let max_norm2 = spec
+        .presets
+        .iter()
+        .map(|p| p.max_norm2)
+        .reduce(f64::min)
+        .unwrap_or(QuantizeOptions::for_message_bits(4).max_norm2);
     let mut quantized: BTreeMap<(usize, u32), Quantized> = BTreeMap::new();
     let mut floats: BTreeMap<usize, (Result<FloatMoeModel, String>, Option<f64>)> = BTreeMap::new();
     for &k in &ks {
@@ -186,7 +194,7 @@ pub fn sweep(
             status(&format!("quantizing for {b} bits, top-{k} ..."));
             let q = float_k.clone().and_then(|m| {
                 let q = source
-                    .quantize(&m, b, &calibration)
+                    .quantize(&m, b, max_norm2, &calibration)
                     .map_err(|e| e.to_string())?;
                 let exact = evaluate_accuracy(&m, &q, test, &mut Rounding::Exact)
                     .map_err(|e| e.to_string())?;
