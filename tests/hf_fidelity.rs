@@ -5,14 +5,17 @@
 //! top-1); inputs the digits features centred and scaled to [-1, 1]; 200 calibration records,
 //! the 300 records after them measured.
 //!
-//! Both tests are ignored (minutes; their recorded runs are quoted in BENCHMARKS.md):
+//! Every test is ignored (minutes; their recorded runs are quoted in BENCHMARKS.md):
 //! - `hf_random_checkpoints_fidelity` prints, per family, the quantized reference's block
 //!   output against the float block output (cosine, relative L2, expert agreement), with exact
 //!   reads and with the reads simulated at `default`'s noise; for Qwen2-MoE also with the
 //!   shared expert left out of the quantized model (what veilmoe evaluated before it evaluated
 //!   the shared expert);
 //! - `hf_qwen_block_encrypted_on_default` runs the Qwen2-MoE block encrypted on `default` and
-//!   prints the decrypted block output's fidelity and the time per token.
+//!   prints the decrypted block output's fidelity and the time per token, part by part;
+//! - `hf_blocks_encrypted_on_default` and `hf_blocks_encrypted_on_fine` run all three families
+//!   encrypted, quantized for the preset's reads (4 and 5 bits), and print the decrypted block
+//!   output's fidelity, expert agreement and time per token.
 
 mod common;
 
@@ -337,4 +340,90 @@ fn hf_qwen_block_encrypted_on_default() {
         enc.summary(),
         refe.summary()
     );
+}
+
+/// The three families quantized for `fine`'s 5-bit reads and run encrypted on it.
+#[test]
+#[ignore = "`fine` keys and 3 x 8 encrypted tokens (minutes)"]
+fn hf_blocks_encrypted_on_fine() {
+    blocks_encrypted_on("fine");
+}
+
+/// The three families quantized for `default`'s 4-bit reads and run encrypted on it.
+#[test]
+#[ignore = "`default` keys and 3 x 8 encrypted tokens (minutes)"]
+fn hf_blocks_encrypted_on_default() {
+    blocks_encrypted_on("default");
+}
+
+/// The three families quantized for the preset's reads (calibrated ranges, the preset's noise
+/// budget) and run encrypted with Select-Then-Compute on it: the decrypted block output against
+/// the float block output (and the quantized reference's on the same records), the experts the
+/// encrypted routing chose against the float router's, and the time per token. The reference
+/// over all 300 held-out records, with the preset's read noise simulated, is printed beside it.
+fn blocks_encrypted_on(preset: &str) {
+    let (calib, test) = records();
+    let preset = Preset::load(preset, false).unwrap();
+    let client = ClientKey::generate(&preset);
+    let server = client.server_key();
+    let ev = Evaluator::new(&server);
+    let opts = QuantizeOptions::for_reads(preset.message_bits, preset.max_norm2);
+    let tokens = 8;
+    for (name, dir) in [
+        ("Mixtral", mixtral()),
+        ("Qwen2-MoE", qwen2_moe()),
+        ("Switch", switch()),
+    ] {
+        let m = FloatMoeModel::load(&dir).unwrap();
+        let q = quantize_with(&m, &opts, &calib).unwrap().0;
+        let mut sim = simulated_rounding(&preset, q.moe.quant.message_bits, 7);
+        let simulated = reference_fidelity(&m, &q, &test, &mut sim).unwrap();
+        let layer = MoeLayer::new(&ev, q.moe.clone()).unwrap();
+        let (mut enc, mut refe) = (VectorErrors::default(), VectorErrors::default());
+        let (mut times, mut equal, mut agree) = (Vec::new(), 0, 0);
+        for r in test.iter().take(tokens) {
+            let x = q.quantize_input(r).unwrap();
+            let ct = layer.encrypt(&client, &x).unwrap();
+            let t = Instant::now();
+            let out = layer.forward(&ev, &ct, &Select).unwrap();
+            times.push(t.elapsed().as_secs_f64());
+            let y = out.decrypt_y(&client).unwrap();
+            let want = q.moe.reference(&x, &mut Rounding::Exact).y;
+            equal += (y == want) as usize;
+            let mut chosen: Vec<usize> = out
+                .routing
+                .slots
+                .iter()
+                .map(|s| {
+                    let bits = client.decrypt_lwe(&s.index_bits).unwrap();
+                    bits.iter()
+                        .enumerate()
+                        .map(|(b, &v)| (v as usize) << b)
+                        .sum()
+                })
+                .collect();
+            let mut float_sel = m.route(&m.model_input(r)).0;
+            chosen.sort_unstable();
+            float_sel.sort_unstable();
+            agree += (chosen == float_sel) as usize;
+            let float: Vec<f64> = m.block_output(r).into_iter().map(f64::from).collect();
+            let dq = |v: &[i64]| -> Vec<f64> { v.iter().map(|&a| a as f64 * q.y_step()).collect() };
+            enc.add(&dq(&y), &float);
+            refe.add(&dq(&want), &float);
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "{name} on `{}` ({}-bit reads), {} threads: {tokens} tokens, median {:.2} s/token; \
+             experts as the float router's on {agree}/{tokens}; decrypted = reference on \
+             {equal}/{tokens}; encrypted {}; reference on the same records {}; reference over \
+             {} records, the preset's noise simulated: {simulated}",
+            preset.name,
+            preset.message_bits,
+            rayon::current_num_threads(),
+            times[tokens / 2],
+            enc.summary(),
+            refe.summary(),
+            test.len()
+        );
+    }
 }
