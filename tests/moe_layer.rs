@@ -378,13 +378,20 @@ fn argmax_over_128_experts_feeds_circuit_bootstrapping() {
 /// that its W2 rows reach the limit, runs through the encrypted layer without a noise refusal.
 #[test]
 fn a_top2_model_at_the_w2_limit_runs() {
+    use veilmoe::model::quantize::QuantChoice;
     use veilmoe::model::{quantize_with, FloatMoeModel, QuantizeOptions};
     let (d, h, e) = (8, 8, 4);
-    let float = FloatMoeModel::random(
+    let mut float = FloatMoeModel::random(
         config(d, h, e, 2, FfnKind::GatedSilu, Gating::SoftmaxSelected),
         2.0,
         77,
     );
+    // The largest W2 weight quantized to 20: the rows then exceed the limit (200 for a gated
+    // top-2 block at the default noise allowance) and are held to it.
+    float.quantization = Some(QuantChoice {
+        w2_top: 20.0,
+        ..QuantChoice::default()
+    });
     let mut rng = Rng::new(77);
     let records: Vec<Vec<f32>> = (0..64)
         .map(|_| {
