@@ -12,7 +12,7 @@ mod common;
 use common::wide::{check_combination, check_slot_outputs};
 use common::{test_keys, Rng};
 use rayon::prelude::*;
-use veilmoe::engine::{ClientKey, Evaluator, LweVector};
+use veilmoe::engine::{ClientKey, Evaluator, LweVector, OpKind};
 use veilmoe::model::{
     Activation, ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig, QuantParams,
     QuantizedMoe, Rounding, TopK,
@@ -303,8 +303,8 @@ fn traces_do_not_depend_on_the_routing() {
 
 /// Checks the encrypted argmax over `e` values for `rounds` random vectors (with many ties):
 /// one-hot and index bits exact, ties to the lowest index, index bits within the PBS noise
-/// budget so that circuit bootstrapping accepts them.
-fn check_argmax(e: usize, rounds: usize) {
+/// budget so that circuit bootstrapping accepts them. Returns the PBS of one argmax.
+fn check_argmax(e: usize, rounds: usize) -> u64 {
     use veilmoe::engine::{Encoding, ValueRange};
     use veilmoe::protocols::router::RouterTables;
     let k = test_keys();
@@ -326,6 +326,7 @@ fn check_argmax(e: usize, rounds: usize) {
     let tables = RouterTables::new(&ev, &model).unwrap();
     let mut rng = Rng::new(e as u64);
     let budget = veilmoe::engine::noise::pbs_input_budget(k.client.preset());
+    let mut pbs = 0;
     for round in 0..rounds {
         // Narrow value ranges in some rounds make ties likely.
         let hi = if round % 2 == 0 { quant.logit_max() } else { 1 };
@@ -336,7 +337,9 @@ fn check_argmax(e: usize, rounds: usize) {
             .unwrap()
             .with_range(ValueRange::new(0, quant.logit_max()).unwrap())
             .unwrap();
+        let before = ev.ops().total(OpKind::Pbs);
         let slot = tables.argmax_logits(&ev, &ct).unwrap();
+        pbs = ev.ops().total(OpKind::Pbs) - before;
         let want = veilmoe::model::argmax(&vals);
         let onehot = decrypt(&k.client, &slot.onehot);
         let mut expect = vec![0i64; e];
@@ -355,6 +358,7 @@ fn check_argmax(e: usize, rounds: usize) {
             bits.len()
         );
     }
+    pbs
 }
 
 /// Small E: the paired one-hot (one many-LUT blind rotation per first-round pair) for powers
@@ -364,6 +368,17 @@ fn argmax_over_few_experts_is_exact_with_ties() {
     for e in [2, 3, 4, 5, 8, 16] {
         check_argmax(e, 24);
     }
+}
+
+/// Powers of two above 16: the pairs read below a group win bit per 8 leaves, exact with ties.
+/// PBS per argmax: E - 1 comparisons, E - 2 maxima, E / 2 + E / 8 one-hot reads (E before),
+/// and at E = 64 two chunk refreshes per index bit (32 one-hot values each, the budget covers
+/// 25). 48 is not a power of two: the per-leaf one-hot.
+#[test]
+fn argmax_over_grouped_pairs_is_exact_with_ties() {
+    assert_eq!(check_argmax(32, 12), 31 + 30 + 16 + 4);
+    assert_eq!(check_argmax(64, 6), 63 + 62 + 32 + 8 + 6 * 2);
+    assert_eq!(check_argmax(48, 6), 47 + 46 + 48);
 }
 
 /// 128 experts (the largest supported E): each index bit sums 64 one-hot values, more than the

@@ -23,6 +23,7 @@ pub mod dispatch;
 pub mod error;
 pub mod ffn;
 pub mod layer;
+mod onehot;
 pub mod pool;
 pub mod pool_batch;
 pub mod pool_router;

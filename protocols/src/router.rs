@@ -4,15 +4,18 @@
 //! Cost for E experts (L = ceil(log2 E) tournament levels), in PBS:
 //! - logits: E (one requantizing read per router accumulator);
 //! - argmax: E - 1 comparisons `[b > a]` and E - 2 maxima `a + relu(b - a)` (one more when the
-//!   winning value is needed), then E one-hot reads. Each leaf's one-hot input is the leveled
-//!   sum of the comparison bits on its path: `t_i = sum(won_node - 1)`, zero iff it won every
-//!   match; ties go to the left (lower index) because the comparison is strict. Index bits are
-//!   leveled sums of the one-hot. No data-dependent choice anywhere: the bracket is public.
+//!   winning value is needed), then the one-hot reads: E, or for E a power of two E / 2 up to
+//!   16 experts and E / 2 + E / 8 beyond (see [`crate::onehot`]). Each leaf's one-hot input is
+//!   the leveled sum of the comparison bits on its path: `t_i = sum(won_node - 1)`, zero iff it
+//!   won every match; ties go to the left (lower index) because the comparison is strict. Index
+//!   bits are leveled sums of the one-hot. No data-dependent choice anywhere: the bracket is
+//!   public.
 //! - top-2: E masking reads (the winner drops below every logit) and a second tournament.
 //! - gates: `gate_bits` reads per slot (Mixtral k = 2: once, the second gate is the bitwise
 //!   complement), plus E term reads per slot for Switch gating.
 
 use crate::error::{config, Result};
+use crate::onehot::PairedOnehot;
 use veilmoe_engine::{
     ClientKey, Cols, Encoding, Evaluator, Lut, LweVector, PackedGlwe, PackedRows, PackedWeights,
     Rows, ValueRange, WeightMatrix,
@@ -31,9 +34,9 @@ pub struct RouterTables {
     onehot: Lut,
     /// Identity on a bit: refreshes a partial sum of one-hot values (a bit) to one PBS's noise.
     bit_refresh: Lut,
-    /// For E a power of two up to 16: the one-hot of both leaves of a first-round pair from
-    /// one blind rotation (a two-function many-LUT), halving the one-hot's PBS.
-    onehot_pairs: Option<Lut>,
+    /// For E a power of two: the one-hot of both leaves of a first-round pair from one blind
+    /// rotation (a two-function many-LUT), about halving the one-hot's PBS.
+    onehot_pairs: Option<PairedOnehot>,
     loser: Lut,
     mask: Lut,
     gate_bits: Vec<Lut>,
@@ -152,22 +155,7 @@ impl RouterTables {
         let index_encoding = small;
         let onehot = Lut::univariate(p, small, index_encoding, |t| (t == 0) as i64)?;
         let bit_refresh = Lut::univariate(p, index_encoding, index_encoding, |v| v.clamp(0, 1))?;
-        // u = 2 (s + L - 1) + c0 in [0, 2L - 1], s the pair's path sum above the first round:
-        // the pair's subtree wins iff s = 0; then c0 says which leaf.
-        let levels = index_bits(e) as i64;
-        let onehot_pairs = if e.is_power_of_two() && (2..=16).contains(&e) {
-            let win = 2 * (levels - 1);
-            let left = move |u: i64| (u == win) as i64;
-            let right = move |u: i64| (u == win + 1) as i64;
-            Some(Lut::many(
-                p,
-                Encoding::unsigned(m),
-                index_encoding,
-                &[&left, &right],
-            )?)
-        } else {
-            None
-        };
+        let onehot_pairs = PairedOnehot::new(p, e, m, index_encoding)?;
         let loser = Lut::univariate(p, small, small, |t| {
             if t == 0 {
                 -(q.logit_max() + 1)
@@ -435,36 +423,7 @@ impl RouterTables {
             &c_all,
         )?;
         let onehot = match &self.onehot_pairs {
-            Some(lut) => {
-                // Pair p = leaves (2p, 2p + 1) met in node p of the first round; the nodes
-                // above are shared by both leaves, so their path sums differ only by node p.
-                let pairs = e / 2;
-                let levels = self.index_bits() as i64;
-                let mut wp = vec![0i64; pairs * n];
-                let mut bp = vec![2 * (levels - 1); pairs];
-                for p in 0..pairs {
-                    for j in pairs..n {
-                        wp[p * n + j] = 2 * w[2 * p * n + j];
-                        if w[2 * p * n + j] == 1 {
-                            bp[p] -= 2;
-                        }
-                    }
-                    wp[p * n + p] = 1;
-                }
-                let u = ev
-                    .lwe_matvec(
-                        &WeightMatrix::new(Rows(pairs), Cols(n), wp)?,
-                        Some(&bp),
-                        &c_all,
-                    )?
-                    .with_encoding(Encoding::unsigned(self.index_encoding.width))?;
-                let sides = ev.pbs_many(&u, lut)?;
-                let leaves: Vec<LweVector> = (0..e)
-                    .map(|i| sides[i % 2].slice(i / 2..i / 2 + 1))
-                    .collect::<veilmoe_engine::Result<_>>()?;
-                let refs: Vec<&LweVector> = leaves.iter().collect();
-                LweVector::concat(&refs)?
-            }
+            Some(pairs) => pairs.read(ev, &c_all, &w, &self.onehot)?,
             None => ev.pbs(&t, &self.onehot)?,
         };
         // Index bit b = sum of the one-hot over the indices with bit b set: exactly one term is
