@@ -10,6 +10,7 @@
 //! - keyswitch (input dim m, base B, L levels): m * L * sigma_lwe^2 + m / (24 * B^(2L))
 //! - PBS output (n, k, N, base B, L levels):
 //!   n * L * (k+1) * N * (B^2 + 2) / 12 * sigma_glwe^2 + n / (24 * B^(2L)) * (1 + k*N/2)
+//!   + the FFT rounding of tfhe's fit (times 1.5; measured PBS outputs are 0.85x the total)
 //! - failure of a PBS reading `b` bits (with padding): P(|e| > 2^-(b+1)) for e ~ N(0, var),
 //!   var = input variance + keyswitch + modulus switch.
 
