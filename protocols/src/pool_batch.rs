@@ -7,7 +7,7 @@
 //!
 //! Each model's first-stage products (router, W1, W3) are computed for every input, leveled,
 //! and each slot CMUX-selects its input's products by the slot's source bits, so the CMUX noise
-//! is not amplified by the weights ([`MoeLayer::select_first_stage`]); the slot then runs
+//! is not amplified by the weights ([`crate::MoeLayer::select_first_stage`]); the slot then runs
 //! Select-Then-Compute from there.
 //!
 //! Cost per batch of `T` inputs with `C_m` slots per model and `F` fallback slots: the router on

@@ -5,7 +5,7 @@
 //! - logits: E (one requantizing read per router accumulator);
 //! - argmax: E - 1 comparisons `[b > a]` and E - 2 maxima `a + relu(b - a)` (one more when the
 //!   winning value is needed), then the one-hot reads: E, or for E a power of two E / 2 up to
-//!   16 experts and E / 2 + E / 8 beyond (see [`crate::onehot`]). Each leaf's one-hot input is
+//!   16 experts and E / 2 + E / 8 beyond (see `onehot.rs`). Each leaf's one-hot input is
 //!   the leveled sum of the comparison bits on its path: `t_i = sum(won_node - 1)`, zero iff it
 //!   won every match; ties go to the left (lower index) because the comparison is strict. Index
 //!   bits are leveled sums of the one-hot. No data-dependent choice anywhere: the bracket is
