@@ -28,6 +28,7 @@ use veilmoe::model::data::embedded_digits;
 use veilmoe::model::fidelity::VectorErrors;
 use veilmoe::model::quantize::{quantize_with, QuantizeOptions};
 use veilmoe::model::{reference_fidelity, QuantizedClassifier, Rounding, SplitMix};
+use veilmoe::protocols::router::decrypt_bits_value;
 use veilmoe::protocols::{simulated_rounding, MoeLayer, Select};
 
 const D: usize = 64;
@@ -152,6 +153,21 @@ fn quantize_bits(
         ..QuantizeOptions::for_message_bits(bits)
     };
     quantize_with(m, &opts, calib).unwrap().0
+}
+
+/// Adds record `r`'s decrypted and reference block outputs `(y, want)`, dequantized, to the
+/// errors `(enc, refe)` against the float block output.
+fn add_block_errors(
+    (enc, refe): (&mut VectorErrors, &mut VectorErrors),
+    m: &FloatMoeModel,
+    q: &QuantizedClassifier,
+    r: &[f32],
+    (y, want): (&[i64], &[i64]),
+) {
+    let float: Vec<f64> = m.block_output(r).into_iter().map(f64::from).collect();
+    let dq = |v: &[i64]| -> Vec<f64> { v.iter().map(|&a| a as f64 * q.y_step()).collect() };
+    enc.add(&dq(y), &float);
+    refe.add(&dq(want), &float);
 }
 
 /// Records of `test` with a first-stage accumulator or an expert output beyond its box (they
@@ -326,10 +342,7 @@ fn hf_qwen_block_encrypted_on_default() {
             rel(&y, &want)
         );
         equal += (y == want) as usize;
-        let float: Vec<f64> = m.block_output(r).into_iter().map(f64::from).collect();
-        let dq = |v: &[i64]| -> Vec<f64> { v.iter().map(|&a| a as f64 * q.y_step()).collect() };
-        enc.add(&dq(&y), &float);
-        refe.add(&dq(&want), &float);
+        add_block_errors((&mut enc, &mut refe), &m, &q, r, (&y, &want));
     }
     times.sort_by(f64::total_cmp);
     println!(
@@ -394,22 +407,13 @@ fn blocks_encrypted_on(preset: &str) {
                 .routing
                 .slots
                 .iter()
-                .map(|s| {
-                    let bits = client.decrypt_lwe(&s.index_bits).unwrap();
-                    bits.iter()
-                        .enumerate()
-                        .map(|(b, &v)| (v as usize) << b)
-                        .sum()
-                })
+                .map(|s| decrypt_bits_value(&client, &s.index_bits).unwrap() as usize)
                 .collect();
             let mut float_sel = m.route(&m.model_input(r)).0;
             chosen.sort_unstable();
             float_sel.sort_unstable();
             agree += (chosen == float_sel) as usize;
-            let float: Vec<f64> = m.block_output(r).into_iter().map(f64::from).collect();
-            let dq = |v: &[i64]| -> Vec<f64> { v.iter().map(|&a| a as f64 * q.y_step()).collect() };
-            enc.add(&dq(&y), &float);
-            refe.add(&dq(&want), &float);
+            add_block_errors((&mut enc, &mut refe), &m, &q, r, (&y, &want));
         }
         times.sort_by(f64::total_cmp);
         println!(

@@ -24,6 +24,8 @@ pub(crate) struct PairedOnehot {
     /// Levels summed inside a pair's input, the first round included: all of them, or the
     /// levels of a group whose win is read first.
     group_levels: usize,
+    /// T: the terms of a pair's sum above the first round (its many-LUT wins at 2T, 2T + 1).
+    terms: usize,
 }
 
 impl PairedOnehot {
@@ -59,6 +61,7 @@ impl PairedOnehot {
             pairs,
             levels,
             group_levels,
+            terms,
         }))
     }
 
@@ -107,13 +110,8 @@ impl PairedOnehot {
         // u_p = 2 (sum over the pair's in-group upper nodes of (won - 1) [+ group bit - 1] + T)
         // + c_p, over the inputs [c_all ; group bits].
         let cols = n + group_bits.as_ref().map_or(0, |g| g.len());
-        let terms = if grouped {
-            self.group_levels
-        } else {
-            self.levels - 1
-        } as i64;
         let mut wp = vec![0i64; pairs * cols];
-        let mut bp = vec![2 * terms; pairs];
+        let mut bp = vec![2 * self.terms as i64; pairs];
         for p in 0..pairs {
             let leaf = 2 * p;
             for j in (0..n).filter(|&j| level[j] >= 2 && level[j] <= self.group_levels) {
