@@ -255,6 +255,46 @@ fn shared_expert_on_default() {
     }
 }
 
+/// A gated FFN's linear factor read inside its product's quarter squares on `default`:
+/// Mixtral top-2 with a shared expert; every check of `check_token` for 4 tokens, and the
+/// h PBS saved per evaluated FFN against the same weights reading the factor on their own.
+#[test]
+fn linear_factor_in_the_product_on_default() {
+    use veilmoe::engine::OpKind;
+    let (_, client, server) = default_keys();
+    let fused = small_gated_model(veilmoe::model::Gating::SoftmaxSelected, 41)
+        .with_random_shared(12, 41)
+        .with_linear_in_product();
+    let separate = veilmoe::model::QuantizedMoe {
+        linear_in_product: false,
+        ..fused.clone()
+    };
+    let pbs_of = |model: &veilmoe::model::QuantizedMoe, x: &[i64]| {
+        let ev = Evaluator::new(server);
+        let layer = veilmoe::protocols::MoeLayer::new(&ev, model.clone()).unwrap();
+        let out = layer
+            .forward(
+                &ev,
+                &layer.encrypt(client, x).unwrap(),
+                &veilmoe::protocols::Select,
+            )
+            .unwrap();
+        common::wide::check_token(client, model, x, &out);
+        ev.ops().total(OpKind::Pbs)
+    };
+    let mut pbs = Vec::new();
+    for t in 0..4u64 {
+        let x: Vec<i64> = (0..8)
+            .map(|i| ((i as u64 * 3 + t * 7) % 16) as i64 - 8)
+            .collect();
+        pbs.push(pbs_of(&fused, &x));
+    }
+    assert!(pbs.iter().all(|&p| p == pbs[0]));
+    let x = vec![2i64; 8];
+    // two slots of h = 8 and the shared expert's 12 units
+    assert_eq!(pbs_of(&separate, &x) - pbs[0], 2 * 8 + 12);
+}
+
 /// Calibrated ranges (issue 13 item 3) on `default`: a first-stage shift one bit finer and an
 /// output encoding one bit narrower than the worst case; tokens within the boxes match the
 /// reference by every check of `check_token`; a token that overflows a read runs and decrypts

@@ -431,3 +431,81 @@ fn blocks_encrypted_on(preset: &str) {
         );
     }
 }
+
+#[test]
+#[ignore = "diagnostic: the quantized reference with the float router's choices (minutes)"]
+fn hf_oracle_routing() {
+    let (calib, test) = records();
+    for (name, dir) in [
+        ("Mixtral", mixtral()),
+        ("Qwen2-MoE", qwen2_moe()),
+        ("Switch", switch()),
+    ] {
+        let m = FloatMoeModel::load(&dir).unwrap();
+        for bits in [4, 5, 6] {
+            let q = quantize_bits(
+                &m,
+                &calib,
+                QuantizeOptions::for_message_bits(bits).calibrated_headroom,
+                bits,
+            );
+            let moe = &q.moe;
+            let g_max = moe.quant.gate_max() as f64;
+            let (mut ref_e, mut sel_e, mut both_e) = Default::default();
+            let (mut acc_agree, mut read_agree) = (0, 0);
+            for r in &test {
+                let xq = q.quantize_input(r).unwrap();
+                let x = m.model_input(r);
+                let rr = moe.reference(&xq, &mut Rounding::Exact);
+                let (sel, gates) = m.route(&x);
+                let mut fs = sel.clone();
+                fs.sort_unstable();
+                let acc = moe.router_accumulators(&xq);
+                let mut a = veilmoe::model::math::top_k(&acc, moe.config.top_k.0);
+                a.sort_unstable();
+                acc_agree += (a == fs) as usize;
+                let mut b = rr.selected.clone();
+                b.sort_unstable();
+                read_agree += (b == fs) as usize;
+                let float: Vec<f64> = m.block_output(r).into_iter().map(f64::from).collect();
+                let with = |gs: &[i64], e: &mut VectorErrors| {
+                    let outs: Vec<Vec<i64>> = sel
+                        .iter()
+                        .map(|&e| moe.expert_output(e, &moe.hidden(e, &xq, &mut Rounding::Exact)))
+                        .collect();
+                    let mut y = moe.combine(gs, &outs);
+                    if let Some((g, o)) = &rr.shared {
+                        for (yi, oi) in y.iter_mut().zip(o) {
+                            *yi += g * oi;
+                        }
+                    }
+                    let y: Vec<f64> = y.iter().map(|&v| v as f64 * q.y_step()).collect();
+                    e.add(&y, &float);
+                };
+                // float choices, quantized gates of those choices
+                let ql = &rr.logits;
+                let slot_logits: Vec<i64> = sel.iter().map(|&i| ql[i]).collect();
+                let sums: Vec<i64> = slot_logits
+                    .iter()
+                    .map(|&v| moe.partition_sum(ql, v))
+                    .collect();
+                let qg = moe.gates(&slot_logits, &sums, &mut Rounding::Exact);
+                with(&qg, &mut sel_e);
+                let fg: Vec<i64> = gates
+                    .iter()
+                    .map(|&g| (g as f64 * g_max).round() as i64)
+                    .collect();
+                with(&fg, &mut both_e);
+                let y: Vec<f64> = rr.y.iter().map(|&v| v as f64 * q.y_step()).collect();
+                VectorErrors::add(&mut ref_e, &y, &float);
+            }
+            println!(
+                "{name} {bits}-bit: experts agree: read logits {read_agree}, accumulators {acc_agree} of {}; reference {} | float choices {} | float choices and gates {}",
+                test.len(),
+                ref_e.summary(),
+                sel_e.summary(),
+                both_e.summary()
+            );
+        }
+    }
+}

@@ -128,6 +128,39 @@ impl LweVector {
         Ok(self)
     }
 
+    /// Reinterprets wide values in a narrower encoding of the same signedness, with no
+    /// operation: the torus phase is unchanged, so a value `v` of width `w` stands for
+    /// `v / 2^(w - w')` in the narrower one. Its fraction is what the next PBS read rounds
+    /// (floor or ceil near a box edge, exactly as a requantizing read of `v` would), so the
+    /// result is meant only for a PBS input, alone or added to values of the narrower
+    /// encoding: a gated FFN's linear factor read inside the quarter squares of its product
+    /// instead of by a read of its own. The declared range becomes
+    /// `[floor(lo / 2^k), ceil(hi / 2^k)]`, which holds every rounding of every value.
+    pub fn rescaled_down(mut self, encoding: Encoding) -> Result<LweVector> {
+        encoding.validate()?;
+        if encoding.signed != self.encoding.signed || encoding.width > self.encoding.width {
+            return Err(EngineError::shape(
+                "rescaling down",
+                format!("an encoding no wider than {:?}", self.encoding),
+                format!("{encoding:?}"),
+            ));
+        }
+        let k = self.encoding.width - encoding.width;
+        let range = ValueRange {
+            min: self.range.min.div_euclid(1i64 << k),
+            max: -(-self.range.max).div_euclid(1i64 << k),
+        };
+        if !range.fits(encoding) {
+            return Err(EngineError::range(
+                "rescaling down",
+                format!("{range:?} does not fit {encoding:?}"),
+            ));
+        }
+        self.encoding = encoding;
+        self.range = range;
+        Ok(self)
+    }
+
     /// A sub-vector of values `range`.
     pub fn slice(&self, range: std::ops::Range<usize>) -> Result<LweVector> {
         if range.end > self.len() || range.start > range.end {

@@ -29,7 +29,9 @@ pub const MAGIC: [u8; 8] = *b"VEILMOE\0";
 /// (Qwen2-MoE), so version-1 model files no longer decode; they are refused by version, with a
 /// cause, rather than misread. Version 3: a quantized model records whether its first-stage
 /// shift was calibrated (the input width then follows from it, not from the worst case).
-pub const FORMAT_VERSION: u16 = 3;
+/// Version 4: a quantized model records where a gated FFN's linear factor is read (on its own,
+/// or inside its product's quarter squares).
+pub const FORMAT_VERSION: u16 = 4;
 
 /// A hash of a preset's cryptographic parameters (not of its name or description).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -3,7 +3,8 @@
 //! - [`checkpoint`]: Hugging Face MoE checkpoints (Mixtral, Qwen2-MoE/OLMoE, Switch) as float
 //!   models with their forward pass, a Mixtral-format writer, and the embedded demo model;
 //! - [`arch`], [`quant`], [`quantized`]: the public architecture, the integer semantics and
-//!   quantization parameters, and the quantized MoE layer;
+//!   quantization parameters, and the quantized MoE layer; [`linear_factor`]: where a gated
+//!   FFN's linear factor is read (on its own, or inside its product's quarter squares);
 //! - [`capacity`]: the capacity dispatch rule (slots per destination, overflow) and its slot
 //!   numbering;
 //! - [`classifier`]: one quantized block with its input quantizer and client-side head, and its
@@ -28,6 +29,7 @@ pub mod classifier;
 pub mod data;
 pub mod error;
 pub mod fidelity;
+pub mod linear_factor;
 pub mod math;
 pub mod model_file;
 pub mod pool;

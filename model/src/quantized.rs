@@ -95,6 +95,11 @@ pub struct QuantizedMoe {
     /// beyond [`QuantizedMoe::expert_output_box`] wraps ([`QuantizedMoe::overflows`] counts
     /// it).
     pub calibrated_output_width: Option<u32>,
+    /// A gated FFN's linear factor `W3 x + b3` is read inside the two quarter-square reads of
+    /// its product instead of by a read of its own (h PBS fewer per expert). Its rows then keep
+    /// their accumulators within the factor range ([`QuantizedMoe::linear_factor_box`]), so
+    /// the factor's clip never binds and the semantics are those of a separate read.
+    pub linear_in_product: bool,
 }
 
 /// Largest calibrated first-stage shift (the encrypted input stays well inside 64-bit words).
@@ -124,7 +129,7 @@ fn check_opt(what: &str, v: &Option<Vec<i64>>, n: usize) -> Result<()> {
 }
 
 /// `bx` when the worst case `worst` leaves it (the box must then be declared to the engine).
-fn exceeded_box(bx: (i64, i64), worst: (i128, i128)) -> Option<(i64, i64)> {
+pub(crate) fn exceeded_box(bx: (i64, i64), worst: (i128, i128)) -> Option<(i64, i64)> {
     (worst.0 < bx.0 as i128 || worst.1 > bx.1 as i128).then_some(bx)
 }
 
@@ -208,6 +213,7 @@ impl QuantizedMoe {
                 )));
             }
         }
+        self.validate_linear_in_product()?;
         if let Some(w) = self.calibrated_output_width {
             let (lo, hi) = self.quant.hidden_range(c.ffn);
             let least = quant::hold_width(lo as i128, hi as i128).max(self.quant.message_bits);
@@ -347,7 +353,9 @@ impl QuantizedMoe {
     }
 
     /// How many of the token's first-stage accumulators (router, W1, W3, shared gate) fall
-    /// outside [`QuantizedMoe::first_stage_box`]: 0 for every input under a worst-case shift.
+    /// outside [`QuantizedMoe::first_stage_box`] (W3's: outside
+    /// [`QuantizedMoe::linear_factor_box`] when read inside the product): 0 for every input
+    /// under a worst-case shift.
     /// Under encryption such an accumulator wraps (see [`QuantizedMoe::calibrated_shift`]);
     /// the reference reads it unwrapped, as the float model would.
     pub fn first_stage_overflows(&self, x: &[i64]) -> usize {
@@ -365,10 +373,8 @@ impl QuantizedMoe {
         );
         for (w, rows) in self.ffns() {
             n += out(&w.w1, w.b1.as_deref(), rows);
-            if let Some(w3) = &w.w3 {
-                n += out(w3, w.b3.as_deref(), rows);
-            }
         }
+        n += self.linear_factor_overflows(x);
         if let Some(sh) = &self.shared {
             n += out(&sh.gate, Some(std::slice::from_ref(&sh.gate_bias)), 1);
         }
@@ -524,6 +530,7 @@ impl QuantizedMoe {
             shared: None,
             calibrated_shift: None,
             calibrated_output_width: None,
+            linear_in_product: false,
         }
     }
 

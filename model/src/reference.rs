@@ -199,7 +199,14 @@ impl QuantizedMoe {
                 u.iter()
                     .zip(&v)
                     .map(|(&a, &b)| {
-                        q.gated_silu(rounding.read(a, s)) * q.gated_linear(rounding.read(b, s))
+                        let silu = q.gated_silu(rounding.read(a, s));
+                        if self.linear_in_product {
+                            // read inside the two quarter squares: each rounds W3x on its own
+                            let (l1, l2) = (rounding.read(b, s), rounding.read(b, s));
+                            quant::quarter_square(silu + l1) - quant::quarter_square(silu - l2)
+                        } else {
+                            silu * q.gated_linear(rounding.read(b, s))
+                        }
                     })
                     .collect()
             }

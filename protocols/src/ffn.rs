@@ -2,7 +2,9 @@
 //! second-stage LWE products.
 //!
 //! PBS per evaluated expert: h (plain) or 4h (gated: silu read, linear read, two quarter
-//! squares). The output accumulators `W2 a + b2` are not read back to m bits: they leave the
+//! squares), 3h for a gated model whose linear factor is read inside the quarter squares
+//! ([`QuantizedMoe::linear_in_product`]: the W3 accumulator, rescaled to the factors' encoding,
+//! is added to the silu factor and each quarter-square read rounds it). The output accumulators `W2 a + b2` are not read back to m bits: they leave the
 //! server wide (the client decrypts them at full width), which saves d PBS per slot and the
 //! read's rounding. Their encoding is the hidden activations' encoding, set wide enough by
 //! [`QuantizedMoe::slot_output_width`].
@@ -61,10 +63,15 @@ impl ExpertTables {
             None => w2,
         };
         let packed = |w: &[i64]| first_stage_weights(p, w, h, d, declared);
+        let w3_declared = model.w3_declared();
         Ok(ExpertTables {
             w1: packed(&x.w1)?,
             b1: x.b1.clone(),
-            w3: x.w3.as_deref().map(packed).transpose()?,
+            w3: x
+                .w3
+                .as_deref()
+                .map(|w| first_stage_weights(p, w, h, d, w3_declared))
+                .transpose()?,
             b3: x.b3.clone(),
             w2,
             b2: x.b2.clone(),
@@ -97,7 +104,7 @@ pub struct FfnTables {
     kind: FfnKind,
     /// plain: the activation; gated: the silu factor
     act: Lut,
-    /// gated: the linear factor
+    /// gated: the linear factor's own read (`None` when it is read inside the quarter squares)
     linear: Option<Lut>,
     /// gated: quarter squares
     qsq: Option<Lut>,
@@ -125,9 +132,9 @@ impl FfnTables {
             ),
             FfnKind::GatedSilu => (
                 Lut::requantize(p, input, shift, small, |v| q.gated_silu(v))?,
-                Some(Lut::requantize(p, input, shift, small, |v| {
-                    q.gated_linear(v)
-                })?),
+                (!model.linear_in_product)
+                    .then(|| Lut::requantize(p, input, shift, small, |v| q.gated_linear(v)))
+                    .transpose()?,
                 Some(Lut::univariate(p, small, hidden, quant::quarter_square)?),
             ),
         };
@@ -165,10 +172,15 @@ impl FfnTables {
         u: &LweVector,
         v: Option<&LweVector>,
     ) -> Result<LweVector> {
-        match (self.kind, v, &self.linear, &self.qsq) {
-            (FfnKind::GatedSilu, Some(v), Some(linear), Some(qsq)) => {
+        match (self.kind, v, &self.qsq) {
+            (FfnKind::GatedSilu, Some(v), Some(qsq)) => {
                 let s = ev.pbs(u, &self.act)?;
-                let l = ev.pbs(v, linear)?;
+                let l = match &self.linear {
+                    Some(linear) => ev.pbs(v, linear)?,
+                    // W3x / 2^shift: each quarter-square read below rounds it, as its own read
+                    // would; the model keeps W3x within the factor range, so nothing clips it
+                    None => v.clone().rescaled_down(self.small)?,
+                };
                 let sum = ev.linear_combination(&[&s, &l], &[1, 1], self.small)?;
                 let diff = ev.linear_combination(&[&s, &l], &[1, -1], self.small)?;
                 let p1 = ev.pbs(&sum, qsq)?;

@@ -4,7 +4,7 @@
 //! of a hidden read that came out one step off near a box edge.
 
 use veilmoe::engine::{ClientKey, LweVector};
-use veilmoe::model::quant::round_shift;
+use veilmoe::model::quant::{quarter_square, round_shift};
 use veilmoe::model::{FfnKind, QuantizedMoe, Rounding};
 use veilmoe::protocols::shared::SharedOutput;
 use veilmoe::protocols::MoeOutput;
@@ -30,6 +30,23 @@ pub fn hidden_read_slack(model: &QuantizedMoe) -> i64 {
             FfnKind::Plain(act) => {
                 for a2 in near(a) {
                     slack = slack.max((q.activation(act, a2) - q.activation(act, a)).abs());
+                }
+            }
+            FfnKind::GatedSilu if model.linear_in_product => {
+                // the linear factor is rounded inside each quarter-square read on its own: the
+                // two reads may take different neighbours of W3x / 2^s
+                let (flo, fhi) = q.factor_range();
+                for b in flo..=fhi {
+                    let exact = q.gated_silu(a) * b;
+                    for a2 in near(a) {
+                        let s = q.gated_silu(a2);
+                        for b1 in near(b) {
+                            for b2 in near(b) {
+                                let v = quarter_square(s + b1) - quarter_square(s - b2);
+                                slack = slack.max((v - exact).abs());
+                            }
+                        }
+                    }
                 }
             }
             FfnKind::GatedSilu => {

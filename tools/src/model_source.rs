@@ -30,6 +30,8 @@ pub enum SourceError {
     Missing(String),
     #[error("--headroom {0}: give a factor from 1 to 16 (the calibration range times it must fit each read)")]
     BadHeadroom(f64),
+    #[error("--linear-in-product applies to quantizing a --model directory (the embedded model and model files keep the quantization they have)")]
+    LinearInProductNeedsDir,
 }
 
 /// The `--model` / `--calibration` options every model-using command shares.
@@ -54,6 +56,11 @@ pub struct ModelArgs {
     /// instead (no input can wrap a read; the reads are coarser).
     #[arg(long)]
     pub worst_case_ranges: bool,
+    /// Quantizing a --model directory with gated experts: read each expert's linear factor
+    /// (W3 x) inside the two quarter-square reads of its product instead of by a read of its
+    /// own. A quarter of a gated expert's PBS fewer, for a linear factor one bit coarser.
+    #[arg(long)]
+    pub linear_in_product: bool,
 }
 
 impl ModelArgs {
@@ -71,20 +78,29 @@ impl ModelArgs {
     }
 
     pub fn source(&self) -> Result<ModelSource, SourceError> {
-        let Some(path) = &self.model else {
-            return Ok(ModelSource::Embedded);
+        let Some(path) = self.model.as_ref().filter(|p| p.is_dir()) else {
+            if self.linear_in_product {
+                return Err(SourceError::LinearInProductNeedsDir);
+            }
+            let Some(path) = &self.model else {
+                return Ok(ModelSource::Embedded);
+            };
+            return self.file_source(path);
         };
-        if path.is_dir() {
-            Ok(ModelSource::Dir {
-                dir: path.clone(),
-                calibration: self.calibration.clone(),
-                headroom: self.headroom()?,
-            })
-        } else if path.is_file() {
+        Ok(ModelSource::Dir {
+            dir: path.clone(),
+            calibration: self.calibration.clone(),
+            headroom: self.headroom()?,
+            linear_in_product: self.linear_in_product,
+        })
+    }
+
+    fn file_source(&self, path: &Path) -> Result<ModelSource, SourceError> {
+        if path.is_file() {
             if self.calibration.is_some() {
                 return Err(SourceError::CalibrationForFile(path.display().to_string()));
             }
-            Ok(ModelSource::File(path.clone()))
+            Ok(ModelSource::File(path.to_path_buf()))
         } else {
             Err(SourceError::Missing(path.display().to_string()))
         }
@@ -106,12 +122,14 @@ pub enum ModelSource {
     Embedded,
     /// A quantized-model file.
     File(PathBuf),
-    /// A Hugging Face-format directory, calibration records for its quantization and the
-    /// headroom of its calibrated ranges (`None`: worst-case ranges).
+    /// A Hugging Face-format directory, calibration records for its quantization, the
+    /// headroom of its calibrated ranges (`None`: worst-case ranges) and whether gated experts
+    /// read their linear factor inside the product.
     Dir {
         dir: PathBuf,
         calibration: Option<PathBuf>,
         headroom: Option<f64>,
+        linear_in_product: bool,
     },
 }
 
@@ -177,12 +195,17 @@ impl ModelSource {
         calibration: &[Vec<f32>],
     ) -> Result<QuantizedClassifier, SourceError> {
         let defaults = QuantizeOptions::for_reads(message_bits, max_norm2);
-        let opts = QuantizeOptions {
-            calibrated_headroom: match self {
-                ModelSource::Dir { headroom, .. } => *headroom,
-                _ => defaults.calibrated_headroom,
+        let opts = match self {
+            ModelSource::Dir {
+                headroom,
+                linear_in_product,
+                ..
+            } => QuantizeOptions {
+                calibrated_headroom: *headroom,
+                linear_in_product: *linear_in_product,
+                ..defaults
             },
-            ..defaults
+            _ => defaults,
         };
         Ok(quantize_with(model, &opts, calibration)?.0)
     }

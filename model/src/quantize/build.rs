@@ -55,6 +55,7 @@ impl Context<'_> {
                 .calibrated_headroom
                 .map(|_| self.opts.first_stage_shift),
             calibrated_output_width: None,
+            linear_in_product: self.opts.linear_in_product && m.config.ffn == FfnKind::GatedSilu,
         };
         moe.shared = self.shared_expert(&first, &experts, 1.0);
         moe.validate()?;
@@ -150,7 +151,21 @@ impl Context<'_> {
         } else {
             (m.router.clone(), m.router_bias.clone())
         };
-        let router = self.first_stage(&centered, centered_bias.as_ref(), choice.router_prune, true);
+        let q = &self.quant;
+        let read_box = (q.input_min(), q.input_max());
+        // A linear factor read inside the product is never clipped: its rows fit the factor range.
+        let w3_box = if self.opts.linear_in_product {
+            q.factor_range()
+        } else {
+            read_box
+        };
+        let router = self.first_stage(
+            &centered,
+            centered_bias.as_ref(),
+            choice.router_prune,
+            true,
+            read_box,
+        );
         // W1 (and W3) of all experts, stacked: `[E * h, d]`.
         let stack = |w: Vec<ndarray::ArrayView2<'_, f32>>| {
             ndarray::concatenate(ndarray::Axis(0), &w)
@@ -168,7 +183,7 @@ impl Context<'_> {
         let ffns: Vec<&crate::checkpoint::FloatExpert> = m.ffns().collect();
         let w1_all = stack(ffns.iter().map(|x| x.w1.view()).collect())?;
         let b1_all = stack_b(ffns.iter().map(|x| (x.b1.as_ref(), x.w1.nrows())).collect());
-        let w1 = self.first_stage(&w1_all, b1_all.as_ref(), choice.w1_prune, true);
+        let w1 = self.first_stage(&w1_all, b1_all.as_ref(), choice.w1_prune, true, read_box);
         let w3 = if m.config.ffn == FfnKind::GatedSilu {
             let zeros: Vec<ndarray::Array2<f32>> = ffns
                 .iter()
@@ -181,13 +196,13 @@ impl Context<'_> {
                     .collect(),
             )?;
             let b3_all = stack_b(ffns.iter().map(|x| (x.b3.as_ref(), x.w1.nrows())).collect());
-            Some(self.first_stage(&w3_all, b3_all.as_ref(), choice.w3_prune, false))
+            Some(self.first_stage(&w3_all, b3_all.as_ref(), choice.w3_prune, false, w3_box))
         } else {
             None
         };
         let shared_gate = m.shared.as_ref().map(|s| {
             let row = s.gate.clone().insert_axis(ndarray::Axis(0));
-            self.first_stage(&row, None, 0.0, true)
+            self.first_stage(&row, None, 0.0, true, read_box)
         });
         Ok(FirstStage {
             router,
@@ -305,6 +320,7 @@ impl Context<'_> {
                 .as_ref()
                 .map_or(0.0, |w| zeroed_frac(w.zeroed, w.w.len())),
             w3_steps,
+            linear_in_product: moe.linear_in_product,
             act_out_scale: moe.quant.act_out_scale,
             w2_scale: second.sigma2,
             w2_max_abs: second.max_abs,

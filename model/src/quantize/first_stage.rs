@@ -24,25 +24,27 @@ const MAX_REFITS: usize = 200;
 impl Context<'_> {
     /// Quantizes the rows of `w` (`[rows, d]` real weights, optional real biases) so that every
     /// row's worst-case accumulator fits the read box of shift `s`: with one scale for all
-    /// rows (`shared`) or one per row.
+    /// rows (`shared`) or one per row. `read_box` is the box in read steps: the whole signed
+    /// m-bit range, or a gated FFN's factor range for a linear factor read inside the product.
     pub(super) fn first_stage(
         &self,
         w: &ndarray::Array2<f32>,
         b: Option<&ndarray::Array1<f32>>,
         prune: f64,
         shared: bool,
+        read_box: (i64, i64),
     ) -> Rows {
         let (rows, cols) = w.dim();
         let (real, zeroed) = self.pruned_reals(w, prune);
         let bias = |r: usize| b.map_or(0.0, |b| b[r] as f64);
-        let need = self.needed_scales(&real, rows, cols, &bias);
+        let need = self.needed_scales(&real, rows, cols, &bias, read_box);
         let shared_sigma = need.iter().copied().fold(1e-30, f64::max);
         let sigma: Vec<f64> = if shared {
             vec![shared_sigma; rows]
         } else {
             need
         };
-        let (w, b, sigma) = self.fit_integers(&real, cols, &bias, sigma, shared);
+        let (w, b, sigma) = self.fit_integers(&real, cols, &bias, sigma, shared, read_box);
         Rows {
             w,
             b,
@@ -85,13 +87,14 @@ impl Context<'_> {
         rows: usize,
         cols: usize,
         bias: &dyn Fn(usize) -> f64,
+        (box_min, box_max): (i64, i64),
     ) -> Vec<f64> {
         let q = &self.quant;
         let s = self.opts.first_stage_shift;
         let zp = self.input.input_zero_point;
         let (tlo, thi) = ((q.input_min() - zp) as f64, (q.input_max() - zp) as f64);
-        let top = (q.input_max() as f64) * 2f64.powi(s as i32);
-        let bottom = (-q.input_min() as f64) * 2f64.powi(s as i32);
+        let top = (box_max as f64) * 2f64.powi(s as i32);
+        let bottom = (-box_min as f64) * 2f64.powi(s as i32);
         (0..rows)
             .map(|r| {
                 let row = &real[r * cols..(r + 1) * cols];
@@ -130,6 +133,7 @@ impl Context<'_> {
         bias: &dyn Fn(usize) -> f64,
         mut sigma: Vec<f64>,
         shared: bool,
+        (box_min, box_max): (i64, i64),
     ) -> (Vec<i64>, Vec<i64>, Vec<f64>) {
         let q = &self.quant;
         let s = self.opts.first_stage_shift;
@@ -138,8 +142,8 @@ impl Context<'_> {
         let rows = sigma.len();
         let mut wi = vec![0i64; rows * cols];
         let mut bi = vec![0i64; rows];
-        let box_hi = q.input_max() as i128 * (1i128 << s);
-        let box_lo = q.input_min() as i128 * (1i128 << s);
+        let box_hi = box_max as i128 * (1i128 << s);
+        let box_lo = box_min as i128 * (1i128 << s);
         for _ in 0..MAX_REFITS {
             let mut refit = vec![false; rows];
             for r in 0..rows {

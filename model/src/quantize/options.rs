@@ -37,6 +37,11 @@ pub struct QuantizeOptions {
     pub calibrated_headroom: Option<f64>,
     /// Gate bits (see [`crate::quant::QuantParams::gate_bits`]).
     pub gate_bits: u32,
+    /// Read a gated FFN's linear factor inside its product's quarter squares (see
+    /// [`crate::QuantizedMoe::linear_in_product`]): h PBS fewer per expert (a quarter of a
+    /// gated expert's), for a factor one bit coarser, since W3's rows are scaled for the factor
+    /// range instead of the whole read box. No effect on plain FFNs.
+    pub linear_in_product: bool,
     /// Search the choices by calibration (`false`: the defaults of [`QuantChoice`]).
     pub search: bool,
     /// Use the choice a model declares (`FloatMoeModel::quantization`) instead of searching:
@@ -69,6 +74,7 @@ impl QuantizeOptions {
             first_stage_shift: 10,
             calibrated_headroom: Some(DEFAULT_CALIBRATED_HEADROOM),
             gate_bits: 3,
+            linear_in_product: false,
             search: true,
             use_model_choice: true,
             max_scored: 1000,

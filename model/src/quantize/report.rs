@@ -31,6 +31,8 @@ pub struct QuantizeReport {
     /// Real value of one W3 read step, per expert and hidden unit (gated FFNs).
     pub w3_steps: Vec<Vec<f64>>,
     pub w3_zeroed: f64,
+    /// The linear factor is read inside the product (its rows fit the factor range).
+    pub linear_in_product: bool,
     pub act_out_scale: f64,
     /// Real value of one unit of W2's integer weights.
     pub w2_scale: f64,
@@ -103,9 +105,14 @@ impl fmt::Display for QuantizeReport {
             let hi = all.iter().copied().fold(0.0, f64::max);
             writeln!(
                 f,
-                "W3:       per-row steps {lo:.4}..{hi:.4}, {:.1}% weights zeroed (prune {:.2})",
+                "W3:       per-row steps {lo:.4}..{hi:.4}, {:.1}% weights zeroed (prune {:.2}), {}",
                 pct(self.w3_zeroed),
-                self.choice.w3_prune
+                self.choice.w3_prune,
+                if self.linear_in_product {
+                    "read inside the product (rows fit the factor range)"
+                } else {
+                    "read on its own (clipped to the factor range)"
+                }
             )?;
         }
         writeln!(

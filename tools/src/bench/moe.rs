@@ -26,6 +26,8 @@ pub struct MoeBench {
     pub ffn: FfnKind,
     /// Hidden units of a Qwen2-MoE shared expert (`None`: no shared expert).
     pub shared_hidden: Option<usize>,
+    /// Gated FFNs read their linear factor inside the product's quarter squares.
+    pub linear_in_product: bool,
     pub runs: usize,
     /// Also time batches under expert capacities (`None`: not measured).
     pub capacity: Option<CapacityBench>,
@@ -63,6 +65,7 @@ pub struct MoeReport {
     /// Hidden units of the shared expert, when the layer has one (its PBS, circuit bootstraps
     /// and external products are the `shared-expert` stage of `ops_per_stage`).
     pub shared_hidden: Option<usize>,
+    pub linear_in_product: bool,
     pub cases: Vec<MoeCase>,
     /// Batches under expert capacities, per number of experts (when asked for).
     pub capacity_cases: Vec<CapacityCase>,
@@ -134,6 +137,9 @@ pub fn run_moe(
         let mut model = QuantizedMoe::random(config, quant, 1000 + e as u64, true);
         if let Some(hs) = b.shared_hidden {
             model = model.with_random_shared(hs, 2000 + e as u64);
+        }
+        if b.linear_in_product {
+            model = model.with_linear_in_product();
         }
         let ev = Evaluator::new(&server);
         let layer = MoeLayer::new(&ev, model).map_err(err)?;
@@ -267,6 +273,7 @@ pub fn run_moe(
         top_k: b.top_k,
         ffn: b.ffn.name(),
         shared_hidden: b.shared_hidden,
+        linear_in_product: b.linear_in_product,
         cases,
         capacity_cases,
         argmax8_ms: median(&times),

@@ -44,6 +44,10 @@ pub enum Bench {
         /// (0: none).
         #[arg(long, default_value_t = 0)]
         shared_hidden: usize,
+        /// Gated FFNs: read the linear factor inside the product's quarter squares (a model
+        /// quantized with `quantize --linear-in-product`): h PBS fewer per expert.
+        #[arg(long)]
+        linear_in_product: bool,
         /// Timed tokens per case (median reported); timed batches for --capacity-batch.
         #[arg(long, default_value_t = 3)]
         runs: usize,
@@ -449,6 +453,7 @@ impl Bench {
                 top_k,
                 ffn,
                 shared_hidden,
+                linear_in_product,
                 runs,
                 capacity_batch,
                 capacity_factor,
@@ -478,6 +483,7 @@ impl Bench {
                     top_k,
                     ffn,
                     shared_hidden: (shared_hidden > 0).then_some(shared_hidden),
+                    linear_in_product,
                     runs,
                     capacity,
                 };
