@@ -15,7 +15,11 @@
 //!   prints the decrypted block output's fidelity and the time per token, part by part;
 //! - `hf_blocks_encrypted_on_default` and `hf_blocks_encrypted_on_fine` run all three families
 //!   encrypted, quantized for the preset's reads (4 and 5 bits), and print the decrypted block
-//!   output's fidelity, expert agreement and time per token.
+//!   output's fidelity, expert agreement and time per token;
+//! - `hf_routing_against_expert_precision` splits the loss between the routing and the
+//!   experts (the reference with the float router's choices);
+//! - `hf_linear_in_product_fidelity` compares the gated families quantized with the linear
+//!   factor read on its own and inside the product.
 
 mod common;
 
@@ -432,9 +436,13 @@ fn blocks_encrypted_on(preset: &str) {
     }
 }
 
+/// Where the block loses its fidelity: the quantized reference as it is, with the float
+/// router's choices (and its quantized gates of them), and with the float gates too; and how
+/// often the experts agree with the float router when chosen from the read logits and from
+/// the exact router accumulators (what a finer routing read could reach).
 #[test]
-#[ignore = "diagnostic: the quantized reference with the float router's choices (minutes)"]
-fn hf_oracle_routing() {
+#[ignore = "quantizes three checkpoints at 4, 5 and 6 bits and measures 300 records (minutes)"]
+fn hf_routing_against_expert_precision() {
     let (calib, test) = records();
     for (name, dir) in [
         ("Mixtral", mixtral()),
@@ -506,6 +514,36 @@ fn hf_oracle_routing() {
                 sel_e.summary(),
                 both_e.summary()
             );
+        }
+    }
+}
+
+#[test]
+#[ignore = "quantizes the gated checkpoints twice per precision and measures 300 records (minutes)"]
+fn hf_linear_in_product_fidelity() {
+    let (calib, test) = records();
+    for (name, dir) in [("Mixtral", mixtral()), ("Qwen2-MoE", qwen2_moe())] {
+        let m = FloatMoeModel::load(&dir).unwrap();
+        for (bits, preset) in [(4, "default"), (5, "fine")] {
+            let preset = Preset::load(preset, false).unwrap();
+            for fused in [false, true] {
+                let opts = QuantizeOptions {
+                    linear_in_product: fused,
+                    ..QuantizeOptions::for_message_bits(bits)
+                };
+                let q = quantize_with(&m, &opts, &calib).unwrap().0;
+                assert_eq!(q.moe.linear_in_product, fused);
+                let exact = reference_fidelity(&m, &q, &test, &mut Rounding::Exact).unwrap();
+                let mut sim = simulated_rounding(&preset, bits, 7);
+                let noisy = reference_fidelity(&m, &q, &test, &mut sim).unwrap();
+                println!(
+                    "{name} {bits}-bit, linear factor {}: {} of {} held-out records overflow; exact reads: {exact}; reads simulated at `{}`'s noise: {noisy}",
+                    if fused { "in the product" } else { "read on its own" },
+                    overflowing(&q, &test),
+                    test.len(),
+                    preset.name,
+                );
+            }
         }
     }
 }

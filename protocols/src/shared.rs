@@ -5,7 +5,7 @@
 //! and reveals nothing: per token
 //! - leveled: the packed first-stage products (W1, W3 and the one gate row, like a routed
 //!   expert's) and the second stage `W2 a + b2`;
-//! - PBS: `h_s` (plain) or `4 h_s` (gated) for the hidden activations, plus `gate_bits` reads of
+//! - PBS: `h_s` (plain) or `4 h_s` (gated; `3 h_s` with the linear factor in the product) for the hidden activations, plus `gate_bits` reads of
 //!   the gate row (one per bit of `g`, each the sigmoid and the bit in one table);
 //! - circuit bootstraps: `gate_bits` (the gate's bits);
 //! - external products: `gate_bits`, each over the d wide outputs, which stay wide: the client

@@ -2,9 +2,9 @@
 //!
 //! | strategy | what the server runs per slot | PBS beyond the router |
 //! |---|---|---|
-//! | [`Select`] (default) | all E first-stage products (packed, leveled), CMUX-select the chosen expert's packed results by the GGSW index bits, ONE expert's activations, all E second-stage products (leveled), CMUX-select | h (4h gated) |
+//! | [`Select`] (default) | all E first-stage products (packed, leveled), CMUX-select the chosen expert's packed results by the GGSW index bits, ONE expert's activations, all E second-stage products (leveled), CMUX-select | h (4h gated, 3h with the linear factor in the product) |
 //! | [`ComputeAll`] | every expert's FFN, outputs combined by the same CMUX tree | E h (4 E h gated) |
-//! | [`PublicRouting`] | INSECURE: the chosen index is revealed to the server, which runs only that expert | h (4h gated) |
+//! | [`PublicRouting`] | INSECURE: the chosen index is revealed to the server, which runs only that expert | h (4h gated, 3h with the linear factor in the product) |
 //!
 //! Every strategy returns the selected expert's output accumulators wide (no read: the
 //! client decrypts them at full width).
