@@ -194,15 +194,36 @@ impl ModelSource {
         max_norm2: f64,
         calibration: &[Vec<f32>],
     ) -> Result<QuantizedClassifier, SourceError> {
-        let defaults = QuantizeOptions::for_reads(message_bits, max_norm2);
-        let opts = match self {
+        let linear_in_product = match self {
             ModelSource::Dir {
-                headroom,
-                linear_in_product,
-                ..
-            } => QuantizeOptions {
+                linear_in_product, ..
+            } => *linear_in_product,
+            _ => false,
+        };
+        self.quantize_variant(
+            model,
+            (message_bits, max_norm2),
+            linear_in_product,
+            calibration,
+        )
+    }
+
+    /// [`ModelSource::quantize`] with the linear factor's read chosen here rather than by the
+    /// source (`params sweep` tries both).
+    pub fn quantize_variant(
+        &self,
+        model: &FloatMoeModel,
+        (message_bits, max_norm2): (u32, f64),
+        linear_in_product: bool,
+        calibration: &[Vec<f32>],
+    ) -> Result<QuantizedClassifier, SourceError> {
+        let defaults = QuantizeOptions {
+            linear_in_product,
+            ..QuantizeOptions::for_reads(message_bits, max_norm2)
+        };
+        let opts = match self {
+            ModelSource::Dir { headroom, .. } => QuantizeOptions {
                 calibrated_headroom: *headroom,
-                linear_in_product: *linear_in_product,
                 ..defaults
             },
             _ => defaults,

@@ -275,6 +275,7 @@ fn check_estimate_and_sweep_read_a_mixtral_checkpoint() {
 
     let out = params()
         .args(["sweep", "--presets", "test", "--bits", "4", "--json"])
+        .args(["--linear-factor", "own,product"])
         .arg("--model")
         .arg(&model)
         .arg("--calibration")
@@ -287,8 +288,28 @@ fn check_estimate_and_sweep_read_a_mixtral_checkpoint() {
     let v = json(&out);
     assert_eq!(v["test_records"], 120);
     let cells = v["cells"].as_array().unwrap();
-    assert_eq!(cells.len(), 2);
+    // two strategies, the linear factor read on its own and inside the product
+    assert_eq!(cells.len(), 4);
     assert!(cells.iter().all(|c| c["runnable"] == true));
+    let pbs = |strategy: &str, product: bool| {
+        cells
+            .iter()
+            .find(|c| c["strategy"] == strategy && c["linear_in_product"] == product)
+            .map(|c| c["pbs_per_token"].as_u64().unwrap())
+            .unwrap()
+    };
+    // the demo block: E = 4, h = 16, top-1; select evaluates one expert, compute-all four
+    assert_eq!(pbs("select", false) - pbs("select", true), 16);
+    assert_eq!(pbs("compute-all", false) - pbs("compute-all", true), 64);
+    // the option is for quantizing a directory: the embedded model keeps its own
+    let out = params()
+        .args(["check", "--preset", "test", "--linear-in-product"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--linear-in-product"), "{err}");
     // Without --test, a directory model has nothing to score accuracy on.
     let out = params()
         .args(["sweep", "--presets", "test"])

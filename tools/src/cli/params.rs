@@ -75,6 +75,11 @@ pub enum ParamsCommand {
         top_k: Vec<usize>,
         #[arg(long, value_enum, value_delimiter = ',', default_values_t = Strategy::OBLIVIOUS)]
         strategies: Vec<Strategy>,
+        /// Gated models: where the linear factor is read, comma-separated: `own` (a PBS of its
+        /// own), `product` (inside the product's quarter squares; see `quantize
+        /// --linear-in-product`). Default: as the model source says.
+        #[arg(long = "linear-factor", value_enum, value_delimiter = ',')]
+        linear_factor: Vec<LinearFactor>,
         /// Threads the time estimate assumes (default: this machine's cores).
         #[arg(long)]
         threads: Option<usize>,
@@ -98,6 +103,15 @@ pub enum ParamsCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where a gated FFN's linear factor is read (`params sweep --linear-factor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LinearFactor {
+    /// By a PBS of its own.
+    Own,
+    /// Inside the product's quarter squares.
+    Product,
 }
 
 /// `--threads`, or this machine's cores when not given.
@@ -215,6 +229,7 @@ pub fn run_params(cmd: ParamsCommand) -> Result<()> {
             presets,
             top_k,
             strategies,
+            linear_factor,
             threads,
             seeds,
             out,
@@ -254,6 +269,10 @@ pub fn run_params(cmd: ParamsCommand) -> Result<()> {
                 presets,
                 top_k,
                 strategies,
+                linear_in_product: linear_factor
+                    .iter()
+                    .map(|l| *l == LinearFactor::Product)
+                    .collect(),
                 threads,
                 seeds,
             };

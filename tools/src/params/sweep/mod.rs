@@ -16,6 +16,10 @@
 //!
 //! A model quantized for fewer bits than a preset reads runs on it with wider boxes (more
 //! margin than the budget the engine enforces); more bits than the preset reads do not fit.
+//! Gated models can also be swept over where the linear factor is read (`linear_in_product`:
+//! on its own, or inside its product's quarter squares, a quarter of a gated expert's PBS
+//! fewer for a coarser factor).
+//!
 //! The Pareto front (higher simulated accuracy, lower time) is taken over the cells that run
 //! within their preset's limits on a preset of at least 128-bit security: an insecure preset
 //! is never a recommendation.
@@ -33,7 +37,8 @@ use std::collections::BTreeMap;
 use veilmoe_engine::{OpKind, Preset};
 use veilmoe_model::quantize::{evaluate_accuracy, float_accuracy, QuantizeOptions};
 use veilmoe_model::{
-    reference_fidelity, Dataset, Fidelity, FloatMoeModel, QuantizedClassifier, Rounding, TopK,
+    reference_fidelity, Dataset, FfnKind, Fidelity, FloatMoeModel, QuantizedClassifier, Rounding,
+    TopK,
 };
 use veilmoe_protocols::{simulated_rounding, ProtocolError, Strategy};
 
@@ -47,6 +52,9 @@ pub struct SweepSpec {
     pub top_k: Vec<usize>,
     /// Oblivious strategies.
     pub strategies: Vec<Strategy>,
+    /// Where a gated model reads its linear factor: `false` on its own, `true` inside the
+    /// product (empty: as the model source says).
+    pub linear_in_product: Vec<bool>,
     /// Threads the time estimate assumes.
     pub threads: usize,
     /// Simulation seeds averaged for the accuracy.
@@ -62,6 +70,8 @@ pub struct SweepCell {
     pub insecure: bool,
     pub bits: u32,
     pub top_k: usize,
+    /// The linear factor is read inside the product.
+    pub linear_in_product: bool,
     pub strategy: Strategy,
     /// Runs on the preset within its noise budget and encodings.
     pub runnable: bool,
@@ -185,16 +195,41 @@ pub fn sweep(
         .map(|p| p.max_norm2)
         .reduce(f64::min)
         .unwrap_or(QuantizeOptions::for_message_bits(4).max_norm2);
-    let mut quantized: BTreeMap<(usize, u32), Quantized> = BTreeMap::new();
+    let linear: Vec<bool> = if spec.linear_in_product.is_empty() {
+        vec![matches!(
+            source,
+            ModelSource::Dir {
+                linear_in_product: true,
+                ..
+            }
+        )]
+    } else if float.config.ffn == FfnKind::GatedSilu {
+        spec.linear_in_product.clone()
+    } else {
+        // a plain FFN has no linear factor: one variant
+        vec![false]
+    };
+    let mut quantized: BTreeMap<(usize, u32, bool), Quantized> = BTreeMap::new();
     let mut floats: BTreeMap<usize, (Result<FloatMoeModel, String>, Option<f64>)> = BTreeMap::new();
     for &k in &ks {
         let float_k = with_top_k(&float, k);
         let acc = float_k.as_ref().ok().map(|m| float_accuracy(m, test));
-        for &b in &spec.bits {
-            status(&format!("quantizing for {b} bits, top-{k} ..."));
+        for (&b, &lin) in spec
+            .bits
+            .iter()
+            .flat_map(|b| linear.iter().map(move |l| (b, l)))
+        {
+            status(&format!(
+                "quantizing for {b} bits, top-{k}{} ...",
+                if lin {
+                    ", linear factor in the product"
+                } else {
+                    ""
+                }
+            ));
             let q = float_k.clone().and_then(|m| {
                 let q = source
-                    .quantize(&m, b, max_norm2, &calibration)
+                    .quantize_variant(&m, (b, max_norm2), lin, &calibration)
                     .map_err(|e| e.to_string())?;
                 let exact = evaluate_accuracy(&m, &q, test, &mut Rounding::Exact)
                     .map_err(|e| e.to_string())?;
@@ -202,19 +237,23 @@ pub fn sweep(
                     .map_err(|e| e.to_string())?;
                 Ok((q, exact.quantized_accuracy(), fidelity))
             });
-            quantized.insert((k, b), q);
+            quantized.insert((k, b, lin), q);
         }
         floats.insert(k, (float_k, acc));
     }
-    let total = spec.presets.len() * ks.len() * spec.bits.len() * strategies.len();
+    let total = spec.presets.len() * ks.len() * spec.bits.len() * linear.len() * strategies.len();
     let mut cells = Vec::with_capacity(total);
     for preset in &spec.presets {
         // Keys and unit costs, made when the first cell that fits the preset needs them.
         let mut keys_units: Option<(ProbeKeys, UnitCosts)> = None;
         for &k in &ks {
-            for &b in &spec.bits {
+            for (&b, &lin) in spec
+                .bits
+                .iter()
+                .flat_map(|b| linear.iter().map(move |l| (b, l)))
+            {
                 let (float_k, float_accuracy) = &floats[&k];
-                let q = &quantized[&(k, b)];
+                let q = &quantized[&(k, b, lin)];
                 for (name, strat) in &strategies {
                     let mut cell = SweepCell {
                         preset: preset.name.clone(),
@@ -222,6 +261,7 @@ pub fn sweep(
                         insecure: preset.insecure,
                         bits: b,
                         top_k: k,
+                        linear_in_product: lin,
                         strategy: *name,
                         runnable: false,
                         reason: None,
@@ -340,7 +380,15 @@ fn pct(v: Option<f64>) -> String {
 }
 
 fn cell_line(c: &SweepCell) -> String {
-    let head = format!("{} bits={} k={} {}", c.preset, c.bits, c.top_k, c.strategy);
+    let lin = if c.linear_in_product {
+        " linear-in-product"
+    } else {
+        ""
+    };
+    let head = format!(
+        "{} bits={} k={}{lin} {}",
+        c.preset, c.bits, c.top_k, c.strategy
+    );
     match (&c.reason, c.estimated_ms_per_token) {
         (Some(r), None) => format!("{head}: not runnable: {r}"),
         _ => format!(
@@ -366,10 +414,11 @@ impl std::fmt::Display for SweepReport {
         )?;
         writeln!(
             f,
-            "  {:<9} {:>4} {:>2} {:<12} {:>7} {:>7} {:>9} {:>6} {:>6} {:>9} {:>6} {:>9}  note",
+            "  {:<9} {:>4} {:>2} {:<7} {:<12} {:>7} {:>7} {:>9} {:>6} {:>6} {:>9} {:>6} {:>9}  note",
             "preset",
             "bits",
             "k",
+            "W3 read",
             "strategy",
             "float",
             "exact",
@@ -396,10 +445,11 @@ impl std::fmt::Display for SweepReport {
             };
             writeln!(
                 f,
-                "  {:<9} {:>4} {:>2} {:<12} {:>7} {:>7} {:>9} {:>6} {:>6} {:>9} {:>6} {:>9}  {}",
+                "  {:<9} {:>4} {:>2} {:<7} {:<12} {:>7} {:>7} {:>9} {:>6} {:>6} {:>9} {:>6} {:>9}  {}",
                 c.preset,
                 c.bits,
                 c.top_k,
+                if c.linear_in_product { "product" } else { "own" },
                 c.strategy,
                 pct(c.float_accuracy),
                 pct(c.quantized_accuracy),
