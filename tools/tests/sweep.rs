@@ -109,7 +109,9 @@ fn sweep_on_the_test_preset_writes_every_format() {
 
     let text = std::fs::read_to_string(&csv).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines[0].starts_with("preset,security_bits,insecure,bits,top_k,strategy"));
+    assert!(
+        lines[0].starts_with("preset,security_bits,insecure,bits,top_k,linear_in_product,strategy")
+    );
     assert_eq!(lines.len(), 1 + cells.len());
     let header_fields = lines[0].split(',').count();
     for l in &lines[1..] {
