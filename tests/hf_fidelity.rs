@@ -459,8 +459,21 @@ fn hf_routing_against_expert_precision() {
             );
             let moe = &q.moe;
             let g_max = moe.quant.gate_max() as f64;
-            let (mut ref_e, mut sel_e, mut both_e) = Default::default();
+            let (mut ref_e, mut sel_e, mut both_e, mut finer_e) = Default::default();
             let (mut acc_agree, mut read_agree) = (0, 0);
+            // logits read 2 and 4 bits finer than the preset's reads (one or two refinement
+            // digits of a digit-recursive read), clipped as the logit read clips
+            let mut finer_agree = [0usize; 2];
+            let qp = &moe.quant;
+            let finer = |acc: &[i64], j: u32| -> Vec<i64> {
+                let s = moe.input_shift().saturating_sub(j);
+                acc.iter()
+                    .map(|&a| {
+                        (veilmoe::model::quant::round_shift(a, s) + (qp.logit_zero_point << j))
+                            .clamp(0, ((qp.logit_max() + 1) << j) - 1)
+                    })
+                    .collect()
+            };
             for r in &test {
                 let xq = q.quantize_input(r).unwrap();
                 let x = m.model_input(r);
@@ -469,6 +482,11 @@ fn hf_routing_against_expert_precision() {
                 let mut fs = sel.clone();
                 fs.sort_unstable();
                 let acc = moe.router_accumulators(&xq);
+                for (i, j) in [2u32, 4].into_iter().enumerate() {
+                    let mut f = veilmoe::model::math::top_k(&finer(&acc, j), moe.config.top_k.0);
+                    f.sort_unstable();
+                    finer_agree[i] += (f == fs) as usize;
+                }
                 let mut a = veilmoe::model::math::top_k(&acc, moe.config.top_k.0);
                 a.sort_unstable();
                 acc_agree += (a == fs) as usize;
@@ -476,8 +494,8 @@ fn hf_routing_against_expert_precision() {
                 b.sort_unstable();
                 read_agree += (b == fs) as usize;
                 let float: Vec<f64> = m.block_output(r).into_iter().map(f64::from).collect();
-                let with = |gs: &[i64], e: &mut VectorErrors| {
-                    let outs: Vec<Vec<i64>> = sel
+                let with = |chosen: &[usize], gs: &[i64], e: &mut VectorErrors| {
+                    let outs: Vec<Vec<i64>> = chosen
                         .iter()
                         .map(|&e| moe.expert_output(e, &moe.hidden(e, &xq, &mut Rounding::Exact)))
                         .collect();
@@ -490,27 +508,32 @@ fn hf_routing_against_expert_precision() {
                     let y: Vec<f64> = y.iter().map(|&v| v as f64 * q.y_step()).collect();
                     e.add(&y, &float);
                 };
-                // float choices, quantized gates of those choices
+                // chosen experts with the quantized gates of those choices
                 let ql = &rr.logits;
-                let slot_logits: Vec<i64> = sel.iter().map(|&i| ql[i]).collect();
-                let sums: Vec<i64> = slot_logits
-                    .iter()
-                    .map(|&v| moe.partition_sum(ql, v))
-                    .collect();
-                let qg = moe.gates(&slot_logits, &sums, &mut Rounding::Exact);
-                with(&qg, &mut sel_e);
+                let quantized_gates = |chosen: &[usize]| {
+                    let slot_logits: Vec<i64> = chosen.iter().map(|&i| ql[i]).collect();
+                    let sums: Vec<i64> = slot_logits
+                        .iter()
+                        .map(|&v| moe.partition_sum(ql, v))
+                        .collect();
+                    moe.gates(&slot_logits, &sums, &mut Rounding::Exact)
+                };
+                with(&sel, &quantized_gates(&sel), &mut sel_e);
                 let fg: Vec<i64> = gates
                     .iter()
                     .map(|&g| (g as f64 * g_max).round() as i64)
                     .collect();
-                with(&fg, &mut both_e);
+                with(&sel, &fg, &mut both_e);
+                let finer_sel = veilmoe::model::math::top_k(&finer(&acc, 2), moe.config.top_k.0);
+                with(&finer_sel, &quantized_gates(&finer_sel), &mut finer_e);
                 let y: Vec<f64> = rr.y.iter().map(|&v| v as f64 * q.y_step()).collect();
                 VectorErrors::add(&mut ref_e, &y, &float);
             }
             println!(
-                "{name} {bits}-bit: experts agree: read logits {read_agree}, accumulators {acc_agree} of {}; reference {} | float choices {} | float choices and gates {}",
+                "{name} {bits}-bit: experts agree: read logits {read_agree}, 2 and 4 bits finer {finer_agree:?}, accumulators {acc_agree} of {}; reference {} | logits 2 bits finer {} | float choices {} | float choices and gates {}",
                 test.len(),
                 ref_e.summary(),
+                finer_e.summary(),
                 sel_e.summary(),
                 both_e.summary()
             );

@@ -123,10 +123,15 @@ impl Quantize {
             );
         }
         let note = format!(
-            "{} quantized for {}-bit reads (preset {})",
+            "{} quantized for {}-bit reads (preset {}){}",
             source.label(),
             preset.message_bits,
-            preset.name
+            preset.name,
+            if model.moe.linear_in_product {
+                ", linear factor read inside the product"
+            } else {
+                ""
+            }
         );
         let id = write_model_file(&self.out, &model, &note)?;
         eprintln!("wrote {}: model {id} ({note})", self.out.display());
