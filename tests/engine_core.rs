@@ -158,6 +158,48 @@ fn univariate_pbs_is_exact_on_every_input() {
     assert_eq!(ev.ops().total(OpKind::Pbs), 6 * 64);
 }
 
+/// Several tables on the same values keyswitch each value once: the ciphertexts equal one PBS
+/// per table, bit for bit (keyswitch, modulus switch and blind rotation are deterministic), with
+/// one keyswitch per value instead of one per table.
+#[test]
+fn pbs_each_shares_the_keyswitch_and_equals_separate_pbs() {
+    let k = test_keys();
+    let p = k.client.preset();
+    let enc = Encoding::signed(4);
+    let tables: Vec<Lut> = [
+        |v: i64| (v < 0) as i64,
+        |v: i64| (-v).clamp(0, 7),
+        |v: i64| v / 2,
+    ]
+    .iter()
+    .map(|f| Lut::univariate(p, enc, enc, f).unwrap())
+    .collect();
+    let xs: Vec<i64> = (0..37).map(|i| (i % 16) - 8).collect();
+    let ct = k.client.encrypt_lwe(&xs, enc).unwrap();
+    let shared = Evaluator::new(&k.server);
+    let refs: Vec<&Lut> = tables.iter().collect();
+    let outs = shared.pbs_each(&ct, &refs).unwrap();
+    assert_eq!(outs.len(), 3);
+    let separate = Evaluator::new(&k.server);
+    for (t, out) in tables.iter().zip(&outs) {
+        let one = separate.pbs(&ct, t).unwrap();
+        assert_eq!(one.as_list().as_ref(), out.as_list().as_ref());
+        assert_eq!(one.variance(), out.variance());
+        assert_eq!(one.encoding(), out.encoding());
+    }
+    assert_eq!(shared.ops().total(OpKind::Pbs), 3 * 37);
+    assert_eq!(shared.ops().total(OpKind::Keyswitch), 37);
+    assert_eq!(separate.ops().total(OpKind::Keyswitch), 3 * 37);
+    // a many-LUT table is refused (pbs_many gives its functions)
+    let id = |v: i64| v;
+    let many = Lut::many(p, Encoding::unsigned(3), enc, &[&id, &id]).unwrap();
+    let small = k
+        .client
+        .encrypt_lwe(&[1, 2], Encoding::unsigned(3))
+        .unwrap();
+    assert!(shared.pbs_each(&small, &[&many]).is_err());
+}
+
 #[test]
 fn requantize_pbs_is_floor_or_ceil_with_measured_rate() {
     // A 12-bit signed accumulator read through its top 4 bits: q = round(v / 2^8), then ReLU and

@@ -63,13 +63,25 @@ impl<'k> Evaluator<'k> {
 
     /// Runs KS + PBS on every ciphertext of `x`; returns one vector per function of the table.
     fn run_pbs(&self, x: &LweVector, lut: &Lut) -> Result<Vec<LweVector>> {
-        self.check_pbs_input(x, lut)?;
+        Ok(self.run_tables(x, &[lut])?.remove(0))
+    }
+
+    /// Keyswitches and modulus-switches every ciphertext of `x` once, then blind-rotates it
+    /// through each table: per table, one vector per function of the table.
+    fn run_tables(&self, x: &LweVector, luts: &[&Lut]) -> Result<Vec<Vec<LweVector>>> {
+        if luts.is_empty() {
+            return Ok(Vec::new());
+        }
+        for lut in luts {
+            self.check_pbs_input(x, lut)?;
+        }
         let key = self.key();
         let p = self.preset();
         let big = x.as_list().lwe_size().0;
         let small = key.ksk.output_key_lwe_dimension().to_lwe_size();
         let out_size = key.bsk.output_lwe_dimension().to_lwe_size();
-        let outputs = lut.extract.len();
+        // words per input value: every function of every table
+        let per_value: usize = luts.iter().map(|l| l.extract.len() * out_size.0).sum();
         let offset = (x.encoding().pbs_offset() as u64).wrapping_mul(x.encoding().delta());
         let log_modulus =
             CiphertextModulusLog(p.glwe.polynomial_size.trailing_zeros() as usize + 1);
@@ -82,56 +94,95 @@ impl<'k> Evaluator<'k> {
         .unaligned_bytes_required();
         let modulus = CiphertextModulus::new_native();
 
-        let mut out = vec![0u64; x.len() * outputs * out_size.0];
+        let mut out = vec![0u64; x.len() * per_value];
         let chunk = ks_chunk(x.len());
-        out.par_chunks_mut(chunk * outputs * out_size.0)
+        out.par_chunks_mut(chunk * per_value)
             .zip(x.as_list().as_ref().par_chunks(chunk * big))
             .for_each(|(o, i)| {
                 // the block's keyswitches first (the key read once for all of them)
                 let mut ks = vec![0u64; (i.len() / big) * small.0];
                 keyswitch_block(&key.ksk, i, big, &mut ks, small.0, offset);
-                for (o, ks) in o
-                    .chunks_exact_mut(outputs * out_size.0)
-                    .zip(ks.chunks_exact(small.0))
-                {
+                for (o, ks) in o.chunks_exact_mut(per_value).zip(ks.chunks_exact(small.0)) {
                     let msed = lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(
                         LweCiphertext::from_container(ks, modulus),
                         log_modulus,
                     );
-                    let mut acc = lut.acc.clone();
-                    with_scratch(req, |stack| {
-                        blind_rotate_assign_mem_optimized(&msed, &mut acc, &key.bsk, fft, stack);
-                    });
-                    for (chunk, &degree) in o.chunks_exact_mut(out_size.0).zip(&lut.extract) {
-                        let mut lwe = LweCiphertext::from_container(chunk, modulus);
-                        extract_lwe_sample_from_glwe_ciphertext(
-                            &acc,
-                            &mut lwe,
-                            MonomialDegree(degree),
-                        );
+                    let mut words = o.chunks_exact_mut(out_size.0);
+                    for lut in luts {
+                        let mut acc = lut.acc.clone();
+                        with_scratch(req, |stack| {
+                            blind_rotate_assign_mem_optimized(
+                                &msed, &mut acc, &key.bsk, fft, stack,
+                            );
+                        });
+                        // the table's degrees first: `zip` stops on them before taking a
+                        // chunk that belongs to the next table
+                        for (&degree, chunk) in lut.extract.iter().zip(words.by_ref()) {
+                            let mut lwe = LweCiphertext::from_container(chunk, modulus);
+                            extract_lwe_sample_from_glwe_ciphertext(
+                                &acc,
+                                &mut lwe,
+                                MonomialDegree(degree),
+                            );
+                        }
                     }
                 }
             });
         self.ops
             .record(OpKind::Keyswitch, x.len() as u64, (big - 1) as u64);
-        self.ops
-            .record(OpKind::Pbs, x.len() as u64, p.lwe.dimension as u64);
+        self.ops.record(
+            OpKind::Pbs,
+            (x.len() * luts.len()) as u64,
+            p.lwe.dimension as u64,
+        );
         let var = noise::pbs_output_variance(p);
-        Ok((0..outputs)
-            .map(|j| {
-                let mut data = Vec::with_capacity(x.len() * out_size.0);
-                for c in out.chunks_exact(outputs * out_size.0) {
-                    data.extend_from_slice(&c[j * out_size.0..(j + 1) * out_size.0]);
-                }
-                LweVector::new(
-                    x.key_set(),
-                    LweKeyKind::Big,
-                    lut.output(),
-                    lut.output_range(),
-                    var,
-                    LweCiphertextList::from_container(data, out_size, modulus),
-                )
+        // the words of function `j` of table `t` start at `first[t] + j * out_size` in a value's
+        let mut first = Vec::with_capacity(luts.len());
+        let mut at = 0;
+        for lut in luts {
+            first.push(at);
+            at += lut.extract.len() * out_size.0;
+        }
+        Ok(luts
+            .iter()
+            .zip(&first)
+            .map(|(lut, &start)| {
+                (0..lut.extract.len())
+                    .map(|j| {
+                        let from = start + j * out_size.0;
+                        let mut data = Vec::with_capacity(x.len() * out_size.0);
+                        for c in out.chunks_exact(per_value) {
+                            data.extend_from_slice(&c[from..from + out_size.0]);
+                        }
+                        LweVector::new(
+                            x.key_set(),
+                            LweKeyKind::Big,
+                            lut.output(),
+                            lut.output_range(),
+                            var,
+                            LweCiphertextList::from_container(data, out_size, modulus),
+                        )
+                    })
+                    .collect()
             })
+            .collect())
+    }
+
+    /// Applies each single-output table of `luts` to every value of `x`, keyswitching each value
+    /// once for all of them (a keyswitch is about a tenth of a PBS on `default`): one vector per
+    /// table, the same ciphertexts as one [`Evaluator::pbs`] per table would give.
+    pub fn pbs_each(&self, x: &LweVector, luts: &[&Lut]) -> Result<Vec<LweVector>> {
+        if let Some(l) = luts.iter().find(|l| l.outputs() != 1) {
+            return Err(EngineError::shape(
+                "PBS",
+                "single-output tables",
+                format!("a table of {} outputs (use pbs_many)", l.outputs()),
+            ));
+        }
+        Ok(self
+            .run_tables(x, luts)?
+            .into_iter()
+            .map(|mut v| v.remove(0))
             .collect())
     }
 

@@ -92,12 +92,11 @@ pub fn decrypt_bits_value(client: &ClientKey, bits: &LweVector) -> Result<i64> {
         .sum())
 }
 
-/// One PBS per table on a single value; the bits come back as one vector (a gate's bits).
+/// One PBS per table on a single value (keyswitched once for all of them); the bits come back
+/// as one vector (a gate's bits).
 pub(crate) fn read_bits(ev: &Evaluator, x: &LweVector, tables: &[Lut]) -> Result<LweVector> {
-    let mut bits = Vec::with_capacity(tables.len());
-    for t in tables {
-        bits.push(ev.pbs(x, t)?);
-    }
+    let tables: Vec<&Lut> = tables.iter().collect();
+    let bits = ev.pbs_each(x, &tables)?;
     let refs: Vec<&LweVector> = bits.iter().collect();
     Ok(LweVector::concat(&refs)?)
 }
@@ -367,10 +366,16 @@ impl RouterTables {
             let a = LweVector::concat(&lefts)?;
             let b = LweVector::concat(&rights)?;
             let diff = ev.linear_combination(&[&a, &b], &[1, -1], values.encoding())?;
-            let c = ev.pbs(&diff, &self.cmp)?;
             let last = groups.len() == 2;
-            let maxes = if !last || want_value {
-                let r = ev.pbs(&diff, &self.relu_neg)?;
+            // the comparison and, below the final, the maximum read the same difference: one
+            // keyswitch for both
+            let mut reads = if !last || want_value {
+                ev.pbs_each(&diff, &[&self.cmp, &self.relu_neg])?
+            } else {
+                vec![ev.pbs(&diff, &self.cmp)?]
+            };
+            let c = reads.remove(0);
+            let maxes = if let Some(r) = reads.pop() {
                 // max(a, b) = a + relu(b - a) stays within the values' range
                 Some(ev.linear_combination_within(
                     &[&a, &r],
