@@ -13,6 +13,10 @@
 //! - top-2: E masking reads (the winner drops below every logit) and a second tournament.
 //! - gates: `gate_bits` reads per slot (Mixtral k = 2: once, the second gate is the bitwise
 //!   complement), plus E term reads per slot for Switch gating.
+//!
+//! Keyswitches: one per PBS input value, not per PBS: a comparison and the maximum below it
+//! read the same difference, and a gate's bits the same value, through one keyswitch
+//! ([`Evaluator::pbs_each`]).
 
 use crate::error::{config, Result};
 use crate::onehot::PairedOnehot;
