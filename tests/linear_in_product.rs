@@ -102,14 +102,7 @@ fn select_with_the_linear_factor_in_the_product_matches_the_reference() {
 fn a_checkpoint_quantized_for_it_runs_with_calibrated_ranges() {
     let (d, h, e) = (8, 8, 4);
     let float = FloatMoeModel::random(gated_config(d, h, e, 2), 2.0, 31);
-    let mut rng = Rng::new(31);
-    let records: Vec<Vec<f32>> = (0..128)
-        .map(|_| {
-            (0..d)
-                .map(|_| rng.range(-1000, 1000) as f32 / 1000.0)
-                .collect()
-        })
-        .collect();
+    let records = Rng::new(31).unit_records(128, d);
     let opts = QuantizeOptions {
         search: false,
         linear_in_product: true,

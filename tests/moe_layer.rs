@@ -407,14 +407,7 @@ fn a_top2_model_at_the_w2_limit_runs() {
         w2_top: 20.0,
         ..QuantChoice::default()
     });
-    let mut rng = Rng::new(77);
-    let records: Vec<Vec<f32>> = (0..64)
-        .map(|_| {
-            (0..d)
-                .map(|_| rng.range(-1000, 1000) as f32 / 1000.0)
-                .collect()
-        })
-        .collect();
+    let records = Rng::new(77).unit_records(64, d);
     let opts = QuantizeOptions {
         search: false,
         ..QuantizeOptions::for_message_bits(4)

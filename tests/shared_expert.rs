@@ -179,14 +179,7 @@ fn quantized_qwen_block_with_shared_expert_runs_encrypted() {
         gate: extra.router.row(0).to_owned(),
     });
     float.validate().unwrap();
-    let mut rng = Rng::new(5);
-    let records: Vec<Vec<f32>> = (0..200)
-        .map(|_| {
-            (0..d)
-                .map(|_| rng.range(-1000, 1000) as f32 / 1000.0)
-                .collect()
-        })
-        .collect();
+    let records = Rng::new(5).unit_records(200, d);
     let (q, report) =
         quantize_with(&float, &QuantizeOptions::for_message_bits(4), &records).unwrap();
     let moe = q.moe.clone();
@@ -305,13 +298,6 @@ fn float_with_shared(cfg: MoeConfig, seed: u64, n: usize) -> (FloatMoeModel, Vec
         gate: extra.router.row(0).to_owned(),
     });
     let d = cfg.d.0;
-    let mut rng = Rng::new(seed);
-    let records = (0..n)
-        .map(|_| {
-            (0..d)
-                .map(|_| rng.range(-1000, 1000) as f32 / 1000.0)
-                .collect()
-        })
-        .collect();
+    let records = Rng::new(seed).unit_records(n, d);
     (m, records)
 }

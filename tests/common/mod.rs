@@ -64,6 +64,17 @@ impl Rng {
     pub fn vec(&mut self, n: usize, lo: i64, hi: i64) -> Vec<i64> {
         (0..n).map(|_| self.range(lo, hi)).collect()
     }
+    /// `n` calibration records of `d` features in [-1, 1] (steps of 0.001), for quantizing a
+    /// random float model.
+    pub fn unit_records(&mut self, n: usize, d: usize) -> Vec<Vec<f32>> {
+        (0..n)
+            .map(|_| {
+                (0..d)
+                    .map(|_| self.range(-1000, 1000) as f32 / 1000.0)
+                    .collect()
+            })
+            .collect()
+    }
 }
 
 /// Replaces the first stage (router, W1, W3) by rows with a single weight 1 and no bias: every
