@@ -189,6 +189,27 @@ mod tests {
     }
 
     #[test]
+    fn split_roundings_stay_within_the_hidden_range() {
+        // The two quarter-square reads may round W3x / 2^s to neighbouring values: the product
+        // then lies between those of the two roundings, inside the hidden range the encrypted
+        // path declares for it.
+        use crate::quant::quarter_square as qsq;
+        for bits in 3..=6 {
+            let q = QuantParams::for_message_bits(bits);
+            let (lo, hi) = q.factor_range();
+            let (hlo, hhi) = q.hidden_range(FfnKind::GatedSilu);
+            for s in lo..=hi {
+                for a in lo..=hi {
+                    for b in (a - 1).max(lo)..=(a + 1).min(hi) {
+                        let v = qsq(s + a) - qsq(s - b);
+                        assert!((hlo..=hhi).contains(&v), "{bits} bits: {s}, {a}, {b}: {v}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn plain_ffns_cannot_read_a_linear_factor_in_the_product() {
         let mut m = gated();
         m.config.ffn = FfnKind::Plain(crate::Activation::Relu);

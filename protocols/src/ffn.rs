@@ -3,10 +3,10 @@
 //!
 //! PBS per evaluated expert: h (plain) or 4h (gated: silu read, linear read, two quarter
 //! squares), 3h for a gated model whose linear factor is read inside the quarter squares
-//! ([`QuantizedMoe::linear_in_product`]: the W3 accumulator, rescaled to the factors' encoding,
-//! is added to the silu factor and each quarter-square read rounds it). The output accumulators `W2 a + b2` are not read back to m bits: they leave the
-//! server wide (the client decrypts them at full width), which saves d PBS per slot and the
-//! read's rounding. Their encoding is the hidden activations' encoding, set wide enough by
+//! ([`QuantizedMoe::linear_in_product`]: the W3 accumulator, rescaled to the factors'
+//! encoding, is added to the silu factor and each quarter-square read rounds it). The output
+//! accumulators `W2 a + b2` are not read back to m bits: they leave the server wide (the
+//! client decrypts them at full width), which saves d PBS per slot and the read's rounding. Their encoding is the hidden activations' encoding, set wide enough by
 //! [`QuantizedMoe::slot_output_width`].
 
 use crate::error::Result;

@@ -78,31 +78,20 @@ impl ModelArgs {
     }
 
     pub fn source(&self) -> Result<ModelSource, SourceError> {
-        let Some(path) = self.model.as_ref().filter(|p| p.is_dir()) else {
-            if self.linear_in_product {
-                return Err(SourceError::LinearInProductNeedsDir);
-            }
-            let Some(path) = &self.model else {
-                return Ok(ModelSource::Embedded);
-            };
-            return self.file_source(path);
-        };
-        Ok(ModelSource::Dir {
-            dir: path.clone(),
-            calibration: self.calibration.clone(),
-            headroom: self.headroom()?,
-            linear_in_product: self.linear_in_product,
-        })
-    }
-
-    fn file_source(&self, path: &Path) -> Result<ModelSource, SourceError> {
-        if path.is_file() {
-            if self.calibration.is_some() {
-                return Err(SourceError::CalibrationForFile(path.display().to_string()));
-            }
-            Ok(ModelSource::File(path.to_path_buf()))
-        } else {
-            Err(SourceError::Missing(path.display().to_string()))
+        match &self.model {
+            Some(path) if path.is_dir() => Ok(ModelSource::Dir {
+                dir: path.clone(),
+                calibration: self.calibration.clone(),
+                headroom: self.headroom()?,
+                linear_in_product: self.linear_in_product,
+            }),
+            _ if self.linear_in_product => Err(SourceError::LinearInProductNeedsDir),
+            None => Ok(ModelSource::Embedded),
+            Some(path) if path.is_file() => match self.calibration {
+                Some(_) => Err(SourceError::CalibrationForFile(path.display().to_string())),
+                None => Ok(ModelSource::File(path.clone())),
+            },
+            Some(path) => Err(SourceError::Missing(path.display().to_string())),
         }
     }
 }

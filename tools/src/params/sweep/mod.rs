@@ -195,7 +195,10 @@ pub fn sweep(
         .map(|p| p.max_norm2)
         .reduce(f64::min)
         .unwrap_or(QuantizeOptions::for_message_bits(4).max_norm2);
-    let linear: Vec<bool> = if spec.linear_in_product.is_empty() {
+    let linear: Vec<bool> = if float.config.ffn != FfnKind::GatedSilu {
+        // a plain FFN has no linear factor: one variant
+        vec![false]
+    } else if spec.linear_in_product.is_empty() {
         vec![matches!(
             source,
             ModelSource::Dir {
@@ -203,11 +206,11 @@ pub fn sweep(
                 ..
             }
         )]
-    } else if float.config.ffn == FfnKind::GatedSilu {
-        spec.linear_in_product.clone()
     } else {
-        // a plain FFN has no linear factor: one variant
-        vec![false]
+        let mut v = spec.linear_in_product.clone();
+        v.sort_unstable();
+        v.dedup();
+        v
     };
     let mut quantized: BTreeMap<(usize, u32, bool), Quantized> = BTreeMap::new();
     let mut floats: BTreeMap<usize, (Result<FloatMoeModel, String>, Option<f64>)> = BTreeMap::new();
