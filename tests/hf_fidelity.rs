@@ -174,6 +174,20 @@ fn add_block_errors(
     refe.add(&dq(want), &float);
 }
 
+/// Encrypts token `x` and runs it through `layer` with Select-Then-Compute: the output and the
+/// server's seconds (encryption not counted).
+fn timed_select(
+    layer: &MoeLayer,
+    ev: &Evaluator,
+    client: &ClientKey,
+    x: &[i64],
+) -> (veilmoe::protocols::MoeOutput, f64) {
+    let ct = layer.encrypt(client, x).unwrap();
+    let t = Instant::now();
+    let out = layer.forward(ev, &ct, &Select).unwrap();
+    (out, t.elapsed().as_secs_f64())
+}
+
 /// Records of `test` with a first-stage accumulator or an expert output beyond its box (they
 /// would wrap under encryption).
 fn overflowing(q: &QuantizedClassifier, test: &[Vec<f32>]) -> usize {
@@ -293,10 +307,8 @@ fn hf_qwen_block_encrypted_on_default() {
     let tokens = 8;
     for r in test.iter().take(tokens) {
         let x = q.quantize_input(r).unwrap();
-        let ct = layer.encrypt(&client, &x).unwrap();
-        let t = Instant::now();
-        let out = layer.forward(&ev, &ct, &Select).unwrap();
-        times.push(t.elapsed().as_secs_f64());
+        let (out, secs) = timed_select(&layer, &ev, &client, &x);
+        times.push(secs);
         let y = out.decrypt_y(&client).unwrap();
         let reference = q.moe.reference(&x, &mut Rounding::Exact);
         let want = reference.y.clone();
@@ -400,10 +412,8 @@ fn blocks_encrypted_on(preset: &str) {
         let (mut times, mut equal, mut agree) = (Vec::new(), 0, 0);
         for r in test.iter().take(tokens) {
             let x = q.quantize_input(r).unwrap();
-            let ct = layer.encrypt(&client, &x).unwrap();
-            let t = Instant::now();
-            let out = layer.forward(&ev, &ct, &Select).unwrap();
-            times.push(t.elapsed().as_secs_f64());
+            let (out, secs) = timed_select(&layer, &ev, &client, &x);
+            times.push(secs);
             let y = out.decrypt_y(&client).unwrap();
             let want = q.moe.reference(&x, &mut Rounding::Exact).y;
             equal += (y == want) as usize;

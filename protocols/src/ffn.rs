@@ -45,32 +45,51 @@ pub(crate) fn first_stage_weights(
     Ok(PackedWeights::new(p, matrix))
 }
 
+/// The ranges a model declares for its encrypted products where the worst case would exceed
+/// their boxes (calibrated ranges), computed once per model: each is a scan over every expert's
+/// weights, which must not run again for each expert.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DeclaredRanges {
+    /// Router, W1 and shared-gate products ([`QuantizedMoe::first_stage_declared`]).
+    pub(crate) first_stage: Option<(i64, i64)>,
+    /// W3 products ([`QuantizedMoe::w3_declared`]).
+    pub(crate) w3: Option<(i64, i64)>,
+    /// Expert outputs ([`QuantizedMoe::expert_output_declared`]).
+    pub(crate) output: Option<(i64, i64)>,
+}
+
+impl DeclaredRanges {
+    pub(crate) fn of(model: &QuantizedMoe) -> DeclaredRanges {
+        DeclaredRanges {
+            first_stage: model.first_stage_declared(),
+            w3: model.w3_declared(),
+            output: model.expert_output_declared(),
+        }
+    }
+}
+
 impl ExpertTables {
     /// Lays out one FFN's weights (`d` inputs and outputs, `h` hidden units; shapes validated
-    /// with the model) with the model's declared ranges: of the first stage
-    /// ([`QuantizedMoe::first_stage_declared`]) and of the output
-    /// ([`QuantizedMoe::expert_output_declared`]).
+    /// with the model) with the model's declared ranges.
     pub(crate) fn new(
         p: &veilmoe_engine::Preset,
         x: &ExpertWeights,
         (d, h): (usize, usize),
-        model: &QuantizedMoe,
+        declared: &DeclaredRanges,
     ) -> Result<ExpertTables> {
-        let declared = model.first_stage_declared();
         let w2 = WeightMatrix::new(Rows(d), Cols(h), x.w2.clone())?;
-        let w2 = match model.expert_output_declared() {
+        let w2 = match declared.output {
             Some((min, max)) => w2.with_declared_range(ValueRange { min, max })?,
             None => w2,
         };
-        let packed = |w: &[i64]| first_stage_weights(p, w, h, d, declared);
-        let w3_declared = model.w3_declared();
+        let packed = |w: &[i64], range| first_stage_weights(p, w, h, d, range);
         Ok(ExpertTables {
-            w1: packed(&x.w1)?,
+            w1: packed(&x.w1, declared.first_stage)?,
             b1: x.b1.clone(),
             w3: x
                 .w3
                 .as_deref()
-                .map(|w| first_stage_weights(p, w, h, d, w3_declared))
+                .map(|w| packed(w, declared.w3))
                 .transpose()?,
             b3: x.b3.clone(),
             w2,
@@ -138,10 +157,11 @@ impl FfnTables {
                 Some(Lut::univariate(p, small, hidden, quant::quarter_square)?),
             ),
         };
+        let declared = DeclaredRanges::of(model);
         let experts = model
             .experts
             .iter()
-            .map(|x| ExpertTables::new(p, x, (d, h), model))
+            .map(|x| ExpertTables::new(p, x, (d, h), &declared))
             .collect::<Result<Vec<_>>>()?;
         Ok(FfnTables {
             experts,

@@ -16,7 +16,7 @@
 //! ([`crate::layer::MoeLayer::select_first_stage`]), and its output is computed from them.
 
 use crate::error::Result;
-use crate::ffn::{first_stage_weights, ExpertTables, FfnTables};
+use crate::ffn::{first_stage_weights, DeclaredRanges, ExpertTables, FfnTables};
 use veilmoe_engine::{
     ClientKey, Encoding, Evaluator, GgswBit, Lut, LweVector, PackedGlwe, PackedRows, PackedWeights,
 };
@@ -64,7 +64,7 @@ impl SharedTables {
         let (p, q, d) = (ev.preset(), &model.quant, model.config.d.0);
         let input = Encoding::signed(model.input_width());
         let shift = model.input_shift();
-        let declared = model.first_stage_declared();
+        let declared = DeclaredRanges::of(model);
         let bit_encoding = Encoding::signed(q.message_bits);
         let g = q.gate_max();
         let gate_bits = (0..q.gate_bits)
@@ -75,8 +75,8 @@ impl SharedTables {
             })
             .collect::<veilmoe_engine::Result<Vec<_>>>()?;
         Ok(Some(SharedTables {
-            ffn: ExpertTables::new(p, &sh.weights, (d, sh.h), model)?,
-            gate: first_stage_weights(p, &sh.gate, 1, d, declared)?,
+            ffn: ExpertTables::new(p, &sh.weights, (d, sh.h), &declared)?,
+            gate: first_stage_weights(p, &sh.gate, 1, d, declared.first_stage)?,
             gate_bias: sh.gate_bias,
             gate_bits,
         }))
