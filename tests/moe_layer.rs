@@ -372,20 +372,23 @@ fn argmax_over_few_experts_is_exact_with_ties() {
 
 /// Powers of two above 16: the pairs read below a group win bit per 8 leaves, exact with ties.
 /// PBS per argmax: E - 1 comparisons, E - 2 maxima, E / 2 + E / 8 one-hot reads (E before),
-/// and at E = 64 two chunk refreshes per index bit (32 one-hot values each, the budget covers
-/// 25). 48 is not a power of two: the per-leaf one-hot.
+/// and at E = 64 one chunk refresh for each of the 3 index bits below the groups (32 one-hot
+/// values each, the budget covers 25: a refreshed chunk of 25 plus 7 left); the 3 bits above
+/// sum 4 group bits each. 48 is not a power of two: the per-leaf one-hot.
 #[test]
 fn argmax_over_grouped_pairs_is_exact_with_ties() {
     assert_eq!(check_argmax(32, 12), 31 + 30 + 16 + 4);
-    assert_eq!(check_argmax(64, 6), 63 + 62 + 32 + 8 + 6 * 2);
+    assert_eq!(check_argmax(64, 6), 63 + 62 + 32 + 8 + 3);
     assert_eq!(check_argmax(48, 6), 47 + 46 + 48);
 }
 
-/// 128 experts (the largest supported E): each index bit sums 64 one-hot values, more than the
-/// PBS noise budget covers, so the sums are refreshed in chunks before circuit bootstrapping.
+/// 128 experts (the largest supported E): each of the 3 index bits below the groups sums 64
+/// one-hot values, more than the PBS noise budget covers (25), so two chunks of each are
+/// refreshed (2 + 14 terms left) before circuit bootstrapping; the 4 bits above sum 8 of the 16
+/// group bits each (3 refreshes per bit, 21 in all, when every bit summed leaves).
 #[test]
 fn argmax_over_128_experts_feeds_circuit_bootstrapping() {
-    check_argmax(128, 4);
+    assert_eq!(check_argmax(128, 4), 127 + 126 + 64 + 16 + 3 * 2);
 }
 
 /// The quantizer's W2 limit and the layer's wide-output noise check agree: a gated Mixtral

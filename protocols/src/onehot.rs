@@ -10,7 +10,9 @@
 //! 5-bit presets `T <= 3`, i.e. brackets up to 16 leaves. Beyond, the levels above groups of
 //! 8 leaves are read first, one PBS per group (`[sum over the group's upper path = 0]`), and
 //! that group bit takes the place of those levels in each pair's sum: E / 8 + E / 2 PBS instead
-//! of E (40 instead of 64 at E = 64). The bracket is public; nothing depends on the data.
+//! of E (40 instead of 64 at E = 64). The group bits are themselves the one-hot of the winner's
+//! group, so the index bits above the group come from them (E / 16 terms each) rather than from
+//! E / 2 leaves. The bracket is public; nothing depends on the data.
 
 use crate::error::Result;
 use veilmoe_engine::{Cols, Encoding, Evaluator, Lut, LweVector, Preset, Rows, WeightMatrix};
@@ -26,6 +28,22 @@ pub(crate) struct PairedOnehot {
     group_levels: usize,
     /// T: the terms of a pair's sum above the first round (its many-LUT wins at 2T, 2T + 1).
     terms: usize,
+}
+
+/// What [`PairedOnehot::read`] returns.
+pub(crate) struct PairedRead {
+    /// E values, 1 at the winner.
+    pub(crate) onehot: LweVector,
+    /// For a grouped bracket: one bit per group of `2^levels` leaves, 1 at the winner's group
+    /// (a one-hot over the groups).
+    pub(crate) groups: Option<GroupBits>,
+}
+
+/// The one-hot over a grouped bracket's groups.
+pub(crate) struct GroupBits {
+    pub(crate) bits: LweVector,
+    /// log2 of the leaves per group: leaf `i` is in group `i >> levels`.
+    pub(crate) levels: usize,
 }
 
 impl PairedOnehot {
@@ -74,7 +92,7 @@ impl PairedOnehot {
         c_all: &LweVector,
         w: &[i64],
         group_win: &Lut,
-    ) -> Result<LweVector> {
+    ) -> Result<PairedRead> {
         let n = c_all.len();
         let e = 1usize << self.levels;
         let pairs = e / 2;
@@ -142,6 +160,12 @@ impl PairedOnehot {
             .map(|i| sides[i % 2].slice(i / 2..i / 2 + 1))
             .collect::<veilmoe_engine::Result<_>>()?;
         let refs: Vec<&LweVector> = leaves.iter().collect();
-        Ok(LweVector::concat(&refs)?)
+        Ok(PairedRead {
+            onehot: LweVector::concat(&refs)?,
+            groups: group_bits.map(|bits| GroupBits {
+                bits,
+                levels: self.group_levels,
+            }),
+        })
     }
 }

@@ -8,7 +8,9 @@
 //!   16 experts and E / 2 + E / 8 beyond (see `onehot.rs`). Each leaf's one-hot input is
 //!   the leveled sum of the comparison bits on its path: `t_i = sum(won_node - 1)`, zero iff it
 //!   won every match; ties go to the left (lower index) because the comparison is strict. Index
-//!   bits are leveled sums of the one-hot. No data-dependent choice anywhere: the bracket is
+//!   bits are leveled sums of the one-hot (above 16 experts, the bits above the groups of 8 sum
+//!   the group bits), plus one refresh PBS per 24 terms beyond the noise budget's 25 on
+//!   `default` (3 at E = 64, 6 at E = 128). No data-dependent choice anywhere: the bracket is
 //!   public.
 //! - top-2: E masking reads (the winner drops below every logit) and a second tournament.
 //! - gates: `gate_bits` reads per slot (Mixtral k = 2: once, the second gate is the bitwise
@@ -431,26 +433,40 @@ impl RouterTables {
             Some(&bias),
             &c_all,
         )?;
-        let onehot = match &self.onehot_pairs {
-            Some(pairs) => pairs.read(ev, &c_all, &w, &self.onehot)?,
-            None => ev.pbs(&t, &self.onehot)?,
+        let (onehot, groups) = match &self.onehot_pairs {
+            Some(pairs) => {
+                let read = pairs.read(ev, &c_all, &w, &self.onehot)?;
+                (read.onehot, read.groups)
+            }
+            None => (ev.pbs(&t, &self.onehot)?, None),
         };
         // Index bit b = sum of the one-hot over the indices with bit b set: exactly one term is
         // 1, so the sum stays a bit (a public fact the interval bound cannot see) and can stay
-        // in the small encoding. A sum of more one-hot values than the PBS noise budget covers
-        // (E/2 > 25 on `default`, i.e. E > 50) is summed in chunks that fit, each chunk refreshed
-        // by one PBS, so that circuit bootstrapping reads every bit within the budget.
+        // in the small encoding. Bits above a grouped bracket's groups sum the group bits (E / 16
+        // terms) instead of E / 2 leaves. A sum of more values than the PBS noise budget covers
+        // (E / 2 > 25 on `default`, i.e. E > 50) has chunks refreshed by one PBS each until it
+        // fits, so that circuit bootstrapping reads every bit within the budget.
         let leaves: Vec<LweVector> = (0..e)
             .map(|i| onehot.slice(i..i + 1))
             .collect::<veilmoe_engine::Result<_>>()?;
+        let group_leaves: Vec<LweVector> = match &groups {
+            Some(g) => (0..g.bits.len())
+                .map(|q| g.bits.slice(q..q + 1))
+                .collect::<veilmoe_engine::Result<_>>()?,
+            None => Vec::new(),
+        };
         let budget = veilmoe_engine::noise::pbs_input_budget(ev.preset());
         let chunk = ((budget / onehot.variance().max(f64::MIN_POSITIVE)).floor() as usize).max(1);
         let mut bits = Vec::with_capacity(self.index_bits());
         for b in 0..self.index_bits() {
-            let parts: Vec<&LweVector> = leaves
+            let (values, bit) = match &groups {
+                Some(g) if b >= g.levels => (&group_leaves, b - g.levels),
+                _ => (&leaves, b),
+            };
+            let parts: Vec<&LweVector> = values
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| (i >> b) & 1 == 1)
+                .filter(|(i, _)| (i >> bit) & 1 == 1)
                 .map(|(_, v)| v)
                 .collect();
             bits.push(self.sum_of_bits(ev, &parts, chunk)?);
@@ -475,8 +491,9 @@ impl RouterTables {
 
 impl RouterTables {
     /// The sum of one-hot values known to be at most one 1 (so the sum is a bit), keeping its
-    /// variance within `chunk` PBS outputs: chunks of `chunk` values are summed and refreshed
-    /// by one PBS each (all chunk sums but one are 0), then the refreshed bits are summed.
+    /// variance within `chunk` PBS outputs: the fewest chunks of `chunk` values are summed and
+    /// refreshed by one PBS each (a refreshed chunk counts as one output) so that the refreshed
+    /// bits and the values left over fit `chunk` (32 values and a chunk of 25: one refresh).
     fn sum_of_bits(&self, ev: &Evaluator, parts: &[&LweVector], chunk: usize) -> Result<LweVector> {
         let bit = ValueRange { min: 0, max: 1 };
         let sum = |ps: &[&LweVector]| -> Result<LweVector> {
@@ -486,14 +503,28 @@ impl RouterTables {
         if parts.len() <= chunk {
             return sum(parts);
         }
-        let partial: Vec<LweVector> = parts.chunks(chunk).map(sum).collect::<Result<_>>()?;
+        if chunk < 2 {
+            return Err(config(format!(
+                "the PBS noise budget of `{}` covers fewer than two PBS outputs: one-hot values \
+                 cannot be summed into index bits",
+                ev.preset().name
+            )));
+        }
+        // r refreshed chunks leave r + (len - r chunk) terms, at most `chunk`
+        let refreshed_chunks = (parts.len() - chunk).div_ceil(chunk - 1);
+        let split = (refreshed_chunks * chunk).min(parts.len());
+        let partial: Vec<LweVector> = parts[..split]
+            .chunks(chunk)
+            .map(sum)
+            .collect::<Result<_>>()?;
         let refs: Vec<&LweVector> = partial.iter().collect();
         let refreshed = ev.pbs(&LweVector::concat(&refs)?, &self.bit_refresh)?;
         let singles: Vec<LweVector> = (0..refreshed.len())
             .map(|i| refreshed.slice(i..i + 1))
             .collect::<veilmoe_engine::Result<_>>()?;
-        let refs: Vec<&LweVector> = singles.iter().collect();
-        self.sum_of_bits(ev, &refs, chunk)
+        let mut rest: Vec<&LweVector> = singles.iter().collect();
+        rest.extend_from_slice(&parts[split..]);
+        self.sum_of_bits(ev, &rest, chunk)
     }
 }
 
