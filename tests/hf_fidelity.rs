@@ -469,7 +469,7 @@ fn hf_routing_against_expert_precision() {
             );
             let moe = &q.moe;
             let g_max = moe.quant.gate_max() as f64;
-            let (mut ref_e, mut sel_e, mut both_e, mut finer_e) = Default::default();
+            let (mut ref_e, mut sel_e, mut both_e, mut finer_e, mut acc_e) = Default::default();
             let (mut acc_agree, mut read_agree) = (0, 0);
             // logits read 2 and 4 bits finer than the preset's reads (one or two refinement
             // digits of a digit-recursive read), clipped as the logit read clips
@@ -536,14 +536,17 @@ fn hf_routing_against_expert_precision() {
                 with(&sel, &fg, &mut both_e);
                 let finer_sel = veilmoe::model::math::top_k(&finer(&acc, 2), moe.config.top_k.0);
                 with(&finer_sel, &quantized_gates(&finer_sel), &mut finer_e);
+                let acc_sel = veilmoe::model::math::top_k(&acc, moe.config.top_k.0);
+                with(&acc_sel, &quantized_gates(&acc_sel), &mut acc_e);
                 let y: Vec<f64> = rr.y.iter().map(|&v| v as f64 * q.y_step()).collect();
                 VectorErrors::add(&mut ref_e, &y, &float);
             }
             println!(
-                "{name} {bits}-bit: experts agree: read logits {read_agree}, 2 and 4 bits finer {finer_agree:?}, accumulators {acc_agree} of {}; reference {} | logits 2 bits finer {} | float choices {} | float choices and gates {}",
+                "{name} {bits}-bit: experts agree: read logits {read_agree}, 2 and 4 bits finer {finer_agree:?}, accumulators {acc_agree} of {}; reference {} | logits 2 bits finer {} | accumulators' choices {} | float choices {} | float choices and gates {}",
                 test.len(),
                 ref_e.summary(),
                 finer_e.summary(),
+                acc_e.summary(),
                 sel_e.summary(),
                 both_e.summary()
             );
