@@ -200,6 +200,85 @@ fn pbs_each_shares_the_keyswitch_and_equals_separate_pbs() {
     assert!(shared.pbs_each(&small, &[&many]).is_err());
 }
 
+/// Comparisons of wide values by the sign of their difference: every pair further from the
+/// threshold than the noise margin is decided as `a > b` (ties give 0), over the whole range of
+/// differences the torus holds, including both extremes; the near ties are counted, not judged.
+#[test]
+fn greater_than_decides_by_the_sign_of_the_difference() {
+    use veilmoe::engine::compare::comparison_margin;
+    let k = test_keys();
+    let p = k.client.preset();
+    let ev = Evaluator::new(&k.server);
+    let mut rng = Rng::new(41);
+    for width in [8u32, 12, 20] {
+        let enc = Encoding::signed(width);
+        let top = (1i64 << (width - 1)) - 1;
+        let mut a: Vec<i64> = vec![top, -top, 0, 0, 5, 6, top, -top];
+        let mut b: Vec<i64> = vec![-top, top, 0, 1, 6, 5, top, -top];
+        for _ in 0..56 {
+            let x = rng.range(-top, top);
+            // a third of the pairs within a few units of each other
+            let y = if rng.range(0, 2) == 0 {
+                (x + rng.range(-3, 3)).clamp(-top, top)
+            } else {
+                rng.range(-top, top)
+            };
+            a.push(x);
+            b.push(y);
+        }
+        let range = ValueRange::new(-top, top).unwrap();
+        let ca = k
+            .client
+            .encrypt_lwe(&a, enc)
+            .unwrap()
+            .with_range(range)
+            .unwrap();
+        let cb = k
+            .client
+            .encrypt_lwe(&b, enc)
+            .unwrap()
+            .with_range(range)
+            .unwrap();
+        let before = ev.ops().total(OpKind::Pbs);
+        let bits = ev.greater_than(&ca, &cb, Encoding::signed(4)).unwrap();
+        assert_eq!(ev.ops().total(OpKind::Pbs) - before, a.len() as u64);
+        assert_eq!(bits.range(), ValueRange::new(0, 1).unwrap());
+        let got = k.client.decrypt_lwe(&bits).unwrap();
+        let margin = comparison_margin(p, ca.variance() + cb.variance());
+        let step = 2f64.powi(-(width as i32) - 1);
+        let mut near = 0;
+        for i in 0..a.len() {
+            let d = a[i] - b[i];
+            if ((d as f64 - 0.5).abs() * step) < margin {
+                near += 1;
+                assert!(got[i] == 0 || got[i] == 1);
+                continue;
+            }
+            assert_eq!(got[i], (d > 0) as i64, "width {width}: {} > {}", a[i], b[i]);
+        }
+        println!(
+            "width {width}: {near} of {} pairs within the margin",
+            a.len()
+        );
+    }
+    // a difference the torus cannot hold is refused
+    let enc = Encoding::signed(8);
+    let wide = ValueRange::new(-128, 127).unwrap();
+    let x = k
+        .client
+        .encrypt_lwe(&[127], enc)
+        .unwrap()
+        .with_range(wide)
+        .unwrap();
+    let y = k
+        .client
+        .encrypt_lwe(&[-128], enc)
+        .unwrap()
+        .with_range(wide)
+        .unwrap();
+    assert!(ev.greater_than(&x, &y, Encoding::signed(4)).is_err());
+}
+
 #[test]
 fn requantize_pbs_is_floor_or_ceil_with_measured_rate() {
     // A 12-bit signed accumulator read through its top 4 bits: q = round(v / 2^8), then ReLU and

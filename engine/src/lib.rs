@@ -15,6 +15,7 @@ pub mod accounting;
 pub mod cbs;
 pub mod ciphertext;
 pub mod client;
+pub mod compare;
 pub mod encoding;
 pub mod error;
 pub mod evaluator;

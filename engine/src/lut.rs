@@ -152,6 +152,31 @@ impl Lut {
         })
     }
 
+    /// The sign table of [`crate::Evaluator::greater_than`]: `+1` (in `output`) for a phase in
+    /// `[0, 1/2)` and, negacyclically, `-1` for a phase in `[-1/2, 0)`. Its input spans the whole
+    /// torus, the padding bit included, so it reads only the sign of a difference of two values
+    /// that each fill half of it; the boundary is not centred on a box (the caller places it).
+    pub(crate) fn sign(preset: &Preset, input: Encoding, output: Encoding) -> Result<Lut> {
+        input.validate()?;
+        output.validate()?;
+        let one = output.encode_wrapping(1);
+        let mut acc = GlweCiphertext::new(
+            0u64,
+            preset.glwe_dimension().to_glwe_size(),
+            preset.polynomial_size(),
+            CiphertextModulus::new_native(),
+        );
+        acc.get_mut_body().as_mut().fill(one);
+        Ok(Lut {
+            acc,
+            input,
+            output,
+            out_range: ValueRange { min: -1, max: 1 },
+            read_bits: 1,
+            extract: vec![0],
+        })
+    }
+
     /// Several functions of one unsigned input from a single blind rotation. The input encoding
     /// has `width` bits but its values must stay below `2^width / m` (m = number of functions,
     /// rounded up to a power of two): the upper sub-tables hold the other functions.

@@ -186,6 +186,12 @@ impl<'k> Evaluator<'k> {
             .collect())
     }
 
+    /// Several tables, many-LUTs among them, on every value of `x`, keyswitched once for all of
+    /// them: per table, one vector per function of the table.
+    pub fn pbs_tables(&self, x: &LweVector, luts: &[&Lut]) -> Result<Vec<Vec<LweVector>>> {
+        self.run_tables(x, luts)
+    }
+
     /// Applies `lut` to every value of `x` (KS + PBS each, in parallel).
     pub fn pbs(&self, x: &LweVector, lut: &Lut) -> Result<LweVector> {
         if lut.outputs() != 1 {

@@ -67,6 +67,8 @@ pub struct RouterSpec<'a> {
     /// The accumulators' declared range when the read shift was calibrated (see
     /// [`QuantizedMoe::first_stage_declared`]).
     pub declared: Option<(i64, i64)>,
+    /// Choose by pairwise comparisons of the accumulators ([`QuantizedMoe::pairwise_routing`]).
+    pub pairwise: bool,
 }
 
 /// A quantized MoE layer.
@@ -100,6 +102,12 @@ pub struct QuantizedMoe {
     /// their accumulators within the factor range ([`QuantizedMoe::linear_factor_box`]), so
     /// the factor's clip never binds and the semantics are those of a separate read.
     pub linear_in_product: bool,
+    /// The experts are chosen by comparing the router accumulators pairwise at the blind
+    /// rotation's resolution (see [`crate::pairwise`]) instead of by a tournament over their
+    /// `message_bits`-bit reads, which ties every two accumulators that fall in the same box.
+    /// The logits are still read, for the gates. For at most [`crate::pairwise::MAX_EXPERTS`]
+    /// experts.
+    pub pairwise_routing: bool,
 }
 
 /// Largest calibrated first-stage shift (the encrypted input stays well inside 64-bit words).
@@ -214,6 +222,9 @@ impl QuantizedMoe {
             }
         }
         self.validate_linear_in_product()?;
+        if self.pairwise_routing {
+            crate::pairwise::check_supported(c.experts.0, c.top_k.0)?;
+        }
         if let Some(w) = self.calibrated_output_width {
             let (lo, hi) = self.quant.hidden_range(c.ffn);
             let least = quant::hold_width(lo as i128, hi as i128).max(self.quant.message_bits);
@@ -399,6 +410,7 @@ impl QuantizedMoe {
             input_width: self.input_width(),
             partition_shift: self.partition_shift(),
             declared: self.first_stage_declared(),
+            pairwise: self.pairwise_routing,
         }
     }
 
@@ -531,6 +543,7 @@ impl QuantizedMoe {
             calibrated_shift: None,
             calibrated_output_width: None,
             linear_in_product: false,
+            pairwise_routing: false,
         }
     }
 

@@ -47,6 +47,18 @@ impl Rounding {
             }
         }
     }
+
+    /// `[d > 0]` as a comparison by the sign of `d` at the blind rotation decides it, for a
+    /// difference of accumulators read with `shift` (the simulated noise is in that read's
+    /// boxes; the threshold sits at `d = 1/2`).
+    pub fn greater(&mut self, d: i64, shift: u32) -> bool {
+        match self {
+            Rounding::Exact => d > 0,
+            Rounding::Simulated { sigma, rng } => {
+                (d as f64 - 0.5) / 2f64.powi(shift as i32) + *sigma * rng.gaussian() > 0.0
+            }
+        }
+    }
 }
 
 /// Everything the reference computes for one token.
@@ -251,20 +263,54 @@ impl QuantizedMoe {
     pub fn route(&self, logits: &[i64]) -> (Vec<usize>, Vec<i64>, Vec<i64>) {
         let selected = crate::math::top_k(logits, self.config.top_k.0);
         let slot_logits: Vec<i64> = selected.iter().map(|&i| logits[i]).collect();
-        let sums = match self.config.gating {
+        let sums = self.partition_sums(logits, &slot_logits);
+        (selected, slot_logits, sums)
+    }
+
+    /// The comparison bits of pairwise routing ([`crate::pairwise`]), `[acc_j > acc_i]` for
+    /// each pair in [`crate::pairwise::pairs`] order.
+    pub fn pairwise_bits(&self, acc: &[i64], rounding: &mut Rounding) -> Vec<i64> {
+        let s = self.input_shift();
+        crate::pairwise::pairs(acc.len())
+            .into_iter()
+            .map(|(i, j)| rounding.greater(acc[j] - acc[i], s) as i64)
+            .collect()
+    }
+
+    /// Pairwise routing from the comparison bits (decrypted, or [`QuantizedMoe::pairwise_bits`])
+    /// and the logits (for the gates): selected experts, slot logits and Switch partition sums.
+    /// A rank with no single expert (a near-tie cycle) selects expert 0 with a zero slot logit,
+    /// as the encrypted path's empty one-hot does.
+    pub fn route_pairwise(&self, bits: &[i64], logits: &[i64]) -> (Vec<usize>, Vec<i64>, Vec<i64>) {
+        let wins = crate::pairwise::wins(logits.len(), bits);
+        let ranked = crate::pairwise::ranked(&wins, self.config.top_k.0);
+        let selected: Vec<usize> = ranked.iter().map(|r| r.unwrap_or(0)).collect();
+        let slot_logits: Vec<i64> = ranked.iter().map(|r| r.map_or(0, |i| logits[i])).collect();
+        let sums = self.partition_sums(logits, &slot_logits);
+        (selected, slot_logits, sums)
+    }
+
+    /// Switch gating's partition sum of each slot (none for Mixtral gating).
+    fn partition_sums(&self, logits: &[i64], slot_logits: &[i64]) -> Vec<i64> {
+        match self.config.gating {
             Gating::SoftmaxThenTopK => slot_logits
                 .iter()
                 .map(|&v| self.partition_sum(logits, v))
                 .collect(),
             Gating::SoftmaxSelected => Vec::new(),
-        };
-        (selected, slot_logits, sums)
+        }
     }
 
     /// The whole layer on one token.
     pub fn reference(&self, x: &[i64], rounding: &mut Rounding) -> RefOutput {
-        let logits = self.logits(&self.router_accumulators(x), rounding);
-        let (selected, slot_logits, partition_sums) = self.route(&logits);
+        let acc = self.router_accumulators(x);
+        let logits = self.logits(&acc, rounding);
+        let (selected, slot_logits, partition_sums) = if self.pairwise_routing {
+            let bits = self.pairwise_bits(&acc, rounding);
+            self.route_pairwise(&bits, &logits)
+        } else {
+            self.route(&logits)
+        };
         let gates = self.gates(&slot_logits, &partition_sums, rounding);
         let hidden: Vec<Vec<i64>> = selected
             .iter()

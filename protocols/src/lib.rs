@@ -24,6 +24,7 @@ pub mod error;
 pub mod ffn;
 pub mod layer;
 mod onehot;
+mod pairwise;
 pub mod pool;
 pub mod pool_batch;
 pub mod pool_router;

@@ -21,7 +21,8 @@
 //! ([`Evaluator::pbs_each`]).
 
 use crate::error::{config, Result};
-use crate::onehot::PairedOnehot;
+use crate::onehot::{GroupBits, PairedOnehot};
+use crate::pairwise::PairwiseTables;
 use veilmoe_engine::{
     ClientKey, Cols, Encoding, Evaluator, Lut, LweVector, PackedGlwe, PackedRows, PackedWeights,
     Rows, ValueRange, WeightMatrix,
@@ -43,6 +44,8 @@ pub struct RouterTables {
     /// For E a power of two: the one-hot of both leaves of a first-round pair from one blind
     /// rotation (a two-function many-LUT), about halving the one-hot's PBS.
     onehot_pairs: Option<PairedOnehot>,
+    /// Pairwise routing's tables (`None`: the tournament).
+    pairwise: Option<PairwiseTables>,
     loser: Lut,
     mask: Lut,
     gate_bits: Vec<Lut>,
@@ -84,6 +87,9 @@ pub enum Gates {
 pub struct Routing {
     /// Router logits (E values in [0, logit_max]).
     pub logits: LweVector,
+    /// Pairwise routing's comparison bits `[acc_j > acc_i]` (in
+    /// `veilmoe_model::pairwise::pairs` order); `None` for the tournament.
+    pub comparisons: Option<LweVector>,
     pub slots: Vec<SlotRouting>,
     pub gates: Gates,
 }
@@ -161,6 +167,11 @@ impl RouterTables {
         let onehot = Lut::univariate(p, small, index_encoding, |t| (t == 0) as i64)?;
         let bit_refresh = Lut::univariate(p, index_encoding, index_encoding, |v| v.clamp(0, 1))?;
         let onehot_pairs = PairedOnehot::new(p, e, m, index_encoding)?;
+        let pairwise = if spec.pairwise {
+            Some(PairwiseTables::new(p, spec, index_encoding)?)
+        } else {
+            None
+        };
         let loser = Lut::univariate(p, small, small, |t| {
             if t == 0 {
                 -(q.logit_max() + 1)
@@ -214,6 +225,7 @@ impl RouterTables {
             onehot,
             bit_refresh,
             onehot_pairs,
+            pairwise,
             loser,
             mask,
             gate_bits,
@@ -249,15 +261,45 @@ impl RouterTables {
 
     /// The full routing of one token.
     pub fn route(&self, ev: &Evaluator, x: &PackedGlwe) -> Result<Routing> {
-        let logits = self.logits(ev, x)?;
-        self.route_logits(ev, logits)
+        ev.set_stage("router");
+        let acc = ev.packed_matvec(&self.router, self.bias.as_deref(), x)?;
+        self.route_accumulators(ev, acc)
     }
 
     /// The full routing from packed router accumulators ([`RouterTables::products`]).
     pub fn route_products(&self, ev: &Evaluator, acc: &PackedRows) -> Result<Routing> {
         ev.set_stage("router");
-        let logits = ev.pbs(&ev.extract_rows(acc)?, &self.logit)?;
-        self.route_logits(ev, logits)
+        self.route_accumulators(ev, ev.extract_rows(acc)?)
+    }
+
+    /// Logits read from the accumulators, then the tournament or pairwise routing.
+    fn route_accumulators(&self, ev: &Evaluator, acc: LweVector) -> Result<Routing> {
+        let logits = ev.pbs(&acc, &self.logit)?;
+        match &self.pairwise {
+            None => self.route_logits(ev, logits),
+            Some(pw) => {
+                ev.set_stage("top-k");
+                let decision = pw.decide(ev, &acc, &logits, self.index_encoding)?;
+                let mut slots = Vec::with_capacity(decision.slots.len());
+                for (onehot, logit) in decision.slots {
+                    slots.push(SlotRouting {
+                        index_bits: self.index_bits_of(ev, &onehot, None)?,
+                        onehot,
+                        // a placeholder of the right shape where the gates need no logit
+                        logit: logit.map_or_else(|| logits.slice(0..1), Ok)?,
+                        partition_sum: None,
+                    });
+                }
+                ev.set_stage("gates");
+                let gates = self.gates(ev, &logits, &mut slots)?;
+                Ok(Routing {
+                    logits,
+                    comparisons: Some(decision.comparisons),
+                    slots,
+                    gates,
+                })
+            }
+        }
     }
 
     /// Top-k and gates from the logits.
@@ -277,6 +319,7 @@ impl RouterTables {
         let gates = self.gates(ev, &logits, &mut slots)?;
         Ok(Routing {
             logits,
+            comparisons: None,
             slots,
             gates,
         })
@@ -440,39 +483,7 @@ impl RouterTables {
             }
             None => (ev.pbs(&t, &self.onehot)?, None),
         };
-        // Index bit b = sum of the one-hot over the indices with bit b set: exactly one term is
-        // 1, so the sum stays a bit (a public fact the interval bound cannot see) and can stay
-        // in the small encoding. Bits above a grouped bracket's groups sum the group bits (E / 16
-        // terms) instead of E / 2 leaves. A sum of more values than the PBS noise budget covers
-        // (E / 2 > 25 on `default`, i.e. E > 50) has chunks refreshed by one PBS each until it
-        // fits, so that circuit bootstrapping reads every bit within the budget.
-        let leaves: Vec<LweVector> = (0..e)
-            .map(|i| onehot.slice(i..i + 1))
-            .collect::<veilmoe_engine::Result<_>>()?;
-        let group_leaves: Vec<LweVector> = match &groups {
-            Some(g) => (0..g.bits.len())
-                .map(|q| g.bits.slice(q..q + 1))
-                .collect::<veilmoe_engine::Result<_>>()?,
-            None => Vec::new(),
-        };
-        let budget = veilmoe_engine::noise::pbs_input_budget(ev.preset());
-        let chunk = ((budget / onehot.variance().max(f64::MIN_POSITIVE)).floor() as usize).max(1);
-        let mut bits = Vec::with_capacity(self.index_bits());
-        for b in 0..self.index_bits() {
-            let (values, bit) = match &groups {
-                Some(g) if b >= g.levels => (&group_leaves, b - g.levels),
-                _ => (&leaves, b),
-            };
-            let parts: Vec<&LweVector> = values
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| (i >> bit) & 1 == 1)
-                .map(|(_, v)| v)
-                .collect();
-            bits.push(self.sum_of_bits(ev, &parts, chunk)?);
-        }
-        let bit_refs: Vec<&LweVector> = bits.iter().collect();
-        let index_bits = LweVector::concat(&bit_refs)?;
+        let index_bits = self.index_bits_of(ev, &onehot, groups.as_ref())?;
         let logit = match winner_value {
             Some(v) => v,
             None => values.slice(0..1)?, // not needed by the caller; a placeholder of the right shape
@@ -490,6 +501,49 @@ impl RouterTables {
 }
 
 impl RouterTables {
+    /// The index bits of a one-hot (leveled sums, see [`RouterTables::sum_of_bits`]).
+    fn index_bits_of(
+        &self,
+        ev: &Evaluator,
+        onehot: &LweVector,
+        groups: Option<&GroupBits>,
+    ) -> Result<LweVector> {
+        // Index bit b = sum of the one-hot over the indices with bit b set: exactly one term is
+        // 1, so the sum stays a bit (a public fact the interval bound cannot see) and can stay
+        // in the small encoding. Bits above a grouped bracket's groups sum the group bits (E / 16
+        // terms) instead of E / 2 leaves. A sum of more values than the PBS noise budget covers
+        // (E / 2 > 25 on `default`, i.e. E > 50) has chunks refreshed by one PBS each until it
+        // fits, so that circuit bootstrapping reads every bit within the budget.
+        let e = onehot.len();
+        let leaves: Vec<LweVector> = (0..e)
+            .map(|i| onehot.slice(i..i + 1))
+            .collect::<veilmoe_engine::Result<_>>()?;
+        let group_leaves: Vec<LweVector> = match groups {
+            Some(g) => (0..g.bits.len())
+                .map(|q| g.bits.slice(q..q + 1))
+                .collect::<veilmoe_engine::Result<_>>()?,
+            None => Vec::new(),
+        };
+        let budget = veilmoe_engine::noise::pbs_input_budget(ev.preset());
+        let chunk = ((budget / onehot.variance().max(f64::MIN_POSITIVE)).floor() as usize).max(1);
+        let mut bits = Vec::with_capacity(self.index_bits());
+        for b in 0..self.index_bits() {
+            let (values, bit) = match groups {
+                Some(g) if b >= g.levels => (&group_leaves, b - g.levels),
+                _ => (&leaves, b),
+            };
+            let parts: Vec<&LweVector> = values
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| (i >> bit) & 1 == 1)
+                .map(|(_, v)| v)
+                .collect();
+            bits.push(self.sum_of_bits(ev, &parts, chunk)?);
+        }
+        let bit_refs: Vec<&LweVector> = bits.iter().collect();
+        Ok(LweVector::concat(&bit_refs)?)
+    }
+
     /// The sum of one-hot values known to be at most one 1 (so the sum is a bit), keeping its
     /// variance within `chunk` PBS outputs: the fewest chunks of `chunk` values are summed and
     /// refreshed by one PBS each (a refreshed chunk counts as one output) so that the refreshed

@@ -203,6 +203,41 @@ pub fn check_combination(
     }
 }
 
+/// Pairwise routing's decrypted comparison bits against the exact router accumulators: every
+/// pair further from the threshold than the comparison's noise margin (for inputs at the PBS
+/// budget, an upper bound) is decided as `acc_j > acc_i`. Returns how many pairs were near ties.
+pub fn check_comparisons(
+    client: &ClientKey,
+    model: &QuantizedMoe,
+    x: &[i64],
+    bits: &[i64],
+) -> usize {
+    let p = client.preset();
+    let acc = model.router_accumulators(x);
+    let pairs = veilmoe::model::pairwise::pairs(acc.len());
+    assert_eq!(bits.len(), pairs.len());
+    let margin =
+        veilmoe::engine::compare::comparison_margin(p, veilmoe::engine::noise::pbs_input_budget(p));
+    let step = 2f64.powi(-(model.input_width() as i32) - 1);
+    let mut near = 0;
+    for (&(i, j), &b) in pairs.iter().zip(bits) {
+        let d = acc[j] - acc[i];
+        assert!(b == 0 || b == 1, "comparison bit {b}");
+        if (d as f64 - 0.5).abs() * step < margin {
+            near += 1;
+        } else {
+            assert_eq!(
+                b,
+                (d > 0) as i64,
+                "[acc {j} > acc {i}]: {} vs {}",
+                acc[j],
+                acc[i]
+            );
+        }
+    }
+    near
+}
+
 /// What [`check_token`] decrypted of a token's routing.
 pub struct TokenCheck {
     /// Experts selected from the decrypted logits (the reference's routing rule).
@@ -221,7 +256,14 @@ pub fn check_token(
     out: &MoeOutput,
 ) -> TokenCheck {
     let logits = client.decrypt_lwe(&out.routing.logits).expect("decrypt");
-    let (selected, _, _) = model.route(&logits);
+    let (selected, _, _) = match &out.routing.comparisons {
+        Some(c) => {
+            let bits = client.decrypt_lwe(c).expect("decrypt");
+            check_comparisons(client, model, x, &bits);
+            model.route_pairwise(&bits, &logits)
+        }
+        None => model.route(&logits),
+    };
     let gates = out
         .routing
         .decrypt_gates(client, model.quant.gate_max())

@@ -56,6 +56,7 @@ impl Context<'_> {
                 .map(|_| self.opts.first_stage_shift),
             calibrated_output_width: None,
             linear_in_product: self.opts.linear_in_product && m.config.ffn == FfnKind::GatedSilu,
+            pairwise_routing: self.opts.pairwise_routing,
         };
         moe.shared = self.shared_expert(&first, &experts, 1.0);
         moe.validate()?;

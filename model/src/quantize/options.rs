@@ -42,6 +42,10 @@ pub struct QuantizeOptions {
     /// gated expert's), for a factor one bit coarser, since W3's rows are scaled for the factor
     /// range instead of the whole read box. No effect on plain FFNs.
     pub linear_in_product: bool,
+    /// Choose experts by pairwise comparisons of the router accumulators (see
+    /// [`crate::QuantizedMoe::pairwise_routing`]); at most [`crate::pairwise::MAX_EXPERTS`]
+    /// experts.
+    pub pairwise_routing: bool,
     /// Search the choices by calibration (`false`: the defaults of [`QuantChoice`]).
     pub search: bool,
     /// Use the choice a model declares (`FloatMoeModel::quantization`) instead of searching:
@@ -75,6 +79,7 @@ impl QuantizeOptions {
             calibrated_headroom: Some(DEFAULT_CALIBRATED_HEADROOM),
             gate_bits: 3,
             linear_in_product: false,
+            pairwise_routing: false,
             search: true,
             use_model_choice: true,
             max_scored: 1000,
