@@ -212,7 +212,8 @@ fn greater_than_decides_by_the_sign_of_the_difference() {
     let mut rng = Rng::new(41);
     for width in [8u32, 12, 20] {
         let enc = Encoding::signed(width);
-        let top = (1i64 << (width - 1)) - 1;
+        // 15/16 of the encoding: the differences span 15/16 of the torus, within the margin
+        let top = (1i64 << (width - 1)) / 16 * 15;
         let mut a: Vec<i64> = vec![top, -top, 0, 0, 5, 6, top, -top];
         let mut b: Vec<i64> = vec![-top, top, 0, 1, 6, 5, top, -top];
         for _ in 0..56 {
@@ -261,7 +262,7 @@ fn greater_than_decides_by_the_sign_of_the_difference() {
             a.len()
         );
     }
-    // a difference the torus cannot hold is refused
+    // differences whose sign could wrap (the whole encoding on both sides) are refused
     let enc = Encoding::signed(8);
     let wide = ValueRange::new(-128, 127).unwrap();
     let x = k
@@ -277,6 +278,66 @@ fn greater_than_decides_by_the_sign_of_the_difference() {
         .with_range(wide)
         .unwrap();
     assert!(ev.greater_than(&x, &y, Encoding::signed(4)).is_err());
+}
+
+/// The comparison's noise model against its measured error rate: pairs whose difference sits
+/// 1.5 modelled standard deviations from the threshold, on either side, are decided wrongly
+/// about Phi(-1.5) = 6.7 % of the time (the model's variance at the blind rotation, which the
+/// PBS noise tests also check); the count must fall within [0.4, 2.2] of the model's (a
+/// binomial of ~70 is 4 standard deviations inside that band).
+#[test]
+fn greater_than_error_rate_matches_the_noise_model() {
+    let k = test_keys();
+    let p = k.client.preset();
+    let ev = Evaluator::new(&k.server);
+    let enc = Encoding::signed(16);
+    let range = ValueRange::new(-4000, 4000).unwrap();
+    let mut rng = Rng::new(43);
+    let n = 1024;
+    let probe = k.client.encrypt_lwe(&[0], enc).unwrap();
+    let sigma =
+        veilmoe::engine::noise::variance_at_blind_rotation(p, 2.0 * probe.variance()).sqrt();
+    let step = 2f64.powi(-17);
+    let t = 1.5;
+    let off = (t * sigma / step).round() as i64;
+    let (mut a, mut b, mut want) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let x = rng.range(-3000, 3000);
+        // d - 1/2 = +-off: d = off + 1 (a > b) or d = 1 - off (a < b)
+        let d = if i % 2 == 0 { off + 1 } else { 1 - off };
+        a.push(x);
+        b.push(x - d);
+        want.push((d > 0) as i64);
+    }
+    let ca = k
+        .client
+        .encrypt_lwe(&a, enc)
+        .unwrap()
+        .with_range(range)
+        .unwrap();
+    let cb = k
+        .client
+        .encrypt_lwe(&b, enc)
+        .unwrap()
+        .with_range(range)
+        .unwrap();
+    let got = k
+        .client
+        .decrypt_lwe(&ev.greater_than(&ca, &cb, Encoding::signed(4)).unwrap())
+        .unwrap();
+    let wrong = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+    let z = (off as f64 - 0.5) * step / sigma;
+    let expected = n as f64
+        * 0.5
+        * 2f64.powf(veilmoe::engine::noise::log2_erfc(
+            z / std::f64::consts::SQRT_2,
+        ));
+    println!("{wrong} wrong of {n}, the model expects {expected:.1} (z = {z:.3})");
+    let ratio = wrong as f64 / expected;
+    assert!(
+        (0.4..=2.2).contains(&ratio),
+        "{wrong} wrong, expected {expected:.1}"
+    );
 }
 
 #[test]

@@ -14,9 +14,10 @@ use common::{test_keys, Rng};
 use rayon::prelude::*;
 use std::collections::BTreeSet;
 use veilmoe::engine::{Evaluator, OpKind};
+use veilmoe::model::model_file::{decode_model_file, encode_model_file};
 use veilmoe::model::{
-    Activation, ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig, QuantParams,
-    QuantizedMoe, Rounding, TopK,
+    quantize_with, Activation, ExpertCount, FfnKind, FloatMoeModel, Gating, HiddenDim, ModelDim,
+    MoeConfig, QuantParams, QuantizeOptions, QuantizedMoe, Rounding, TopK,
 };
 use veilmoe::protocols::{MoeLayer, Select};
 
@@ -222,4 +223,40 @@ fn unsupported_pairwise_shapes_are_refused() {
     let k = test_keys();
     let ev = Evaluator::new(&k.server);
     assert!(MoeLayer::new(&ev, nine).is_err());
+}
+
+/// A float Mixtral-style block quantized for pairwise routing with calibrated ranges: the
+/// router accumulators' declared range leaves their differences within the torus, the tokens
+/// decrypt as the reference's rule says, and the model file and id carry the flag.
+#[test]
+fn a_checkpoint_quantized_for_it_runs_with_calibrated_ranges() {
+    let (d, e) = (8, 8);
+    let mut cfg = config(e, 2, FfnKind::GatedSilu, Gating::SoftmaxSelected);
+    cfg.d = ModelDim(d);
+    let float = FloatMoeModel::random(cfg, 2.0, 61);
+    let records = Rng::new(61).unit_records(128, d);
+    let opts = QuantizeOptions {
+        search: false,
+        pairwise_routing: true,
+        ..QuantizeOptions::for_message_bits(4)
+    };
+    let (q, _) = quantize_with(&float, &opts, &records).unwrap();
+    assert!(q.moe.pairwise_routing && q.moe.calibrated_shift.is_some());
+    let k = test_keys();
+    let layer = MoeLayer::new(&Evaluator::new(&k.server), q.moe.clone()).unwrap();
+    for r in records.iter().take(4) {
+        let x = q.quantize_input(r).unwrap();
+        let ev = Evaluator::new(&k.server);
+        let out = layer
+            .forward(&ev, &layer.encrypt(&k.client, &x).unwrap(), &Select)
+            .unwrap();
+        assert!(out.routing.comparisons.is_some());
+        check_token(&k.client, &q.moe, &x, &out);
+    }
+    let bytes = encode_model_file(&q, "test").unwrap();
+    let back = decode_model_file(&bytes, "memory").unwrap();
+    assert!(back.model.moe.pairwise_routing);
+    let mut other = q.clone();
+    other.moe.pairwise_routing = false;
+    assert_ne!(other.id(), q.id());
 }

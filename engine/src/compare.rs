@@ -28,8 +28,8 @@ pub fn comparison_margin(p: &Preset, input_var: f64) -> f64 {
 impl<'k> Evaluator<'k> {
     /// `[a_i > b_i]` for every pair of values of two vectors in the same encoding (any width),
     /// as bits in `out`: one keyswitch and one blind rotation per pair. The difference must stay
-    /// within the torus (`|a - b| < 2^width - 1` by the declared ranges) and its noise within
-    /// the PBS budget. The threshold sits at a difference of 1/2, so ties give 0; see
+    /// within half a torus of 0 by the decision margin (`|a - b|` a little below `2^width` by
+    /// the declared ranges), and its noise within the PBS budget. The threshold sits at a difference of 1/2, so ties give 0; see
     /// [`comparison_margin`] for the resolution.
     pub fn greater_than(&self, a: &LweVector, b: &LweVector, out: Encoding) -> Result<LweVector> {
         self.check_big_input(a, "comparison")?;
@@ -49,16 +49,24 @@ impl<'k> Evaluator<'k> {
             ));
         }
         let enc = a.encoding();
-        let span = 1i128 << enc.width;
+        let p = self.preset();
+        // The widest difference, shifted by the threshold and the half position, must stay
+        // within half a torus of 0 by the decision margin, or its sign would wrap.
         let widest = (a.range().max as i128 - b.range().min as i128)
             .max(b.range().max as i128 - a.range().min as i128);
-        if widest >= span - 1 || enc.width > 60 {
+        let step = 2f64.powi(-(enc.width as i32) - 1);
+        let reach = (widest as f64 + 0.5) * step
+            + 0.25 / p.glwe.polynomial_size as f64
+            + comparison_margin(p, a.variance() + b.variance());
+        if reach >= 0.5 || enc.width > 60 {
             return Err(EngineError::range(
                 "comparison",
-                format!("differences up to {widest} do not fit the torus of {enc:?}"),
+                format!(
+                    "differences up to {widest} in {enc:?} reach {reach:.4} of the torus with \
+                     the decision margin; the sign needs less than 1/2"
+                ),
             ));
         }
-        let p = self.preset();
         // The difference is labelled unsigned so that no PBS offset is added: its phase is
         // (a - b) * delta over the whole torus. The threshold moves to a difference of 1/2
         // (strict comparison of integers), less the modulus switch's half position, at which a
