@@ -295,6 +295,30 @@ fn linear_factor_in_the_product_on_default() {
     assert_eq!(pbs_of(&separate, &x) - pbs[0], 2 * 8 + 12);
 }
 
+/// Pairwise routing on `default`: Mixtral top-2 gating (slot logits from masked reads) and
+/// Switch top-1 gating (partition sums over the logits), 3 tokens each; every comparison bit
+/// beyond the noise margin equals the exact comparison of the accumulators, and the tokens pass
+/// every check of `check_token` from the decrypted routing.
+#[test]
+fn pairwise_routing_on_default() {
+    use veilmoe::model::Gating;
+    for (gating, seed) in [(Gating::SoftmaxSelected, 51), (Gating::SoftmaxThenTopK, 52)] {
+        let mut model = small_gated_model(gating, seed);
+        model.pairwise_routing = true;
+        let layer =
+            veilmoe::protocols::MoeLayer::new(&Evaluator::new(&default_keys().2), model.clone())
+                .unwrap();
+        for t in 0..3u64 {
+            let x: Vec<i64> = (0..8)
+                .map(|i| ((i as u64 * 5 + t * 3) % 16) as i64 - 8)
+                .collect();
+            let out = forward_on_default(&layer, &x);
+            assert!(out.routing.comparisons.is_some());
+            common::wide::check_token(&default_keys().1, &model, &x, &out);
+        }
+    }
+}
+
 /// Calibrated ranges (issue 13 item 3) on `default`: a first-stage shift one bit finer and an
 /// output encoding one bit narrower than the worst case; tokens within the boxes match the
 /// reference by every check of `check_token`; a token that overflows a read runs and decrypts

@@ -19,7 +19,10 @@
 //! - `hf_routing_against_expert_precision` splits the loss between the routing and the
 //!   experts (the reference with the float router's choices);
 //! - `hf_linear_in_product_fidelity` compares the gated families quantized with the linear
-//!   factor read on its own and inside the product.
+//!   factor read on its own and inside the product;
+//! - `hf_pairwise_routing_fidelity` compares pairwise routing with the tournament (reference),
+//!   and `hf_blocks_pairwise_encrypted_on_fine` / `_on_default` run the families encrypted with
+//!   pairwise routing.
 
 mod common;
 
@@ -375,14 +378,30 @@ fn hf_qwen_block_encrypted_on_default() {
 #[test]
 #[ignore = "`fine` keys and 3 x 8 encrypted tokens (minutes)"]
 fn hf_blocks_encrypted_on_fine() {
-    blocks_encrypted_on("fine");
+    blocks_encrypted_on("fine", false);
+}
+
+/// The three families quantized with pairwise routing for `fine`'s 5-bit reads and run
+/// encrypted on it.
+#[test]
+#[ignore = "`fine` keys and 3 x 8 encrypted tokens (minutes)"]
+fn hf_blocks_pairwise_encrypted_on_fine() {
+    blocks_encrypted_on("fine", true);
+}
+
+/// The three families quantized with pairwise routing for `default`'s 4-bit reads and run
+/// encrypted on it.
+#[test]
+#[ignore = "`default` keys and 3 x 8 encrypted tokens (minutes)"]
+fn hf_blocks_pairwise_encrypted_on_default() {
+    blocks_encrypted_on("default", true);
 }
 
 /// The three families quantized for `default`'s 4-bit reads and run encrypted on it.
 #[test]
 #[ignore = "`default` keys and 3 x 8 encrypted tokens (minutes)"]
 fn hf_blocks_encrypted_on_default() {
-    blocks_encrypted_on("default");
+    blocks_encrypted_on("default", false);
 }
 
 /// The three families quantized for the preset's reads (calibrated ranges, the preset's noise
@@ -390,13 +409,17 @@ fn hf_blocks_encrypted_on_default() {
 /// the float block output (and the quantized reference's on the same records), the experts the
 /// encrypted routing chose against the float router's, and the time per token. The reference
 /// over all 300 held-out records, with the preset's read noise simulated, is printed beside it.
-fn blocks_encrypted_on(preset: &str) {
+/// `pairwise`: the experts chosen by pairwise comparisons of the router accumulators.
+fn blocks_encrypted_on(preset: &str, pairwise: bool) {
     let (calib, test) = records();
     let preset = Preset::load(preset, false).unwrap();
     let client = ClientKey::generate(&preset);
     let server = client.server_key();
     let ev = Evaluator::new(&server);
-    let opts = QuantizeOptions::for_reads(preset.message_bits, preset.max_norm2);
+    let opts = QuantizeOptions {
+        pairwise_routing: pairwise,
+        ..QuantizeOptions::for_reads(preset.message_bits, preset.max_norm2)
+    };
     let tokens = 8;
     for (name, dir) in [
         ("Mixtral", mixtral()),
@@ -431,12 +454,13 @@ fn blocks_encrypted_on(preset: &str) {
         }
         times.sort_by(f64::total_cmp);
         println!(
-            "{name} on `{}` ({}-bit reads), {} threads: {tokens} tokens, median {:.2} s/token; \
+            "{name} on `{}` ({}-bit reads{}), {} threads: {tokens} tokens, median {:.2} s/token; \
              experts as the float router's on {agree}/{tokens}; decrypted = reference on \
              {equal}/{tokens}; encrypted {}; reference on the same records {}; reference over \
              {} records, the preset's noise simulated: {simulated}",
             preset.name,
             preset.message_bits,
+            if pairwise { ", pairwise routing" } else { "" },
             rayon::current_num_threads(),
             times[tokens / 2],
             enc.summary(),
@@ -578,6 +602,41 @@ fn hf_linear_in_product_fidelity() {
                     overflowing(&q, &test),
                     test.len(),
                     preset.name,
+                );
+            }
+        }
+    }
+}
+
+/// Pairwise routing against the tournament, the quantized reference over the 300 held-out
+/// records, for each family quantized for `default` (4 bits) and `fine` (5 bits): with exact
+/// reads and comparisons, and with the preset's read noise simulated (the comparisons' too).
+#[test]
+#[ignore = "quantizes three checkpoints four times each and measures 300 records (minutes)"]
+fn hf_pairwise_routing_fidelity() {
+    let (calib, test) = records();
+    for (name, dir) in [
+        ("Mixtral", mixtral()),
+        ("Qwen2-MoE", qwen2_moe()),
+        ("Switch", switch()),
+    ] {
+        let m = FloatMoeModel::load(&dir).unwrap();
+        for preset in ["default", "fine"] {
+            let preset = Preset::load(preset, false).unwrap();
+            for pairwise in [false, true] {
+                let opts = QuantizeOptions {
+                    pairwise_routing: pairwise,
+                    ..QuantizeOptions::for_reads(preset.message_bits, preset.max_norm2)
+                };
+                let q = quantize_with(&m, &opts, &calib).unwrap().0;
+                let exact = reference_fidelity(&m, &q, &test, &mut Rounding::Exact).unwrap();
+                let mut sim = simulated_rounding(&preset, q.moe.quant.message_bits, 11);
+                let simulated = reference_fidelity(&m, &q, &test, &mut sim).unwrap();
+                println!(
+                    "{name}, {}-bit reads ({}), {}: exact {exact} | simulated {simulated}",
+                    preset.message_bits,
+                    preset.name,
+                    if pairwise { "pairwise" } else { "tournament" }
                 );
             }
         }

@@ -63,6 +63,7 @@ fn run_checked(model: &QuantizedMoe, tokens: usize, seed: u64) -> (u64, bool, us
                 .unwrap();
             let near = common::wide::check_comparisons(&k.client, model, x, &bits);
             let (selected, slot_logits, sums) = model.route_pairwise(&bits, &logits);
+            let mut cycles = 0;
             assert_eq!(selected, check.selected);
             // the logits are read exactly as for the tournament
             let exact = model.logits(&model.router_accumulators(x), &mut Rounding::Exact);
@@ -70,18 +71,23 @@ fn run_checked(model: &QuantizedMoe, tokens: usize, seed: u64) -> (u64, bool, us
                 assert!((a - b).abs() <= 1, "logit {a} vs {b}");
             }
             let wins = veilmoe::model::pairwise::wins(model.config.experts.0, &bits);
-            let ranked = veilmoe::model::pairwise::ranked(&wins, model.config.top_k.0);
+            let sets = veilmoe::model::pairwise::rank_sets(&wins, model.config.top_k.0);
             for (s, slot) in out.routing.slots.iter().enumerate() {
                 let onehot = k.client.decrypt_lwe(&slot.onehot).unwrap();
-                // empty where a near-tie cycle left the rank without a single expert
+                // one expert, or none or several after a near-tie cycle
                 let mut want = vec![0; model.config.experts.0];
-                if let Some(i) = ranked[s] {
+                for &i in &sets[s] {
                     want[i] = 1;
                 }
+                cycles += (sets[s].len() != 1) as usize;
                 assert_eq!(onehot, want, "slot {s} one-hot");
                 let bits = k.client.decrypt_lwe(&slot.index_bits).unwrap();
+                assert!(
+                    bits.iter().all(|&b| b == 0 || b == 1),
+                    "index bits {bits:?}"
+                );
                 let index: i64 = bits.iter().enumerate().map(|(b, &v)| v << b).sum();
-                assert_eq!(index, ranked[s].unwrap_or(0) as i64, "index bits {bits:?}");
+                assert_eq!(index, selected[s] as i64, "index bits {bits:?}");
                 if model.config.top_k.0 > 1 || model.config.gating == Gating::SoftmaxThenTopK {
                     let logit = k.client.decrypt_lwe(&slot.logit).unwrap()[0];
                     assert_eq!(logit, slot_logits[s], "slot logit");
@@ -105,6 +111,7 @@ fn run_checked(model: &QuantizedMoe, tokens: usize, seed: u64) -> (u64, bool, us
                 ev.ops().trace(),
                 ev.ops().total(OpKind::Pbs),
                 near,
+                cycles,
             )
         })
         .collect();
@@ -114,6 +121,10 @@ fn run_checked(model: &QuantizedMoe, tokens: usize, seed: u64) -> (u64, bool, us
         "the tokens should reach several routings"
     );
     let same = runs.iter().all(|r| r.1 == runs[0].1);
+    let cycles: usize = runs.iter().map(|r| r.4).sum();
+    if cycles > 0 {
+        println!("{cycles} slots after a near-tie cycle");
+    }
     (runs[0].2, same, runs.iter().map(|r| r.3).sum())
 }
 
@@ -149,10 +160,13 @@ fn pairwise_routing_matches_the_exact_comparisons() {
             FfnKind::GatedSilu => 4 * h,
             FfnKind::Plain(_) => h,
         } * top as u64;
-        let e = e as u64;
-        let routing = e + e * (e - 1) / 2 + e;
+        let bits = model.config.experts.0.next_power_of_two().trailing_zeros() as u64;
+        let (e, top) = (e as u64, top as u64);
+        // logits, comparisons, ranks, index bits clamped
+        let routing = e + e * (e - 1) / 2 + e + top * bits;
+        // masks, masked logits, their maximum
         let slot_logits = if top > 1 || gating == Gating::SoftmaxThenTopK {
-            e + top as u64 * e
+            e + top * e + top * (e - 1)
         } else {
             0
         };

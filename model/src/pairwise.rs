@@ -12,10 +12,12 @@
 //! tournament and [`crate::math::top_k`].
 //!
 //! Near ties (within the noise of a comparison's threshold) may be decided either way, so a
-//! three-way near tie can leave a rank with no expert or with two; the encrypted path then
-//! selects expert 0 (an empty one-hot) with a zero slot logit, or a mixture. The reference's
-//! exact rounding never does; its simulated rounding draws the same noise and follows the same
-//! rule.
+//! three-way near tie can make the comparisons cyclic and leave a rank with no expert or with
+//! several. The encrypted path stays well formed: each index bit is the clamped sum of the
+//! one-hot (the rank selects the bitwise OR of its experts' indices, expert 0 when empty) and
+//! the slot logit is the maximum of its experts' logits (0 when empty); see [`rank_sets`] and
+//! [`selected_index`]. The reference's exact rounding never cycles; its simulated rounding
+//! draws the comparisons' noise and follows the same rule.
 
 use crate::error::{ModelError, Result};
 
@@ -66,19 +68,25 @@ pub fn wins(experts: usize, bits: &[i64]) -> Vec<i64> {
         .collect()
 }
 
-/// The expert of each rank `0..k` (`E - 1 - r` wins), `None` where no expert or several have
-/// that count (a near-tie cycle; see the module docs).
-pub fn ranked(wins: &[i64], k: usize) -> Vec<Option<usize>> {
+/// The experts of each rank `0..k` (`E - 1 - r` wins): one expert, or after a near-tie cycle
+/// none or several (see the module docs).
+pub fn rank_sets(wins: &[i64], k: usize) -> Vec<Vec<usize>> {
     let e = wins.len() as i64;
     (0..k as i64)
         .map(|r| {
-            let mut it = wins.iter().enumerate().filter(|(_, &w)| w == e - 1 - r);
-            match (it.next(), it.next()) {
-                (Some((i, _)), None) => Some(i),
-                _ => None,
-            }
+            wins.iter()
+                .enumerate()
+                .filter(|(_, &w)| w == e - 1 - r)
+                .map(|(i, _)| i)
+                .collect()
         })
         .collect()
+}
+
+/// The expert a rank's set selects: the bitwise OR of its indices (each index bit is the
+/// clamped sum of the one-hot over the indices with that bit set), 0 for an empty rank.
+pub fn selected_index(set: &[usize]) -> usize {
+    set.iter().fold(0, |acc, &i| acc | i)
 }
 
 #[cfg(test)]
@@ -101,16 +109,23 @@ mod tests {
                 .collect();
             let w = wins(e, &bits);
             let top = crate::math::top_k(acc, 2);
-            assert_eq!(ranked(&w, 2), vec![Some(top[0]), Some(top[1])], "{acc:?}");
+            assert_eq!(
+                rank_sets(&w, 2),
+                vec![vec![top[0]], vec![top[1]]],
+                "{acc:?}"
+            );
         }
     }
 
     #[test]
-    fn a_cycle_leaves_a_rank_empty() {
+    fn a_cycle_leaves_a_rank_empty_and_crowds_the_next() {
         // 0 < 1 < 2 < 0: every expert has one win
         let bits = [1, 0, 1]; // (0,1): 1 beats 0; (0,2): 0 beats 2; (1,2): 2 beats 1
         assert_eq!(wins(3, &bits), vec![1, 1, 1]);
-        assert_eq!(ranked(&wins(3, &bits), 1), vec![None]);
+        let sets = rank_sets(&wins(3, &bits), 2);
+        assert_eq!(sets, vec![vec![], vec![0, 1, 2]]);
+        assert_eq!(selected_index(&sets[0]), 0);
+        assert_eq!(selected_index(&sets[1]), 3);
     }
 
     #[test]

@@ -279,13 +279,19 @@ impl QuantizedMoe {
 
     /// Pairwise routing from the comparison bits (decrypted, or [`QuantizedMoe::pairwise_bits`])
     /// and the logits (for the gates): selected experts, slot logits and Switch partition sums.
-    /// A rank with no single expert (a near-tie cycle) selects expert 0 with a zero slot logit,
-    /// as the encrypted path's empty one-hot does.
+    /// A rank with no single expert (a near-tie cycle) selects the OR of its experts' indices
+    /// with the largest of their logits (expert 0 and 0 when empty), as the encrypted path does.
     pub fn route_pairwise(&self, bits: &[i64], logits: &[i64]) -> (Vec<usize>, Vec<i64>, Vec<i64>) {
         let wins = crate::pairwise::wins(logits.len(), bits);
-        let ranked = crate::pairwise::ranked(&wins, self.config.top_k.0);
-        let selected: Vec<usize> = ranked.iter().map(|r| r.unwrap_or(0)).collect();
-        let slot_logits: Vec<i64> = ranked.iter().map(|r| r.map_or(0, |i| logits[i])).collect();
+        let sets = crate::pairwise::rank_sets(&wins, self.config.top_k.0);
+        let selected: Vec<usize> = sets
+            .iter()
+            .map(|s| crate::pairwise::selected_index(s))
+            .collect();
+        let slot_logits: Vec<i64> = sets
+            .iter()
+            .map(|s| s.iter().map(|&i| logits[i]).max().unwrap_or(0))
+            .collect();
         let sums = self.partition_sums(logits, &slot_logits);
         (selected, slot_logits, sums)
     }

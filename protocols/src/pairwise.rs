@@ -3,10 +3,12 @@
 //! Cost for E experts and k slots, in PBS: `E (E - 1) / 2` comparisons of the router
 //! accumulators ([`Evaluator::greater_than`], one keyswitch each); E rank reads of the wins
 //! (one two-function many-LUT reads both ranks of a top-2); when the gates need the slot
-//! logits, E mask reads (sharing the rank reads' keyswitch) and `k E` products
-//! `max(logit + mask, 0)` whose sum is the slot's logit. The logits themselves are read as for
-//! the tournament (E PBS). E = 8, top-2 (Mixtral gating): 28 + 8 + 8 + 16 = 60 PBS besides the
-//! logit and gate reads; top-1 with a constant gate: 36. The bracket of pairs is public.
+//! logits, E mask reads (sharing the rank reads' keyswitch), `k E` products
+//! `max(logit + mask, 0)` and a maximum over them (`k (E - 1)`), which is the slot's logit;
+//! per slot, `log2 E` reads clamp the index bits to bits (see `veilmoe_model::pairwise` for
+//! why a near-tie cycle needs both). The logits themselves are read as for the tournament
+//! (E PBS). E = 8, top-2 (Mixtral gating): 28 + 8 + 8 + 16 + 14 + 6 = 80 PBS besides the logit
+//! and gate reads; top-1 with a constant gate: 28 + 8 + 3 = 39. The bracket of pairs is public.
 
 use crate::error::{config, Result};
 use veilmoe_engine::{Cols, Encoding, Evaluator, Lut, LweVector, Preset, Rows, WeightMatrix};
@@ -27,6 +29,8 @@ pub(crate) struct PairwiseTables {
     masks: Option<Lut>,
     /// `max(u, 0)`: a logit if its mask is 0, else 0.
     select: Option<Lut>,
+    /// `max(d, 0)` for the maximum `a + max(b - a, 0)` of the slot logit's tree.
+    relu: Option<Lut>,
 }
 
 /// What pairwise routing decided.
@@ -60,7 +64,7 @@ impl PairwiseTables {
             .collect();
         let refs: Vec<&dyn Fn(i64) -> i64> = rank_fns.iter().map(|f| f.as_ref()).collect();
         let ranks = Lut::many(p, wins_encoding, bit, &refs)?;
-        let (masks, select) = if slot_logits {
+        let (masks, select, relu) = if slot_logits {
             let off = -(logit_max + 1);
             let mask_fns: Vec<Box<dyn Fn(i64) -> i64>> = (0..top_k as i64)
                 .map(|r| {
@@ -74,9 +78,12 @@ impl PairwiseTables {
                 Some(Lut::univariate(p, small, small, move |u| {
                     u.clamp(0, logit_max)
                 })?),
+                Some(Lut::univariate(p, small, small, move |d| {
+                    d.clamp(0, logit_max)
+                })?),
             )
         } else {
-            (None, None)
+            (None, None, None)
         };
         Ok(PairwiseTables {
             experts,
@@ -85,6 +92,7 @@ impl PairwiseTables {
             ranks,
             masks,
             select,
+            relu,
         })
     }
 
@@ -131,30 +139,71 @@ impl PairwiseTables {
         let mut read = ev.pbs_tables(&wins, &tables)?;
         let onehots = read.remove(0);
         let masks = read.pop();
-        let mut slots = Vec::with_capacity(self.top_k);
-        for (r, onehot) in onehots.into_iter().enumerate() {
-            let logit = match (&masks, &self.select) {
-                (Some(masks), Some(select)) => {
-                    let u =
-                        ev.linear_combination(&[logits, &masks[r]], &[1, 1], logits.encoding())?;
-                    let terms = ev.pbs(&u, select)?;
-                    let parts: Vec<LweVector> = (0..e)
-                        .map(|i| terms.slice(i..i + 1))
-                        .collect::<veilmoe_engine::Result<_>>()?;
-                    let refs: Vec<&LweVector> = parts.iter().collect();
-                    // one expert holds the rank, so the sum is its logit (a near-tie cycle
-                    // breaks this; see veilmoe_model::pairwise)
-                    Some(ev.linear_combination_within(
-                        &refs,
-                        &vec![1; e],
-                        logits.encoding(),
-                        terms.range(),
-                    )?)
+        let logits_of = match (&masks, &self.select, &self.relu) {
+            (Some(masks), Some(select), Some(relu)) => {
+                // per slot: the logits of its rank's experts, 0 elsewhere; their maximum is
+                // the slot's logit (one expert's, or the largest after a near-tie cycle)
+                let mut terms = Vec::with_capacity(self.top_k);
+                for mask in masks.iter() {
+                    let u = ev.linear_combination(&[logits, mask], &[1, 1], logits.encoding())?;
+                    terms.push(u);
                 }
-                _ => None,
-            };
-            slots.push((onehot, logit));
-        }
+                let refs: Vec<&LweVector> = terms.iter().collect();
+                let all = ev.pbs(&LweVector::concat(&refs)?, select)?;
+                max_of_groups(ev, &all, e, relu)?
+                    .into_iter()
+                    .map(Some)
+                    .collect()
+            }
+            _ => vec![None; self.top_k],
+        };
+        let slots = onehots.into_iter().zip(logits_of).collect();
         Ok(PairwiseDecision { comparisons, slots })
     }
+}
+
+/// The maximum of each group of `group` consecutive values of `values` (in `[0, logit_max]`),
+/// all groups' trees level by level together: `max(a, b) = a + relu(b - a)`, one PBS per node.
+fn max_of_groups(
+    ev: &Evaluator,
+    values: &LweVector,
+    group: usize,
+    relu: &Lut,
+) -> Result<Vec<LweVector>> {
+    let enc = values.encoding();
+    let range = values.range();
+    let mut levels: Vec<Vec<LweVector>> = (0..values.len() / group)
+        .map(|g| {
+            (0..group)
+                .map(|i| values.slice(g * group + i..g * group + i + 1))
+                .collect::<veilmoe_engine::Result<Vec<_>>>()
+        })
+        .collect::<veilmoe_engine::Result<_>>()?;
+    while levels[0].len() > 1 {
+        let (mut lefts, mut rights) = (Vec::new(), Vec::new());
+        for level in &levels {
+            for pair in level.chunks_exact(2) {
+                lefts.push(&pair[0]);
+                rights.push(&pair[1]);
+            }
+        }
+        let a = LweVector::concat(&lefts)?;
+        let b = LweVector::concat(&rights)?;
+        let diff = ev.linear_combination(&[&b, &a], &[1, -1], enc)?;
+        let r = ev.pbs(&diff, relu)?;
+        let maxes = ev.linear_combination_within(&[&a, &r], &[1, 1], enc, range)?;
+        let mut at = 0;
+        for level in levels.iter_mut() {
+            let pairs = level.len() / 2;
+            let mut next: Vec<LweVector> = (at..at + pairs)
+                .map(|i| maxes.slice(i..i + 1))
+                .collect::<veilmoe_engine::Result<_>>()?;
+            at += pairs;
+            if level.len() % 2 == 1 {
+                next.push(level.pop().expect("a bye"));
+            }
+            *level = next;
+        }
+    }
+    Ok(levels.into_iter().map(|mut l| l.remove(0)).collect())
 }

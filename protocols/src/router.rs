@@ -282,8 +282,11 @@ impl RouterTables {
                 let decision = pw.decide(ev, &acc, &logits, self.index_encoding)?;
                 let mut slots = Vec::with_capacity(decision.slots.len());
                 for (onehot, logit) in decision.slots {
+                    // a near-tie cycle may put several experts in a rank: the sums are clamped
+                    // to bits (the OR of their indices) so that circuit bootstrapping reads bits
+                    let sums = self.index_bits_of(ev, &onehot, None)?;
                     slots.push(SlotRouting {
-                        index_bits: self.index_bits_of(ev, &onehot, None)?,
+                        index_bits: ev.pbs(&sums, &self.bit_refresh)?,
                         onehot,
                         // a placeholder of the right shape where the gates need no logit
                         logit: logit.map_or_else(|| logits.slice(0..1), Ok)?,

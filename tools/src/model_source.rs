@@ -30,8 +30,8 @@ pub enum SourceError {
     Missing(String),
     #[error("--headroom {0}: give a factor from 1 to 16 (the calibration range times it must fit each read)")]
     BadHeadroom(f64),
-    #[error("--linear-in-product applies to quantizing a --model directory (the embedded model and model files keep the quantization they have)")]
-    LinearInProductNeedsDir,
+    #[error("{0} applies to quantizing a --model directory (the embedded model and model files keep the quantization they have)")]
+    NeedsModelDir(&'static str),
 }
 
 /// The `--model` / `--calibration` options every model-using command shares.
@@ -61,6 +61,13 @@ pub struct ModelArgs {
     /// own. A quarter of a gated expert's PBS fewer, for a linear factor one bit coarser.
     #[arg(long)]
     pub linear_in_product: bool,
+    /// Quantizing a --model directory of at most 8 experts: choose the experts by comparing
+    /// the router accumulators pairwise at the blind rotation's resolution instead of by a
+    /// tournament over their reads, which ties accumulators that fall in the same read box.
+    /// E (E - 1) / 2 comparisons (28 at E = 8) and E rank reads instead of about 2 E
+    /// tournament reads.
+    #[arg(long)]
+    pub pairwise_routing: bool,
 }
 
 impl ModelArgs {
@@ -83,9 +90,13 @@ impl ModelArgs {
                 dir: path.clone(),
                 calibration: self.calibration.clone(),
                 headroom: self.headroom()?,
-                linear_in_product: self.linear_in_product,
+                variant: Variant {
+                    linear_in_product: self.linear_in_product,
+                    pairwise_routing: self.pairwise_routing,
+                },
             }),
-            _ if self.linear_in_product => Err(SourceError::LinearInProductNeedsDir),
+            _ if self.linear_in_product => Err(SourceError::NeedsModelDir("--linear-in-product")),
+            _ if self.pairwise_routing => Err(SourceError::NeedsModelDir("--pairwise-routing")),
             None => Ok(ModelSource::Embedded),
             Some(path) if path.is_file() => match self.calibration {
                 Some(_) => Err(SourceError::CalibrationForFile(path.display().to_string())),
@@ -104,6 +115,16 @@ pub struct FloatReference {
     pub records: Vec<Vec<f32>>,
 }
 
+/// Evaluation choices a model directory is quantized with (both off by default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Variant {
+    /// Gated experts read their linear factor inside the product
+    /// (`QuantizeOptions::linear_in_product`).
+    pub linear_in_product: bool,
+    /// Experts chosen by pairwise comparisons (`QuantizeOptions::pairwise_routing`).
+    pub pairwise_routing: bool,
+}
+
 /// Where the model comes from.
 #[derive(Debug, Clone)]
 pub enum ModelSource {
@@ -112,13 +133,13 @@ pub enum ModelSource {
     /// A quantized-model file.
     File(PathBuf),
     /// A Hugging Face-format directory, calibration records for its quantization, the
-    /// headroom of its calibrated ranges (`None`: worst-case ranges) and whether gated experts
-    /// read their linear factor inside the product.
+    /// headroom of its calibrated ranges (`None`: worst-case ranges) and the evaluation
+    /// choices it is quantized with.
     Dir {
         dir: PathBuf,
         calibration: Option<PathBuf>,
         headroom: Option<f64>,
-        linear_in_product: bool,
+        variant: Variant,
     },
 }
 
@@ -183,31 +204,34 @@ impl ModelSource {
         max_norm2: f64,
         calibration: &[Vec<f32>],
     ) -> Result<QuantizedClassifier, SourceError> {
-        let linear_in_product = match self {
-            ModelSource::Dir {
-                linear_in_product, ..
-            } => *linear_in_product,
-            _ => false,
-        };
         self.quantize_variant(
             model,
             (message_bits, max_norm2),
-            linear_in_product,
+            self.variant(),
             calibration,
         )
     }
 
-    /// [`ModelSource::quantize`] with the linear factor's read chosen here rather than by the
-    /// source (`params sweep` tries both).
+    /// The evaluation choices this source quantizes with (the defaults but for a directory).
+    pub fn variant(&self) -> Variant {
+        match self {
+            ModelSource::Dir { variant, .. } => *variant,
+            _ => Variant::default(),
+        }
+    }
+
+    /// [`ModelSource::quantize`] with the evaluation choices given here rather than by the
+    /// source (`params sweep` tries several).
     pub fn quantize_variant(
         &self,
         model: &FloatMoeModel,
         (message_bits, max_norm2): (u32, f64),
-        linear_in_product: bool,
+        variant: Variant,
         calibration: &[Vec<f32>],
     ) -> Result<QuantizedClassifier, SourceError> {
         let defaults = QuantizeOptions {
-            linear_in_product,
+            linear_in_product: variant.linear_in_product,
+            pairwise_routing: variant.pairwise_routing,
             ..QuantizeOptions::for_reads(message_bits, max_norm2)
         };
         let opts = match self {

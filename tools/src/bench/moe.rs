@@ -28,6 +28,9 @@ pub struct MoeBench {
     pub shared_hidden: Option<usize>,
     /// Gated FFNs read their linear factor inside the product's quarter squares.
     pub linear_in_product: bool,
+    /// Route by pairwise comparisons of the router accumulators (E from 2 to 8; one expert
+    /// has nothing to route).
+    pub pairwise_routing: bool,
     pub runs: usize,
     /// Also time batches under expert capacities (`None`: not measured).
     pub capacity: Option<CapacityBench>,
@@ -66,6 +69,7 @@ pub struct MoeReport {
     /// and external products are the `shared-expert` stage of `ops_per_stage`).
     pub shared_hidden: Option<usize>,
     pub linear_in_product: bool,
+    pub pairwise_routing: bool,
     pub cases: Vec<MoeCase>,
     /// Batches under expert capacities, per number of experts (when asked for).
     pub capacity_cases: Vec<CapacityCase>,
@@ -141,6 +145,7 @@ pub fn run_moe(
         if b.linear_in_product {
             model = model.with_linear_in_product();
         }
+        model.pairwise_routing = b.pairwise_routing && e > 1;
         let ev = Evaluator::new(&server);
         let layer = MoeLayer::new(&ev, model).map_err(err)?;
         for &name in &b.strategies {
@@ -274,6 +279,7 @@ pub fn run_moe(
         ffn: b.ffn.name(),
         shared_hidden: b.shared_hidden,
         linear_in_product: b.linear_in_product,
+        pairwise_routing: b.pairwise_routing,
         cases,
         capacity_cases,
         argmax8_ms: median(&times),

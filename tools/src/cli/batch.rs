@@ -123,12 +123,17 @@ impl Quantize {
             );
         }
         let note = format!(
-            "{} quantized for {}-bit reads (preset {}){}",
+            "{} quantized for {}-bit reads (preset {}){}{}",
             source.label(),
             preset.message_bits,
             preset.name,
             if model.moe.linear_in_product {
                 ", linear factor read inside the product"
+            } else {
+                ""
+            },
+            if model.moe.pairwise_routing {
+                ", pairwise routing"
             } else {
                 ""
             }

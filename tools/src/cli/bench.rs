@@ -48,6 +48,10 @@ pub enum Bench {
         /// quantized with `quantize --linear-in-product`): h PBS fewer per expert.
         #[arg(long)]
         linear_in_product: bool,
+        /// Route by pairwise comparisons of the router accumulators (a model quantized with
+        /// `quantize --pairwise-routing`; up to 8 experts).
+        #[arg(long)]
+        pairwise_routing: bool,
         /// Timed tokens per case (median reported); timed batches for --capacity-batch.
         #[arg(long, default_value_t = 3)]
         runs: usize,
@@ -454,6 +458,7 @@ impl Bench {
                 ffn,
                 shared_hidden,
                 linear_in_product,
+                pairwise_routing,
                 runs,
                 capacity_batch,
                 capacity_factor,
@@ -468,6 +473,9 @@ impl Bench {
                 });
                 if experts.is_empty() || experts.iter().any(|&e| e == 0 || e > 128) {
                     bail!("--experts takes numbers between 1 and 128");
+                }
+                if pairwise_routing && experts.iter().any(|&e| e > 8) {
+                    bail!("--pairwise-routing serves up to 8 experts");
                 }
                 if runs == 0 || d == 0 || h == 0 || !(1..=2).contains(&top_k) {
                     bail!("--runs, --d and --h must be positive and --top-k 1 or 2");
@@ -484,6 +492,7 @@ impl Bench {
                     ffn,
                     shared_hidden: (shared_hidden > 0).then_some(shared_hidden),
                     linear_in_product,
+                    pairwise_routing,
                     runs,
                     capacity,
                 };

@@ -31,7 +31,7 @@ pub use output::{output_kind, svg_plot, to_csv, write_report, OutputKind};
 use super::check::CheckError;
 use super::estimate::{calibrate_units, estimate_ms, UnitCosts};
 use super::probe::{probe_token, ProbeKeys};
-use crate::model_source::ModelSource;
+use crate::model_source::{ModelSource, Variant};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use veilmoe_engine::{OpKind, Preset};
@@ -199,13 +199,7 @@ pub fn sweep(
         // a plain FFN has no linear factor: one variant
         vec![false]
     } else if spec.linear_in_product.is_empty() {
-        vec![matches!(
-            source,
-            ModelSource::Dir {
-                linear_in_product: true,
-                ..
-            }
-        )]
+        vec![source.variant().linear_in_product]
     } else {
         let mut v = spec.linear_in_product.clone();
         v.sort_unstable();
@@ -232,7 +226,15 @@ pub fn sweep(
             ));
             let q = float_k.clone().and_then(|m| {
                 let q = source
-                    .quantize_variant(&m, (b, max_norm2), lin, &calibration)
+                    .quantize_variant(
+                        &m,
+                        (b, max_norm2),
+                        Variant {
+                            linear_in_product: lin,
+                            ..source.variant()
+                        },
+                        &calibration,
+                    )
                     .map_err(|e| e.to_string())?;
                 let exact = evaluate_accuracy(&m, &q, test, &mut Rounding::Exact)
                     .map_err(|e| e.to_string())?;
