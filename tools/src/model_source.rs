@@ -116,7 +116,7 @@ pub struct FloatReference {
 }
 
 /// Evaluation choices a model directory is quantized with (both off by default).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Variant {
     /// Gated experts read their linear factor inside the product
     /// (`QuantizeOptions::linear_in_product`).

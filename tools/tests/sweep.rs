@@ -109,9 +109,9 @@ fn sweep_on_the_test_preset_writes_every_format() {
 
     let text = std::fs::read_to_string(&csv).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    assert!(
-        lines[0].starts_with("preset,security_bits,insecure,bits,top_k,linear_in_product,strategy")
-    );
+    assert!(lines[0].starts_with(
+        "preset,security_bits,insecure,bits,top_k,linear_in_product,pairwise_routing,strategy"
+    ));
     assert_eq!(lines.len(), 1 + cells.len());
     let header_fields = lines[0].split(',').count();
     for l in &lines[1..] {
@@ -278,6 +278,7 @@ fn check_estimate_and_sweep_read_a_mixtral_checkpoint() {
     let out = params()
         .args(["sweep", "--presets", "test", "--bits", "4", "--json"])
         .args(["--linear-factor", "own,product"])
+        .args(["--routing", "tournament,pairwise"])
         .arg("--model")
         .arg(&model)
         .arg("--calibration")
@@ -290,19 +291,37 @@ fn check_estimate_and_sweep_read_a_mixtral_checkpoint() {
     let v = json(&out);
     assert_eq!(v["test_records"], 120);
     let cells = v["cells"].as_array().unwrap();
-    // two strategies, the linear factor read on its own and inside the product
-    assert_eq!(cells.len(), 4);
+    // two strategies, the linear factor read on its own and inside the product, the
+    // tournament and pairwise routing
+    assert_eq!(cells.len(), 8);
     assert!(cells.iter().all(|c| c["runnable"] == true));
-    let pbs = |strategy: &str, product: bool| {
+    let pbs = |strategy: &str, product: bool, pairwise: bool| {
         cells
             .iter()
-            .find(|c| c["strategy"] == strategy && c["linear_in_product"] == product)
+            .find(|c| {
+                c["strategy"] == strategy
+                    && c["linear_in_product"] == product
+                    && c["pairwise_routing"] == pairwise
+            })
             .map(|c| c["pbs_per_token"].as_u64().unwrap())
             .unwrap()
     };
     // the demo block: E = 4, h = 16, top-1; select evaluates one expert, compute-all four
-    assert_eq!(pbs("select", false) - pbs("select", true), 16);
-    assert_eq!(pbs("compute-all", false) - pbs("compute-all", true), 64);
+    for pairwise in [false, true] {
+        assert_eq!(
+            pbs("select", false, pairwise) - pbs("select", true, pairwise),
+            16
+        );
+        assert_eq!(
+            pbs("compute-all", false, pairwise) - pbs("compute-all", true, pairwise),
+            64
+        );
+    }
+    // pairwise routing of 4 experts, top-1: 6 comparisons, 4 rank reads and 2 clamped index
+    // bits replace 3 comparisons, 2 maxima and 2 paired one-hot reads
+    for strategy in ["select", "compute-all"] {
+        assert_eq!(pbs(strategy, false, true) - pbs(strategy, false, false), 5);
+    }
     // the option is for quantizing a directory: the embedded model keeps its own
     let out = params()
         .args(["check", "--preset", "test", "--linear-in-product"])
@@ -312,6 +331,15 @@ fn check_estimate_and_sweep_read_a_mixtral_checkpoint() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("--linear-in-product"), "{err}");
+    // so is pairwise routing
+    let out = params()
+        .args(["check", "--preset", "test", "--pairwise-routing"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--pairwise-routing"), "{err}");
     // Without --test, a directory model has nothing to score accuracy on.
     let out = params()
         .args(["sweep", "--presets", "test"])

@@ -322,6 +322,7 @@ impl Context<'_> {
                 .map_or(0.0, |w| zeroed_frac(w.zeroed, w.w.len())),
             w3_steps,
             linear_in_product: moe.linear_in_product,
+            pairwise_routing: moe.pairwise_routing,
             act_out_scale: moe.quant.act_out_scale,
             w2_scale: second.sigma2,
             w2_max_abs: second.max_abs,

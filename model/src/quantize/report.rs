@@ -33,6 +33,8 @@ pub struct QuantizeReport {
     pub w3_zeroed: f64,
     /// The linear factor is read inside the product (its rows fit the factor range).
     pub linear_in_product: bool,
+    /// The experts are chosen by pairwise comparisons of the router accumulators.
+    pub pairwise_routing: bool,
     pub act_out_scale: f64,
     /// Real value of one unit of W2's integer weights.
     pub w2_scale: f64,
@@ -81,7 +83,7 @@ impl fmt::Display for QuantizeReport {
         )?;
         writeln!(
             f,
-            "router:   {}step {:.4}, {:.1}% weights zeroed (prune {:.2}), logit zero point {}",
+            "router:   {}step {:.4}, {:.1}% weights zeroed (prune {:.2}), logit zero point {}, {}",
             if self.choice.router_center {
                 "centred, "
             } else {
@@ -90,7 +92,12 @@ impl fmt::Display for QuantizeReport {
             self.router_step,
             pct(self.router_zeroed),
             self.choice.router_prune,
-            self.logit_zero_point
+            self.logit_zero_point,
+            if self.pairwise_routing {
+                "experts chosen by pairwise comparisons of the accumulators"
+            } else {
+                "experts chosen by a tournament over the logit reads"
+            }
         )?;
         writeln!(
             f,

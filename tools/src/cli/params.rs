@@ -80,6 +80,11 @@ pub enum ParamsCommand {
         /// --linear-in-product`). Default: as the model source says.
         #[arg(long = "linear-factor", value_enum, value_delimiter = ',')]
         linear_factor: Vec<LinearFactor>,
+        /// How experts are chosen, comma-separated: `tournament` (over the logit reads),
+        /// `pairwise` (comparisons of the router accumulators; see `quantize
+        /// --pairwise-routing`; up to 8 experts). Default: as the model source says.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        routing: Vec<Routing>,
         /// Threads the time estimate assumes (default: this machine's cores).
         #[arg(long)]
         threads: Option<usize>,
@@ -112,6 +117,15 @@ pub enum LinearFactor {
     Own,
     /// Inside the product's quarter squares.
     Product,
+}
+
+/// How a router chooses its experts (`params sweep --routing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Routing {
+    /// A tournament over the logit reads.
+    Tournament,
+    /// Pairwise comparisons of the router accumulators.
+    Pairwise,
 }
 
 /// `--threads`, or this machine's cores when not given.
@@ -230,6 +244,7 @@ pub fn run_params(cmd: ParamsCommand) -> Result<()> {
             top_k,
             strategies,
             linear_factor,
+            routing,
             threads,
             seeds,
             out,
@@ -273,6 +288,7 @@ pub fn run_params(cmd: ParamsCommand) -> Result<()> {
                     .iter()
                     .map(|l| *l == LinearFactor::Product)
                     .collect(),
+                pairwise_routing: routing.iter().map(|r| *r == Routing::Pairwise).collect(),
                 threads,
                 seeds,
             };

@@ -55,6 +55,9 @@ pub struct SweepSpec {
     /// Where a gated model reads its linear factor: `false` on its own, `true` inside the
     /// product (empty: as the model source says).
     pub linear_in_product: Vec<bool>,
+    /// How experts are chosen: `false` by the tournament, `true` by pairwise comparisons
+    /// (empty: as the model source says; models of more than 8 experts: the tournament only).
+    pub pairwise_routing: Vec<bool>,
     /// Threads the time estimate assumes.
     pub threads: usize,
     /// Simulation seeds averaged for the accuracy.
@@ -72,6 +75,8 @@ pub struct SweepCell {
     pub top_k: usize,
     /// The linear factor is read inside the product.
     pub linear_in_product: bool,
+    /// The experts are chosen by pairwise comparisons of the router accumulators.
+    pub pairwise_routing: bool,
     pub strategy: Strategy,
     /// Runs on the preset within its noise budget and encodings.
     pub runnable: bool,
@@ -198,43 +203,50 @@ pub fn sweep(
     let linear: Vec<bool> = if float.config.ffn != FfnKind::GatedSilu {
         // a plain FFN has no linear factor: one variant
         vec![false]
-    } else if spec.linear_in_product.is_empty() {
-        vec![source.variant().linear_in_product]
     } else {
-        let mut v = spec.linear_in_product.clone();
-        v.sort_unstable();
-        v.dedup();
-        v
+        choices(&spec.linear_in_product, source.variant().linear_in_product)
     };
-    let mut quantized: BTreeMap<(usize, u32, bool), Quantized> = BTreeMap::new();
+    let e = float.config.experts.0;
+    let routing: Vec<bool> = if !(2..=veilmoe_model::pairwise::MAX_EXPERTS).contains(&e) {
+        vec![false]
+    } else {
+        choices(&spec.pairwise_routing, source.variant().pairwise_routing)
+    };
+    let variants: Vec<Variant> = linear
+        .iter()
+        .flat_map(|&l| {
+            routing.iter().map(move |&r| Variant {
+                linear_in_product: l,
+                pairwise_routing: r,
+            })
+        })
+        .collect();
+    let mut quantized: BTreeMap<(usize, u32, Variant), Quantized> = BTreeMap::new();
     let mut floats: BTreeMap<usize, (Result<FloatMoeModel, String>, Option<f64>)> = BTreeMap::new();
     for &k in &ks {
         let float_k = with_top_k(&float, k);
         let acc = float_k.as_ref().ok().map(|m| float_accuracy(m, test));
-        for (&b, &lin) in spec
+        for (&b, &v) in spec
             .bits
             .iter()
-            .flat_map(|b| linear.iter().map(move |l| (b, l)))
+            .flat_map(|b| variants.iter().map(move |v| (b, v)))
         {
             status(&format!(
-                "quantizing for {b} bits, top-{k}{} ...",
-                if lin {
+                "quantizing for {b} bits, top-{k}{}{} ...",
+                if v.linear_in_product {
                     ", linear factor in the product"
+                } else {
+                    ""
+                },
+                if v.pairwise_routing {
+                    ", pairwise routing"
                 } else {
                     ""
                 }
             ));
             let q = float_k.clone().and_then(|m| {
                 let q = source
-                    .quantize_variant(
-                        &m,
-                        (b, max_norm2),
-                        Variant {
-                            linear_in_product: lin,
-                            ..source.variant()
-                        },
-                        &calibration,
-                    )
+                    .quantize_variant(&m, (b, max_norm2), v, &calibration)
                     .map_err(|e| e.to_string())?;
                 let exact = evaluate_accuracy(&m, &q, test, &mut Rounding::Exact)
                     .map_err(|e| e.to_string())?;
@@ -242,23 +254,23 @@ pub fn sweep(
                     .map_err(|e| e.to_string())?;
                 Ok((q, exact.quantized_accuracy(), fidelity))
             });
-            quantized.insert((k, b, lin), q);
+            quantized.insert((k, b, v), q);
         }
         floats.insert(k, (float_k, acc));
     }
-    let total = spec.presets.len() * ks.len() * spec.bits.len() * linear.len() * strategies.len();
+    let total = spec.presets.len() * ks.len() * spec.bits.len() * variants.len() * strategies.len();
     let mut cells = Vec::with_capacity(total);
     for preset in &spec.presets {
         // Keys and unit costs, made when the first cell that fits the preset needs them.
         let mut keys_units: Option<(ProbeKeys, UnitCosts)> = None;
         for &k in &ks {
-            for (&b, &lin) in spec
+            for (&b, &v) in spec
                 .bits
                 .iter()
-                .flat_map(|b| linear.iter().map(move |l| (b, l)))
+                .flat_map(|b| variants.iter().map(move |v| (b, v)))
             {
                 let (float_k, float_accuracy) = &floats[&k];
-                let q = &quantized[&(k, b, lin)];
+                let q = &quantized[&(k, b, v)];
                 for (name, strat) in &strategies {
                     let mut cell = SweepCell {
                         preset: preset.name.clone(),
@@ -266,7 +278,8 @@ pub fn sweep(
                         insecure: preset.insecure,
                         bits: b,
                         top_k: k,
-                        linear_in_product: lin,
+                        linear_in_product: v.linear_in_product,
+                        pairwise_routing: v.pairwise_routing,
                         strategy: *name,
                         runnable: false,
                         reason: None,
@@ -390,8 +403,9 @@ fn cell_line(c: &SweepCell) -> String {
     } else {
         ""
     };
+    let pairwise = if c.pairwise_routing { " pairwise" } else { "" };
     let head = format!(
-        "{} bits={} k={}{lin} {}",
+        "{} bits={} k={}{lin}{pairwise} {}",
         c.preset, c.bits, c.top_k, c.strategy
     );
     match (&c.reason, c.estimated_ms_per_token) {
@@ -419,11 +433,12 @@ impl std::fmt::Display for SweepReport {
         )?;
         writeln!(
             f,
-            "  {:<9} {:>4} {:>2} {:<7} {:<12} {:>7} {:>7} {:>9} {:>6} {:>6} {:>9} {:>6} {:>9}  note",
+            "  {:<9} {:>4} {:>2} {:<7} {:<10} {:<12} {:>7} {:>7} {:>9} {:>6} {:>6} {:>9} {:>6} {:>9}  note",
             "preset",
             "bits",
             "k",
             "W3 read",
+            "routing",
             "strategy",
             "float",
             "exact",
@@ -450,11 +465,16 @@ impl std::fmt::Display for SweepReport {
             };
             writeln!(
                 f,
-                "  {:<9} {:>4} {:>2} {:<7} {:<12} {:>7} {:>7} {:>9} {:>6} {:>6} {:>9} {:>6} {:>9}  {}",
+                "  {:<9} {:>4} {:>2} {:<7} {:<10} {:<12} {:>7} {:>7} {:>9} {:>6} {:>6} {:>9} {:>6} {:>9}  {}",
                 c.preset,
                 c.bits,
                 c.top_k,
                 if c.linear_in_product { "product" } else { "own" },
+                if c.pairwise_routing {
+                    "pairwise"
+                } else {
+                    "tournament"
+                },
                 c.strategy,
                 pct(c.float_accuracy),
                 pct(c.quantized_accuracy),
@@ -487,4 +507,16 @@ impl std::fmt::Display for SweepReport {
             Ok(())
         }
     }
+}
+
+/// The values of a swept choice: those asked for, in order and without repeats, or the
+/// source's own when none was asked for.
+fn choices(asked: &[bool], own: bool) -> Vec<bool> {
+    if asked.is_empty() {
+        return vec![own];
+    }
+    let mut v = asked.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v
 }

@@ -16,7 +16,8 @@ fn csv_field(s: &str) -> String {
 pub fn to_csv(r: &SweepReport) -> String {
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v}"));
     let mut out = String::from(
-        "preset,security_bits,insecure,bits,top_k,linear_in_product,strategy,runnable,float_accuracy,\
+        "preset,security_bits,insecure,bits,top_k,linear_in_product,pairwise_routing,strategy,runnable,\
+         float_accuracy,\
          quantized_accuracy,simulated_accuracy,block_cosine,block_relative_l2,\
          expert_agreement,estimated_ms_per_token,pbs_per_token,\
          log2_p_fail_token,pareto,reason\n",
@@ -29,6 +30,7 @@ pub fn to_csv(r: &SweepReport) -> String {
             c.bits.to_string(),
             c.top_k.to_string(),
             c.linear_in_product.to_string(),
+            c.pairwise_routing.to_string(),
             csv_field(c.strategy.name()),
             c.runnable.to_string(),
             opt(c.float_accuracy),
