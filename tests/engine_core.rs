@@ -200,6 +200,16 @@ fn pbs_each_shares_the_keyswitch_and_equals_separate_pbs() {
     assert!(shared.pbs_each(&small, &[&many]).is_err());
 }
 
+/// `values` encrypted in `enc` under the test keys, declared within `range`.
+fn encrypt_within(values: &[i64], enc: Encoding, range: ValueRange) -> veilmoe::engine::LweVector {
+    test_keys()
+        .client
+        .encrypt_lwe(values, enc)
+        .unwrap()
+        .with_range(range)
+        .unwrap()
+}
+
 /// Comparisons of wide values by the sign of their difference: every pair further from the
 /// threshold than the noise margin is decided as `a > b` (ties give 0), over the whole range of
 /// differences the torus holds, including both extremes; the near ties are counted, not judged.
@@ -228,18 +238,10 @@ fn greater_than_decides_by_the_sign_of_the_difference() {
             b.push(y);
         }
         let range = ValueRange::new(-top, top).unwrap();
-        let ca = k
-            .client
-            .encrypt_lwe(&a, enc)
-            .unwrap()
-            .with_range(range)
-            .unwrap();
-        let cb = k
-            .client
-            .encrypt_lwe(&b, enc)
-            .unwrap()
-            .with_range(range)
-            .unwrap();
+        let (ca, cb) = (
+            encrypt_within(&a, enc, range),
+            encrypt_within(&b, enc, range),
+        );
         let before = ev.ops().total(OpKind::Pbs);
         let bits = ev.greater_than(&ca, &cb, Encoding::signed(4)).unwrap();
         assert_eq!(ev.ops().total(OpKind::Pbs) - before, a.len() as u64);
@@ -309,18 +311,10 @@ fn greater_than_error_rate_matches_the_noise_model() {
         b.push(x - d);
         want.push((d > 0) as i64);
     }
-    let ca = k
-        .client
-        .encrypt_lwe(&a, enc)
-        .unwrap()
-        .with_range(range)
-        .unwrap();
-    let cb = k
-        .client
-        .encrypt_lwe(&b, enc)
-        .unwrap()
-        .with_range(range)
-        .unwrap();
+    let (ca, cb) = (
+        encrypt_within(&a, enc, range),
+        encrypt_within(&b, enc, range),
+    );
     let got = k
         .client
         .decrypt_lwe(&ev.greater_than(&ca, &cb, Encoding::signed(4)).unwrap())

@@ -123,6 +123,15 @@ fn switch() -> PathBuf {
 
 /// The digits features centred and scaled to [-1, 1] (pixels are 0..16): 200 calibration
 /// records and the 300 after them.
+/// The three families' checkpoints, written afresh.
+fn families() -> [(&'static str, PathBuf); 3] {
+    [
+        ("Mixtral", mixtral()),
+        ("Qwen2-MoE", qwen2_moe()),
+        ("Switch", switch()),
+    ]
+}
+
 fn records() -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
     let all: Vec<Vec<f32>> = embedded_digits()
         .unwrap()
@@ -204,11 +213,7 @@ fn overflowing(q: &QuantizedClassifier, test: &[Vec<f32>]) -> usize {
 fn hf_random_checkpoints_fidelity() {
     let (calib, test) = records();
     let default = Preset::load("default", false).unwrap();
-    for (name, dir) in [
-        ("Mixtral", mixtral()),
-        ("Qwen2-MoE", qwen2_moe()),
-        ("Switch", switch()),
-    ] {
+    for (name, dir) in families() {
         let m = FloatMoeModel::load(&dir).unwrap();
         assert!(m.not_evaluated.is_empty(), "{:?}", m.not_evaluated);
         for headroom in [None, Some(2.0), Some(1.5), Some(1.25), Some(1.0)] {
@@ -421,11 +426,7 @@ fn blocks_encrypted_on(preset: &str, pairwise: bool) {
         ..QuantizeOptions::for_reads(preset.message_bits, preset.max_norm2)
     };
     let tokens = 8;
-    for (name, dir) in [
-        ("Mixtral", mixtral()),
-        ("Qwen2-MoE", qwen2_moe()),
-        ("Switch", switch()),
-    ] {
+    for (name, dir) in families() {
         let m = FloatMoeModel::load(&dir).unwrap();
         let q = quantize_with(&m, &opts, &calib).unwrap().0;
         let mut sim = simulated_rounding(&preset, q.moe.quant.message_bits, 7);
@@ -478,11 +479,7 @@ fn blocks_encrypted_on(preset: &str, pairwise: bool) {
 #[ignore = "quantizes three checkpoints at 4, 5 and 6 bits and measures 300 records (minutes)"]
 fn hf_routing_against_expert_precision() {
     let (calib, test) = records();
-    for (name, dir) in [
-        ("Mixtral", mixtral()),
-        ("Qwen2-MoE", qwen2_moe()),
-        ("Switch", switch()),
-    ] {
+    for (name, dir) in families() {
         let m = FloatMoeModel::load(&dir).unwrap();
         for bits in [4, 5, 6] {
             let q = quantize_bits(
@@ -615,11 +612,7 @@ fn hf_linear_in_product_fidelity() {
 #[ignore = "quantizes three checkpoints four times each and measures 300 records (minutes)"]
 fn hf_pairwise_routing_fidelity() {
     let (calib, test) = records();
-    for (name, dir) in [
-        ("Mixtral", mixtral()),
-        ("Qwen2-MoE", qwen2_moe()),
-        ("Switch", switch()),
-    ] {
+    for (name, dir) in families() {
         let m = FloatMoeModel::load(&dir).unwrap();
         for preset in ["default", "fine"] {
             let preset = Preset::load(preset, false).unwrap();

@@ -7,11 +7,10 @@
 
 mod common;
 
-use common::wide::check_token;
+use common::wide::{check_token, run_select_tokens};
 use common::{test_keys, Rng};
-use rayon::prelude::*;
 use std::collections::BTreeSet;
-use veilmoe::engine::{Evaluator, OpKind};
+use veilmoe::engine::Evaluator;
 use veilmoe::model::model_file::{decode_model_file, encode_model_file};
 use veilmoe::model::{
     quantize_with, ExpertCount, FfnKind, FloatMoeModel, Gating, HiddenDim, ModelDim, MoeConfig,
@@ -35,34 +34,18 @@ fn gated_config(d: usize, h: usize, e: usize, k: usize) -> MoeConfig {
 /// was the same; panics if the tokens did not reach at least two routings.
 fn run_checked(model: &QuantizedMoe, tokens: usize, seed: u64) -> (u64, bool) {
     let k = test_keys();
-    let ev = Evaluator::new(&k.server);
-    let layer = MoeLayer::new(&ev, model.clone()).expect("layer");
     let mut rng = Rng::new(seed);
     let inputs: Vec<Vec<i64>> = (0..tokens)
         .map(|_| rng.vec(model.config.d.0, -8, 7))
         .collect();
-    let runs: Vec<_> = inputs
-        .par_iter()
-        .map(|x| {
-            let ev = Evaluator::new(&k.server);
-            let out = layer
-                .forward(&ev, &layer.encrypt(&k.client, x).unwrap(), &Select)
-                .expect("forward");
-            let check = check_token(&k.client, model, x, &out);
-            (
-                check.selected,
-                ev.ops().trace(),
-                ev.ops().total(OpKind::Pbs),
-            )
-        })
-        .collect();
-    let routes: BTreeSet<_> = runs.iter().map(|r| r.0.clone()).collect();
+    let runs = run_select_tokens((&k.client, &k.server), model, &inputs, |_, _, _| ());
+    let routes: BTreeSet<_> = runs.iter().map(|r| r.check.selected.clone()).collect();
     assert!(
         routes.len() >= 2,
         "the tokens should reach several routings"
     );
-    let same = runs.iter().all(|r| r.1 == runs[0].1);
-    (runs[0].2, same)
+    let same = runs.iter().all(|r| r.trace == runs[0].trace);
+    (runs[0].pbs, same)
 }
 
 #[test]

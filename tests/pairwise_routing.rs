@@ -9,11 +9,10 @@
 
 mod common;
 
-use common::wide::check_token;
+use common::wide::{check_token, run_select_tokens};
 use common::{test_keys, Rng};
-use rayon::prelude::*;
 use std::collections::BTreeSet;
-use veilmoe::engine::{Evaluator, OpKind};
+use veilmoe::engine::Evaluator;
 use veilmoe::model::model_file::{decode_model_file, encode_model_file};
 use veilmoe::model::{
     quantize_with, Activation, ExpertCount, FfnKind, FloatMoeModel, Gating, HiddenDim, ModelDim,
@@ -39,8 +38,6 @@ fn config(e: usize, k: usize, ffn: FfnKind, gating: Gating) -> MoeConfig {
 /// traces were equal, and the near ties seen.
 fn run_checked(model: &QuantizedMoe, tokens: usize, seed: u64) -> (u64, bool, usize) {
     let k = test_keys();
-    let ev = Evaluator::new(&k.server);
-    let layer = MoeLayer::new(&ev, model.clone()).expect("layer");
     let mut rng = Rng::new(seed);
     let inputs: Vec<Vec<i64>> = (0..tokens)
         .map(|t| {
@@ -48,84 +45,70 @@ fn run_checked(model: &QuantizedMoe, tokens: usize, seed: u64) -> (u64, bool, us
             rng.vec(model.config.d.0, lo, hi)
         })
         .collect();
-    let runs: Vec<_> = inputs
-        .par_iter()
-        .map(|x| {
-            let ev = Evaluator::new(&k.server);
-            let out = layer
-                .forward(&ev, &layer.encrypt(&k.client, x).unwrap(), &Select)
-                .expect("forward");
-            let check = check_token(&k.client, model, x, &out);
-            let logits = k.client.decrypt_lwe(&out.routing.logits).unwrap();
-            let bits = k
-                .client
-                .decrypt_lwe(out.routing.comparisons.as_ref().expect("pairwise"))
-                .unwrap();
-            let near = common::wide::check_comparisons(&k.client, model, x, &bits);
-            let (selected, slot_logits, sums) = model.route_pairwise(&bits, &logits);
-            let mut cycles = 0;
-            assert_eq!(selected, check.selected);
-            // the logits are read exactly as for the tournament
-            let exact = model.logits(&model.router_accumulators(x), &mut Rounding::Exact);
-            for (a, b) in logits.iter().zip(&exact) {
-                assert!((a - b).abs() <= 1, "logit {a} vs {b}");
+    let runs = run_select_tokens((&k.client, &k.server), model, &inputs, |x, out, check| {
+        let logits = k.client.decrypt_lwe(&out.routing.logits).unwrap();
+        let bits = k
+            .client
+            .decrypt_lwe(out.routing.comparisons.as_ref().expect("pairwise"))
+            .unwrap();
+        let near = common::wide::check_comparisons(&k.client, model, x, &bits);
+        let (selected, slot_logits, sums) = model.route_pairwise(&bits, &logits);
+        let mut cycles = 0;
+        assert_eq!(selected, check.selected);
+        // the logits are read exactly as for the tournament
+        let exact = model.logits(&model.router_accumulators(x), &mut Rounding::Exact);
+        for (a, b) in logits.iter().zip(&exact) {
+            assert!((a - b).abs() <= 1, "logit {a} vs {b}");
+        }
+        let wins = veilmoe::model::pairwise::wins(model.config.experts.0, &bits);
+        let sets = veilmoe::model::pairwise::rank_sets(&wins, model.config.top_k.0);
+        for (s, slot) in out.routing.slots.iter().enumerate() {
+            let onehot = k.client.decrypt_lwe(&slot.onehot).unwrap();
+            // one expert, or none or several after a near-tie cycle
+            let mut want = vec![0; model.config.experts.0];
+            for &i in &sets[s] {
+                want[i] = 1;
             }
-            let wins = veilmoe::model::pairwise::wins(model.config.experts.0, &bits);
-            let sets = veilmoe::model::pairwise::rank_sets(&wins, model.config.top_k.0);
-            for (s, slot) in out.routing.slots.iter().enumerate() {
-                let onehot = k.client.decrypt_lwe(&slot.onehot).unwrap();
-                // one expert, or none or several after a near-tie cycle
-                let mut want = vec![0; model.config.experts.0];
-                for &i in &sets[s] {
-                    want[i] = 1;
-                }
-                cycles += (sets[s].len() != 1) as usize;
-                assert_eq!(onehot, want, "slot {s} one-hot");
-                let bits = k.client.decrypt_lwe(&slot.index_bits).unwrap();
+            cycles += (sets[s].len() != 1) as usize;
+            assert_eq!(onehot, want, "slot {s} one-hot");
+            let bits = k.client.decrypt_lwe(&slot.index_bits).unwrap();
+            assert!(
+                bits.iter().all(|&b| b == 0 || b == 1),
+                "index bits {bits:?}"
+            );
+            let index: i64 = bits.iter().enumerate().map(|(b, &v)| v << b).sum();
+            assert_eq!(index, selected[s] as i64, "index bits {bits:?}");
+            if model.config.top_k.0 > 1 || model.config.gating == Gating::SoftmaxThenTopK {
+                let logit = k.client.decrypt_lwe(&slot.logit).unwrap()[0];
+                assert_eq!(logit, slot_logits[s], "slot logit");
+            }
+            if let Some(z) = &slot.partition_sum {
+                // a wide leveled sum of PBS outputs: exact up to its noise, well inside
+                // half a box of its read
+                let dz = (k.client.decrypt_lwe(z).unwrap()[0] - sums[s]).abs();
                 assert!(
-                    bits.iter().all(|&b| b == 0 || b == 1),
-                    "index bits {bits:?}"
+                    dz < (1i64 << model.partition_shift()) / 2,
+                    "partition sum off by {dz}"
                 );
-                let index: i64 = bits.iter().enumerate().map(|(b, &v)| v << b).sum();
-                assert_eq!(index, selected[s] as i64, "index bits {bits:?}");
-                if model.config.top_k.0 > 1 || model.config.gating == Gating::SoftmaxThenTopK {
-                    let logit = k.client.decrypt_lwe(&slot.logit).unwrap()[0];
-                    assert_eq!(logit, slot_logits[s], "slot logit");
-                }
-                if let Some(z) = &slot.partition_sum {
-                    // a wide leveled sum of PBS outputs: exact up to its noise, well inside
-                    // half a box of its read
-                    let dz = (k.client.decrypt_lwe(z).unwrap()[0] - sums[s]).abs();
-                    assert!(
-                        dz < (1i64 << model.partition_shift()) / 2,
-                        "partition sum off by {dz}"
-                    );
-                }
             }
-            if model.config.gating == Gating::SoftmaxSelected {
-                let gates = model.gates(&slot_logits, &sums, &mut Rounding::Exact);
-                assert_eq!(check.gates, gates, "gates of {slot_logits:?}");
-            }
-            (
-                check.selected,
-                ev.ops().trace(),
-                ev.ops().total(OpKind::Pbs),
-                near,
-                cycles,
-            )
-        })
-        .collect();
-    let routes: BTreeSet<_> = runs.iter().map(|r| r.0.clone()).collect();
+        }
+        if model.config.gating == Gating::SoftmaxSelected {
+            let gates = model.gates(&slot_logits, &sums, &mut Rounding::Exact);
+            assert_eq!(check.gates, gates, "gates of {slot_logits:?}");
+        }
+        (near, cycles)
+    });
+    let routes: BTreeSet<_> = runs.iter().map(|r| r.check.selected.clone()).collect();
     assert!(
         routes.len() >= 2,
         "the tokens should reach several routings"
     );
-    let same = runs.iter().all(|r| r.1 == runs[0].1);
-    let cycles: usize = runs.iter().map(|r| r.4).sum();
+    let same = runs.iter().all(|r| r.trace == runs[0].trace);
+    let cycles: usize = runs.iter().map(|r| r.extra.1).sum();
     if cycles > 0 {
         println!("{cycles} slots after a near-tie cycle");
     }
-    (runs[0].2, same, runs.iter().map(|r| r.3).sum())
+    (runs[0].pbs, same, runs.iter().map(|r| r.extra.0).sum())
 }
 
 fn pairwise(cfg: MoeConfig, seed: u64) -> QuantizedMoe {

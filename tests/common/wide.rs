@@ -3,11 +3,13 @@
 //! slot output differs from the exact reference only by its ciphertext noise, plus the effect
 //! of a hidden read that came out one step off near a box edge.
 
-use veilmoe::engine::{ClientKey, LweVector};
+use rayon::prelude::*;
+use veilmoe::engine::accounting::OpEvent;
+use veilmoe::engine::{ClientKey, Evaluator, LweVector, OpKind, ServerKey};
 use veilmoe::model::quant::{quarter_square, round_shift};
 use veilmoe::model::{FfnKind, QuantizedMoe, Rounding};
 use veilmoe::protocols::shared::SharedOutput;
-use veilmoe::protocols::MoeOutput;
+use veilmoe::protocols::{MoeLayer, MoeOutput, Select};
 
 /// Largest change of one hidden activation when each requantizing read that feeds it comes out
 /// one step off (the approximate step of the encrypted path); 0 when the first stage is read
@@ -279,4 +281,42 @@ pub fn check_token(
         gates,
         wide,
     }
+}
+
+/// One token of [`run_select_tokens`]: its checks, operation trace, PBS count and whatever the
+/// caller's own checks returned.
+pub struct TokenRun<T> {
+    pub check: TokenCheck,
+    pub trace: Vec<OpEvent>,
+    pub pbs: u64,
+    pub extra: T,
+}
+
+/// Runs each input through Select-Then-Compute (in parallel, a fresh evaluator per token) and
+/// checks it with [`check_token`]; `extra` adds the caller's checks of a token and returns what
+/// to keep of it.
+pub fn run_select_tokens<T: Send>(
+    (client, server): (&ClientKey, &ServerKey),
+    model: &QuantizedMoe,
+    inputs: &[Vec<i64>],
+    extra: impl Fn(&[i64], &MoeOutput, &TokenCheck) -> T + Sync,
+) -> Vec<TokenRun<T>> {
+    let layer = MoeLayer::new(&Evaluator::new(server), model.clone()).expect("layer");
+    inputs
+        .par_iter()
+        .map(|x| {
+            let ev = Evaluator::new(server);
+            let out = layer
+                .forward(&ev, &layer.encrypt(client, x).unwrap(), &Select)
+                .expect("forward");
+            let check = check_token(client, model, x, &out);
+            let extra = extra(x, &out, &check);
+            TokenRun {
+                check,
+                trace: ev.ops().trace(),
+                pbs: ev.ops().total(OpKind::Pbs),
+                extra,
+            }
+        })
+        .collect()
 }
