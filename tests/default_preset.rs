@@ -170,7 +170,9 @@ fn moe_layer_on_default() {
         let out = layer
             .forward(&ev, &layer.encrypt(client, &x).unwrap(), &Select)
             .unwrap();
-        let logits = client.decrypt_lwe(&out.routing.logits).unwrap();
+        let logits = client
+            .decrypt_lwe(out.routing.logits.as_ref().unwrap())
+            .unwrap();
         let (selected, slot_logits, sums) = model.route(&logits);
         for (s, slot) in out.routing.slots.iter().enumerate() {
             let bits = client.decrypt_lwe(&slot.index_bits).unwrap();

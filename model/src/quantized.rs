@@ -105,8 +105,8 @@ pub struct QuantizedMoe {
     /// The experts are chosen by comparing the router accumulators pairwise at the blind
     /// rotation's resolution (see [`crate::pairwise`]) instead of by a tournament over their
     /// `message_bits`-bit reads, which ties every two accumulators that fall in the same box.
-    /// The logits are still read, for the gates. For at most [`crate::pairwise::MAX_EXPERTS`]
-    /// experts.
+    /// The logits are still read where the gates need them (top-2, Switch gating). For at most
+    /// [`crate::pairwise::MAX_EXPERTS`] experts.
     pub pairwise_routing: bool,
 }
 

@@ -7,8 +7,9 @@
 //! `max(logit + mask, 0)` and a maximum over them (`k (E - 1)`), which is the slot's logit;
 //! per slot, `log2 E` reads clamp the index bits to bits (see `veilmoe_model::pairwise` for
 //! why a near-tie cycle needs both). The logits themselves are read as for the tournament
-//! (E PBS). E = 8, top-2 (Mixtral gating): 28 + 8 + 8 + 16 + 14 + 6 = 80 PBS besides the logit
-//! and gate reads; top-1 with a constant gate: 28 + 8 + 3 = 39. The bracket of pairs is public.
+//! (E PBS) where the gates need them; a constant gate (top-1) needs none. E = 8, top-2
+//! (Mixtral gating): 28 + 8 + 8 + 16 + 14 + 6 = 80 PBS besides the logit and gate reads; top-1
+//! with a constant gate: 28 + 8 + 3 = 39 in all. The bracket of pairs is public.
 
 use crate::error::{config, Result};
 use veilmoe_engine::{Cols, Encoding, Evaluator, Lut, LweVector, Preset, Rows, WeightMatrix};
@@ -102,15 +103,21 @@ impl PairwiseTables {
         &self,
         ev: &Evaluator,
         acc: &LweVector,
-        logits: &LweVector,
+        logits: Option<&LweVector>,
         bit: Encoding,
     ) -> Result<PairwiseDecision> {
         let e = self.experts;
-        if acc.len() != e || logits.len() != e {
+        let given = logits.map_or(e, |l| l.len());
+        if acc.len() != e || given != e || logits.is_none() != self.masks.is_none() {
             return Err(config(format!(
-                "pairwise routing of {e} experts given {} accumulators and {} logits",
+                "pairwise routing of {e} experts given {} accumulators and {} logits{}",
                 acc.len(),
-                logits.len()
+                logits.map_or(0, |l| l.len()),
+                if self.masks.is_some() {
+                    " (its gates read them)"
+                } else {
+                    ""
+                }
             )));
         }
         let ps = pairs(e);
@@ -139,8 +146,8 @@ impl PairwiseTables {
         let mut read = ev.pbs_tables(&wins, &tables)?;
         let onehots = read.remove(0);
         let masks = read.pop();
-        let logits_of = match (&masks, &self.select, &self.relu) {
-            (Some(masks), Some(select), Some(relu)) => {
+        let logits_of = match (&masks, &self.select, &self.relu, logits) {
+            (Some(masks), Some(select), Some(relu), Some(logits)) => {
                 // per slot: the logits of its rank's experts, 0 elsewhere; their maximum is
                 // the slot's logit (one expert's, or the largest after a near-tie cycle)
                 let mut terms = Vec::with_capacity(self.top_k);

@@ -85,8 +85,9 @@ pub enum Gates {
 
 /// The encrypted routing of one token.
 pub struct Routing {
-    /// Router logits (E values in [0, logit_max]).
-    pub logits: LweVector,
+    /// Router logits (E values in [0, logit_max]); `None` where nothing reads them (pairwise
+    /// routing with a constant gate, which compares the accumulators themselves).
+    pub logits: Option<LweVector>,
     /// Pairwise routing's comparison bits `[acc_j > acc_i]` (in
     /// `veilmoe_model::pairwise::pairs` order); `None` for the tournament.
     pub comparisons: Option<LweVector>,
@@ -274,12 +275,17 @@ impl RouterTables {
 
     /// Logits read from the accumulators, then the tournament or pairwise routing.
     fn route_accumulators(&self, ev: &Evaluator, acc: LweVector) -> Result<Routing> {
-        let logits = ev.pbs(&acc, &self.logit)?;
         match &self.pairwise {
-            None => self.route_logits(ev, logits),
+            None => self.route_logits(ev, ev.pbs(&acc, &self.logit)?),
             Some(pw) => {
+                // the gates of top-2 and Switch gating read the logits; a constant gate does not
+                let logits = if self.gates_read_logits() {
+                    Some(ev.pbs(&acc, &self.logit)?)
+                } else {
+                    None
+                };
                 ev.set_stage("top-k");
-                let decision = pw.decide(ev, &acc, &logits, self.index_encoding)?;
+                let decision = pw.decide(ev, &acc, logits.as_ref(), self.index_encoding)?;
                 let mut slots = Vec::with_capacity(decision.slots.len());
                 for (onehot, logit) in decision.slots {
                     // a near-tie cycle may put several experts in a rank: the sums are clamped
@@ -289,12 +295,15 @@ impl RouterTables {
                         index_bits: ev.pbs(&sums, &self.bit_refresh)?,
                         onehot,
                         // a placeholder of the right shape where the gates need no logit
-                        logit: logit.map_or_else(|| logits.slice(0..1), Ok)?,
+                        logit: match logit {
+                            Some(l) => l,
+                            None => ev.trivial(&[0], self.index_encoding)?,
+                        },
                         partition_sum: None,
                     });
                 }
                 ev.set_stage("gates");
-                let gates = self.gates(ev, &logits, &mut slots)?;
+                let gates = self.gates(ev, logits.as_ref(), &mut slots)?;
                 Ok(Routing {
                     logits,
                     comparisons: Some(decision.comparisons),
@@ -319,19 +328,25 @@ impl RouterTables {
             slots.push(self.argmax(ev, &masked, true)?.slot);
         }
         ev.set_stage("gates");
-        let gates = self.gates(ev, &logits, &mut slots)?;
+        let gates = self.gates(ev, Some(&logits), &mut slots)?;
         Ok(Routing {
-            logits,
+            logits: Some(logits),
             comparisons: None,
             slots,
             gates,
         })
     }
 
+    /// Whether the gates read the logits (Mixtral top-2: the slots' logits; Switch: all).
+    fn gates_read_logits(&self) -> bool {
+        self.top_k > 1 || self.gating == Gating::SoftmaxThenTopK
+    }
+
+    /// The slots' gates; `logits` where [`RouterTables::gates_read_logits`].
     fn gates(
         &self,
         ev: &Evaluator,
-        logits: &LweVector,
+        logits: Option<&LweVector>,
         slots: &mut [SlotRouting],
     ) -> Result<Gates> {
         match (self.gating, slots.len()) {
@@ -350,6 +365,7 @@ impl RouterTables {
                     .switch_terms
                     .as_ref()
                     .ok_or_else(|| config("Switch tables missing"))?;
+                let logits = logits.ok_or_else(|| config("Switch gating reads the logits"))?;
                 let mut all = Vec::with_capacity(slots.len());
                 for slot in slots.iter_mut() {
                     let v: Vec<&LweVector> =

@@ -63,7 +63,7 @@ pub fn check_capacity_model(
     let mut choices = vec![0; tokens * k];
     let mut gates = Vec::new();
     for (t, r) in out.routings.iter().enumerate() {
-        let logits = c.decrypt_lwe(&r.logits).unwrap();
+        let logits = c.decrypt_lwe(r.logits.as_ref().unwrap()).unwrap();
         let (selected, slot_logits, sums) = model.route(&logits);
         for (j, &e) in selected.iter().enumerate() {
             choices[entry(tokens, t, j)] = e;

@@ -4,6 +4,7 @@
 pub mod calibrated;
 pub mod capacity;
 pub mod checkpoints;
+pub mod hf_families;
 pub mod noise;
 pub mod pool;
 pub mod wide;
