@@ -125,7 +125,7 @@ fn pairwise(cfg: MoeConfig, seed: u64) -> QuantizedMoe {
 }
 
 /// Mixtral top-2 (gated, complementary gates), top-1 with a constant gate, and Switch top-1
-/// (its gate from the partition sum over the logits), at E = 8, 5 and 2. PBS per token: the
+/// (its gate from the partition sum over the logits), at E = 8, 4 and 2. PBS per token: the
 /// tournament's logit reads, the comparisons and rank reads, the slot-logit masks and products
 /// where the gates need them, the gates' reads and the expert's.
 #[test]
@@ -134,7 +134,7 @@ fn pairwise_routing_matches_the_exact_comparisons() {
     let relu = FfnKind::Plain(Activation::Relu);
     let cases = [
         (8, 2, gated, Gating::SoftmaxSelected),
-        (5, 1, relu, Gating::SoftmaxSelected),
+        (4, 1, relu, Gating::SoftmaxSelected),
         (8, 1, relu, Gating::SoftmaxThenTopK),
         (2, 1, gated, Gating::SoftmaxSelected),
     ];
@@ -220,7 +220,7 @@ fn unsupported_pairwise_shapes_are_refused() {
     nine.pairwise_routing = true;
     let err = nine.validate().unwrap_err().to_string();
     assert!(
-        err.contains("pairwise routing serves 2 to 8 experts"),
+        err.contains("pairwise routing serves 2, 4 or 8 experts"),
         "{err}"
     );
     let k = test_keys();

@@ -8,7 +8,7 @@
 //! sign of their difference at the blind rotation's resolution
 //! (`veilmoe_engine::compare`): `E (E - 1) / 2` comparisons, then each expert's count of wins
 //! ranks it (`E - 1` wins: first; `E - 2`: second), which needs `E - 1` within half of a
-//! read's boxes, hence at most [`MAX_EXPERTS`]. Ties go to the lower index, as in the
+//! read's boxes, hence at most [`MAX_EXPERTS`], and a power of two (see [`check_supported`]). Ties go to the lower index, as in the
 //! tournament and [`crate::math::top_k`].
 //!
 //! Near ties (within the noise of a comparison's threshold) may be decided either way, so a
@@ -26,12 +26,17 @@ use crate::error::{ModelError, Result};
 /// within the noise budget twice over (a top-2 gate reads their difference).
 pub const MAX_EXPERTS: usize = 8;
 
-/// Refuses a configuration pairwise routing does not serve, with the cause.
+/// Refuses a configuration pairwise routing does not serve, with the cause. The number of
+/// experts must be a power of two: after a near-tie cycle a rank selects the OR of its experts'
+/// indices, which must still name an expert.
 pub fn check_supported(experts: usize, top_k: usize) -> Result<()> {
-    if !(2..=MAX_EXPERTS).contains(&experts) || !(1..=2).contains(&top_k) {
+    if !(2..=MAX_EXPERTS).contains(&experts)
+        || !experts.is_power_of_two()
+        || !(1..=2).contains(&top_k)
+    {
         return Err(ModelError::Config(format!(
-            "pairwise routing serves 2 to {MAX_EXPERTS} experts and top-1 or top-2, the model \
-             has {experts} experts, top-{top_k}"
+            "pairwise routing serves 2, 4 or {MAX_EXPERTS} experts and top-1 or top-2, the \
+             model has {experts} experts, top-{top_k}"
         )));
     }
     Ok(())
@@ -84,7 +89,8 @@ pub fn rank_sets(wins: &[i64], k: usize) -> Vec<Vec<usize>> {
 }
 
 /// The expert a rank's set selects: the bitwise OR of its indices (each index bit is the
-/// clamped sum of the one-hot over the indices with that bit set), 0 for an empty rank.
+/// clamped sum of the one-hot over the indices with that bit set), 0 for an empty rank; an
+/// expert for every set, since the number of experts is a power of two.
 pub fn selected_index(set: &[usize]) -> usize {
     set.iter().fold(0, |acc, &i| acc | i)
 }
@@ -132,6 +138,7 @@ mod tests {
     fn unsupported_shapes_are_refused() {
         assert!(check_supported(9, 1).is_err());
         assert!(check_supported(1, 1).is_err());
+        assert!(check_supported(5, 1).is_err());
         assert!(check_supported(8, 3).is_err());
         assert!(check_supported(8, 2).is_ok());
     }

@@ -105,7 +105,7 @@ pub struct QuantizedMoe {
     /// The experts are chosen by comparing the router accumulators pairwise at the blind
     /// rotation's resolution (see [`crate::pairwise`]) instead of by a tournament over their
     /// `message_bits`-bit reads, which ties every two accumulators that fall in the same box.
-    /// The logits are still read where the gates need them (top-2, Switch gating). For at most
+    /// The logits are still read where the gates need them (top-2, Switch gating). For 2, 4 or
     /// [`crate::pairwise::MAX_EXPERTS`] experts.
     pub pairwise_routing: bool,
 }

@@ -28,10 +28,22 @@ pub(crate) struct PairwiseTables {
     /// `0` at rank r, `-(logit_max + 1)` elsewhere, for each rank (when the gates need the
     /// slot logits): added to a logit, only the ranked expert's stays non-negative.
     masks: Option<Lut>,
-    /// `max(u, 0)`: a logit if its mask is 0, else 0.
-    select: Option<Lut>,
-    /// `max(d, 0)` for the maximum `a + max(b - a, 0)` of the slot logit's tree.
+    /// `max(v, 0)` (within the logits' range): a masked logit if its mask is 0, else 0; and
+    /// `max(b - a, 0)` for the maximum `a + max(b - a, 0)` of the slot logit's tree.
     relu: Option<Lut>,
+}
+
+/// One function per rank `r < k` of an expert's wins `w` (out of `E - 1`), as a many-LUT's
+/// functions: `f(is_rank_r)`.
+fn per_rank(
+    experts: usize,
+    top_k: usize,
+    f: impl Fn(bool) -> i64 + Copy + 'static,
+) -> Vec<Box<dyn Fn(i64) -> i64>> {
+    let e = experts as i64;
+    (0..top_k as i64)
+        .map(|r| Box::new(move |w: i64| f(w == e - 1 - r)) as Box<dyn Fn(i64) -> i64>)
+        .collect()
 }
 
 /// What pairwise routing decided.
@@ -59,32 +71,22 @@ impl PairwiseTables {
                 "pairwise routing of {experts} experts, top-{top_k}, needs wider reads than {m} bits"
             )));
         }
-        let e = experts as i64;
-        let rank_fns: Vec<Box<dyn Fn(i64) -> i64>> = (0..top_k as i64)
-            .map(|r| Box::new(move |w: i64| (w == e - 1 - r) as i64) as Box<dyn Fn(i64) -> i64>)
-            .collect();
-        let refs: Vec<&dyn Fn(i64) -> i64> = rank_fns.iter().map(|f| f.as_ref()).collect();
-        let ranks = Lut::many(p, wins_encoding, bit, &refs)?;
-        let (masks, select, relu) = if slot_logits {
+        let many = |fs: Vec<Box<dyn Fn(i64) -> i64>>, out: Encoding| {
+            let refs: Vec<&dyn Fn(i64) -> i64> = fs.iter().map(|f| f.as_ref()).collect();
+            Lut::many(p, wins_encoding, out, &refs)
+        };
+        let ranks = many(per_rank(experts, top_k, |is| is as i64), bit)?;
+        // off its rank a masked logit falls to [-(logit_max + 1), -1], below every logit
+        let (masks, relu) = if slot_logits {
             let off = -(logit_max + 1);
-            let mask_fns: Vec<Box<dyn Fn(i64) -> i64>> = (0..top_k as i64)
-                .map(|r| {
-                    Box::new(move |w: i64| if w == e - 1 - r { 0 } else { off })
-                        as Box<dyn Fn(i64) -> i64>
-                })
-                .collect();
-            let refs: Vec<&dyn Fn(i64) -> i64> = mask_fns.iter().map(|f| f.as_ref()).collect();
-            (
-                Some(Lut::many(p, wins_encoding, small, &refs)?),
-                Some(Lut::univariate(p, small, small, move |u| {
-                    u.clamp(0, logit_max)
-                })?),
-                Some(Lut::univariate(p, small, small, move |d| {
-                    d.clamp(0, logit_max)
-                })?),
-            )
+            let masks = many(
+                per_rank(experts, top_k, move |is| if is { 0 } else { off }),
+                small,
+            )?;
+            let relu = Lut::univariate(p, small, small, move |v| v.clamp(0, logit_max))?;
+            (Some(masks), Some(relu))
         } else {
-            (None, None, None)
+            (None, None)
         };
         Ok(PairwiseTables {
             experts,
@@ -92,7 +94,6 @@ impl PairwiseTables {
             wins_encoding,
             ranks,
             masks,
-            select,
             relu,
         })
     }
@@ -146,8 +147,8 @@ impl PairwiseTables {
         let mut read = ev.pbs_tables(&wins, &tables)?;
         let onehots = read.remove(0);
         let masks = read.pop();
-        let logits_of = match (&masks, &self.select, &self.relu, logits) {
-            (Some(masks), Some(select), Some(relu), Some(logits)) => {
+        let logits_of = match (&masks, &self.relu, logits) {
+            (Some(masks), Some(relu), Some(logits)) => {
                 // per slot: the logits of its rank's experts, 0 elsewhere; their maximum is
                 // the slot's logit (one expert's, or the largest after a near-tie cycle)
                 let mut terms = Vec::with_capacity(self.top_k);
@@ -156,7 +157,7 @@ impl PairwiseTables {
                     terms.push(u);
                 }
                 let refs: Vec<&LweVector> = terms.iter().collect();
-                let all = ev.pbs(&LweVector::concat(&refs)?, select)?;
+                let all = ev.pbs(&LweVector::concat(&refs)?, relu)?;
                 max_of_groups(ev, &all, e, relu)?
                     .into_iter()
                     .map(Some)

@@ -194,8 +194,11 @@ impl RouterTables {
         let g = q.gate_max();
         let gate_bits = (0..q.gate_bits)
             .map(|b| {
+                // the tournament's first slot never has the lower logit, but pairwise routing's
+                // can (a near-tie cycle, or two near-equal accumulators read a box apart): the
+                // gate is the softmax of the difference either way, as the reference's
                 Lut::univariate(p, small, gate_encoding, |dv| {
-                    (quant::mixtral_gate(dv.max(0), q.logit_scale, g) >> b) & 1
+                    (quant::mixtral_gate(dv, q.logit_scale, g) >> b) & 1
                 })
             })
             .collect::<veilmoe_engine::Result<Vec<_>>>()?;

@@ -61,7 +61,7 @@ pub struct ModelArgs {
     /// own. A quarter of a gated expert's PBS fewer, for a linear factor one bit coarser.
     #[arg(long)]
     pub linear_in_product: bool,
-    /// Quantizing a --model directory of at most 8 experts: choose the experts by comparing
+    /// Quantizing a --model directory of 2, 4 or 8 experts: choose the experts by comparing
     /// the router accumulators pairwise at the blind rotation's resolution instead of by a
     /// tournament over their reads, which ties accumulators that fall in the same read box.
     /// E (E - 1) / 2 comparisons (28 at E = 8) and E rank reads instead of about 2 E

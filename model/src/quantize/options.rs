@@ -43,7 +43,7 @@ pub struct QuantizeOptions {
     /// range instead of the whole read box. No effect on plain FFNs.
     pub linear_in_product: bool,
     /// Choose experts by pairwise comparisons of the router accumulators (see
-    /// [`crate::QuantizedMoe::pairwise_routing`]); at most [`crate::pairwise::MAX_EXPERTS`]
+    /// [`crate::QuantizedMoe::pairwise_routing`]); 2, 4 or [`crate::pairwise::MAX_EXPERTS`]
     /// experts.
     pub pairwise_routing: bool,
     /// Search the choices by calibration (`false`: the defaults of [`QuantChoice`]).

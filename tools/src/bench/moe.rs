@@ -28,7 +28,7 @@ pub struct MoeBench {
     pub shared_hidden: Option<usize>,
     /// Gated FFNs read their linear factor inside the product's quarter squares.
     pub linear_in_product: bool,
-    /// Route by pairwise comparisons of the router accumulators (E from 2 to 8; one expert
+    /// Route by pairwise comparisons of the router accumulators (E = 2, 4 or 8; one expert
     /// has nothing to route).
     pub pairwise_routing: bool,
     pub runs: usize,

@@ -49,7 +49,7 @@ pub enum Bench {
         #[arg(long)]
         linear_in_product: bool,
         /// Route by pairwise comparisons of the router accumulators (a model quantized with
-        /// `quantize --pairwise-routing`; up to 8 experts).
+        /// `quantize --pairwise-routing`; 2, 4 or 8 experts).
         #[arg(long)]
         pairwise_routing: bool,
         /// Timed tokens per case (median reported); timed batches for --capacity-batch.
@@ -474,8 +474,8 @@ impl Bench {
                 if experts.is_empty() || experts.iter().any(|&e| e == 0 || e > 128) {
                     bail!("--experts takes numbers between 1 and 128");
                 }
-                if pairwise_routing && experts.iter().any(|&e| e > 8) {
-                    bail!("--pairwise-routing serves up to 8 experts");
+                if pairwise_routing && experts.iter().any(|&e| e > 8 || !e.is_power_of_two()) {
+                    bail!("--pairwise-routing serves 1, 2, 4 or 8 experts");
                 }
                 if runs == 0 || d == 0 || h == 0 || !(1..=2).contains(&top_k) {
                     bail!("--runs, --d and --h must be positive and --top-k 1 or 2");

@@ -82,7 +82,7 @@ pub enum ParamsCommand {
         linear_factor: Vec<LinearFactor>,
         /// How experts are chosen, comma-separated: `tournament` (over the logit reads),
         /// `pairwise` (comparisons of the router accumulators; see `quantize
-        /// --pairwise-routing`; up to 8 experts). Default: as the model source says.
+        /// --pairwise-routing`; 2, 4 or 8 experts). Default: as the model source says.
         #[arg(long, value_enum, value_delimiter = ',')]
         routing: Vec<Routing>,
         /// Threads the time estimate assumes (default: this machine's cores).

@@ -207,7 +207,7 @@ pub fn sweep(
         choices(&spec.linear_in_product, source.variant().linear_in_product)
     };
     let e = float.config.experts.0;
-    let routing: Vec<bool> = if !(2..=veilmoe_model::pairwise::MAX_EXPERTS).contains(&e) {
+    let routing: Vec<bool> = if veilmoe_model::pairwise::check_supported(e, 1).is_err() {
         vec![false]
     } else {
         choices(&spec.pairwise_routing, source.variant().pairwise_routing)
