@@ -22,6 +22,7 @@ pub mod capacity;
 pub mod dispatch;
 pub mod error;
 pub mod ffn;
+mod index_bits;
 pub mod layer;
 mod onehot;
 mod pairwise;
