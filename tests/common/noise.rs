@@ -41,14 +41,18 @@ pub fn measured_cmux_variance(client: &ClientKey, server: &ServerKey, seed: u64)
 }
 
 /// Mean squared error of `count` PBS outputs (the identity on random values of the preset's
-/// signed encoding) and the model's `pbs_output_variance`. A PBS output's noise is a sum over
-/// the whole blind rotation, so unlike a CMUX's it has no per-key scale to average over.
+/// signed encoding), its standard error, and the model's `pbs_output_variance`.
+///
+/// Why the standard error: the mean is an estimate, and the model sits only 8-15 % above it
+/// (`default`: 0.88-0.97 of the model over three key sets x three input seeds of 4,096 PBS;
+/// `fine`: 0.81-0.89). A bare `measured <= model` on 1,024 PBS failed about one run in six;
+/// a test must allow for the estimate's own spread, measured from the samples.
 pub fn measured_pbs_output_variance(
     client: &ClientKey,
     server: &ServerKey,
     count: usize,
     seed: u64,
-) -> (f64, f64) {
+) -> VarianceEstimate {
     let p = client.preset();
     let ev = Evaluator::new(server);
     let enc = Encoding::signed(p.message_bits);
@@ -58,7 +62,7 @@ pub fn measured_pbs_output_variance(
     let out = ev
         .pbs(&client.encrypt_lwe(&xs, enc).unwrap(), &lut)
         .unwrap();
-    let sum: f64 = client
+    let squares: Vec<f64> = client
         .decrypt_lwe_phases(&out)
         .unwrap()
         .iter()
@@ -67,9 +71,34 @@ pub fn measured_pbs_output_variance(
             let err = phase.wrapping_sub(enc.encode(v).unwrap()) as i64 as f64 / 2f64.powi(64);
             err * err
         })
-        .sum();
-    (
-        sum / count as f64,
-        veilmoe::engine::noise::pbs_output_variance(p),
-    )
+        .collect();
+    let n = squares.len() as f64;
+    let mean = squares.iter().sum::<f64>() / n;
+    let spread = squares.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    VarianceEstimate {
+        mean,
+        std_error: (spread / n).sqrt(),
+        model: veilmoe::engine::noise::pbs_output_variance(p),
+    }
+}
+
+/// A measured variance (mean of squared errors) against the model's.
+#[derive(Debug, Clone, Copy)]
+pub struct VarianceEstimate {
+    pub mean: f64,
+    /// Standard error of `mean`, from the samples' own spread.
+    pub std_error: f64,
+    pub model: f64,
+}
+
+impl VarianceEstimate {
+    /// Whether the model bounds the variance: the estimate lies above the model by more than
+    /// four standard errors with probability about 3e-5 when it does.
+    pub fn within_model(&self) -> bool {
+        self.mean - 4.0 * self.std_error <= self.model
+    }
+
+    pub fn ratio(&self) -> f64 {
+        self.mean / self.model
+    }
 }
