@@ -140,27 +140,11 @@ fn default_preset_end_to_end() {
 /// reference up to their noise (or one off-by-one hidden read's effect).
 #[test]
 fn moe_layer_on_default() {
-    use veilmoe::model::{
-        ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig, QuantParams, QuantizedMoe,
-        Rounding, TopK,
-    };
+    use veilmoe::model::{Gating, Rounding};
     use veilmoe::protocols::{MoeLayer, Select};
-    let (preset, client, server) = default_keys();
+    let (_, client, server) = default_keys();
     let ev = Evaluator::new(server);
-    let cfg = MoeConfig {
-        d: ModelDim(16),
-        h: HiddenDim(16),
-        experts: ExpertCount(8),
-        top_k: TopK(2),
-        ffn: FfnKind::GatedSilu,
-        gating: Gating::SoftmaxSelected,
-    };
-    let model = QuantizedMoe::random(
-        cfg,
-        QuantParams::for_message_bits(preset.message_bits),
-        3,
-        true,
-    );
+    let model = gated_model(16, 8, Gating::SoftmaxSelected, 3);
     let layer = MoeLayer::new(&ev, model.clone()).unwrap();
     let mut off = 0;
     for t in 0..20u64 {
@@ -175,13 +159,7 @@ fn moe_layer_on_default() {
             .unwrap();
         let (selected, slot_logits, sums) = model.route(&logits);
         for (s, slot) in out.routing.slots.iter().enumerate() {
-            let bits = client.decrypt_lwe(&slot.index_bits).unwrap();
-            let index: usize = bits
-                .iter()
-                .enumerate()
-                .map(|(b, &v)| (v as usize) << b)
-                .sum();
-            assert_eq!(index, selected[s]);
+            assert_eq!(decrypted_index(client, slot), selected[s]);
         }
         let gates: Vec<i64> = out
             .routing
@@ -203,13 +181,23 @@ fn moe_layer_on_default() {
 
 /// A random d = h = 8, E = 4, top-2 gated SiLU model for `default`'s reads.
 fn small_gated_model(gating: veilmoe::model::Gating, seed: u64) -> veilmoe::model::QuantizedMoe {
+    gated_model(8, 4, gating, seed)
+}
+
+/// A random d = h = `dim`, top-2 gated SiLU model over `experts` experts for `default`'s reads.
+fn gated_model(
+    dim: usize,
+    experts: usize,
+    gating: veilmoe::model::Gating,
+    seed: u64,
+) -> veilmoe::model::QuantizedMoe {
     use veilmoe::model::{
         ExpertCount, FfnKind, HiddenDim, ModelDim, MoeConfig, QuantParams, QuantizedMoe, TopK,
     };
     let cfg = MoeConfig {
-        d: ModelDim(8),
-        h: HiddenDim(8),
-        experts: ExpertCount(4),
+        d: ModelDim(dim),
+        h: HiddenDim(dim),
+        experts: ExpertCount(experts),
         top_k: TopK(2),
         ffn: FfnKind::GatedSilu,
         gating,
@@ -220,6 +208,15 @@ fn small_gated_model(gating: veilmoe::model::Gating, seed: u64) -> veilmoe::mode
         seed,
         true,
     )
+}
+
+/// The expert index a slot's decrypted index bits (least significant first) name.
+fn decrypted_index(client: &ClientKey, slot: &veilmoe::protocols::SlotRouting) -> usize {
+    let bits = client.decrypt_lwe(&slot.index_bits).unwrap();
+    bits.iter()
+        .enumerate()
+        .map(|(b, &v)| (v as usize) << b)
+        .sum()
 }
 
 /// Runs token `x` through `layer` with Select-Then-Compute on `default`.
@@ -317,6 +314,32 @@ fn pairwise_routing_on_default() {
             let out = forward_on_default(&layer, &x);
             assert!(out.routing.comparisons.is_some());
             common::wide::check_token(&default_keys().1, &model, &x, &out);
+        }
+    }
+}
+
+/// The chained index bits (protocols/src/index_chain.rs) on `default`: 32 experts, top-2, so
+/// Select-Then-Compute takes each slot's index GGSWs from the tournament's rounds and reads no
+/// one-hot; the decrypted index bits name the reference's experts and every check of
+/// `check_token` holds, 3 tokens.
+#[test]
+fn chained_index_bits_on_default() {
+    let (_, client, server) = default_keys();
+    let model = gated_model(8, 32, veilmoe::model::Gating::SoftmaxSelected, 61);
+    let layer = veilmoe::protocols::MoeLayer::new(&Evaluator::new(server), model.clone()).unwrap();
+    for t in 0..3u64 {
+        let x: Vec<i64> = (0..8)
+            .map(|i| ((i as u64 * 3 + t * 7) % 16) as i64 - 8)
+            .collect();
+        let out = forward_on_default(&layer, &x);
+        let check = common::wide::check_token(client, &model, &x, &out);
+        for (s, slot) in out.routing.slots.iter().enumerate() {
+            assert!(slot.onehot.is_none(), "a chained slot reads no one-hot");
+            assert_eq!(
+                decrypted_index(client, slot),
+                check.selected[s],
+                "token {t}, slot {s}"
+            );
         }
     }
 }

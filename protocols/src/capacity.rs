@@ -70,7 +70,10 @@ impl MoeLayer {
         for k in 0..model.config.top_k.0 {
             for (t, routing) in routings.iter().enumerate() {
                 debug_assert_eq!(choices.len(), entry(tokens.len(), t, k));
-                choices.push(routing.slots[k].onehot.clone());
+                let onehot = routing.slots[k].onehot.clone().ok_or_else(|| {
+                    config("capacity dispatch needs the one-hot routing (a protocol bug)")
+                })?;
+                choices.push(onehot);
             }
         }
         let d = dispatch(ev, &choices, caps, OverflowFlags::Skip)?;

@@ -2,7 +2,7 @@
 
 use crate::error::{config, Result};
 use crate::ffn::FfnTables;
-use crate::router::{Gates, RouterTables, Routing};
+use crate::router::{Gates, RouterTables, Routing, Selection};
 use crate::shared::{SharedOutput, SharedProducts, SharedTables};
 use crate::strategy::{select_from_products, ExpertStrategy, SlotInput};
 use veilmoe_engine::{
@@ -94,8 +94,14 @@ impl MoeLayer {
         x: &PackedGlwe,
         strategy: &dyn ExpertStrategy,
     ) -> Result<MoeOutput> {
-        let routing = self.router.route(ev, x)?;
-        let index_ggsw = self.index_ggsw(ev, &routing, strategy.needs_index_ggsw())?;
+        let needed = strategy.needs_index_ggsw();
+        let selection = if needed {
+            Selection::IndexGgsw
+        } else {
+            Selection::OneHot
+        };
+        let mut routing = self.router.route_selecting(ev, x, selection)?;
+        let index_ggsw = self.index_ggsw(ev, &mut routing, needed)?;
         let slot_outputs = strategy.slot_outputs(
             ev,
             &self.ffn,
@@ -194,18 +200,20 @@ impl MoeLayer {
 
     /// Evaluates the layer, Select-Then-Compute, from a token's first-stage products.
     pub fn forward_first_stage(&self, ev: &Evaluator, fs: &FirstStage) -> Result<MoeOutput> {
-        let routing = self.router.route_products(ev, &fs.router)?;
-        let index_ggsw = self.index_ggsw(ev, &routing, true)?;
+        let mut routing = self
+            .router
+            .route_products(ev, &fs.router, Selection::IndexGgsw)?;
+        let index_ggsw = self.index_ggsw(ev, &mut routing, true)?;
         let slot_outputs = select_from_products(ev, &self.ffn, &fs.experts, &index_ggsw)?;
         self.finish(ev, routing, slot_outputs, fs.shared.as_ref())
     }
 
-    /// Circuit-bootstraps each slot's index bits (none when the strategy does not need them;
-    /// empty lists for a single expert).
+    /// Each slot's GGSW index bits: those the routing chained, the others circuit-bootstrapped
+    /// here (none when the strategy does not need them; empty lists for a single expert).
     fn index_ggsw(
         &self,
         ev: &Evaluator,
-        routing: &Routing,
+        routing: &mut Routing,
         needed: bool,
     ) -> Result<Vec<Vec<GgswBit>>> {
         ev.set_stage("index-ggsw");
@@ -217,8 +225,11 @@ impl MoeLayer {
         }
         routing
             .slots
-            .iter()
-            .map(|s| Ok(ev.circuit_bootstrap(&s.index_bits)?))
+            .iter_mut()
+            .map(|s| match s.index_ggsw.take() {
+                Some(chained) => Ok(chained),
+                None => Ok(ev.circuit_bootstrap(&s.index_bits)?),
+            })
             .collect()
     }
 

@@ -23,6 +23,7 @@ pub mod dispatch;
 pub mod error;
 pub mod ffn;
 mod index_bits;
+mod index_chain;
 pub mod layer;
 mod onehot;
 mod pairwise;
@@ -37,7 +38,7 @@ pub mod strategy;
 
 pub use error::{ProtocolError, Result};
 pub use layer::{MoeLayer, MoeOutput};
-pub use router::{Gates, Routing, SlotRouting};
+pub use router::{Gates, Routing, Selection, SlotRouting};
 pub use session::{ClientSession, ServerSession};
 pub use simulate::simulated_rounding;
 pub use strategy::{ComputeAll, ExpertStrategy, PublicRouting, Select, Strategy};

@@ -11,7 +11,10 @@
 //!   bits are leveled sums of the one-hot (above 16 experts, the bits above the groups of 8 sum
 //!   the group bits), plus one refresh PBS per 24 terms beyond the noise budget's 25 on
 //!   `default` (3 at E = 64, 6 at E = 128). No data-dependent choice anywhere: the bracket is
-//!   public.
+//!   public. Where only GGSW index bits are needed ([`Selection::IndexGgsw`]) and E >= 32 is a
+//!   power of two, no one-hot is read: the chain of `index_chain.rs` circuit-bootstraps the
+//!   final's bit and selects each lower bit by a CMUX tree over its round (L bootstraps in
+//!   sequence, no PBS).
 //! - top-2: E masking reads (the winner drops below every logit) and a second tournament.
 //! - gates: `gate_bits` reads per slot (Mixtral k = 2: once, the second gate is the bitwise
 //!   complement), plus E term reads per slot for Switch gating.
@@ -20,13 +23,16 @@
 //! read the same difference, and a gate's bits the same value, through one keyswitch
 //! ([`Evaluator::pbs_each`]).
 
+mod tournament;
+
 use crate::error::{config, Result};
 use crate::index_bits::index_bits_of;
+use crate::index_chain::{chain_fits, CHAIN_MIN_EXPERTS};
 use crate::onehot::PairedOnehot;
 use crate::pairwise::PairwiseTables;
 use veilmoe_engine::{
-    ClientKey, Cols, Encoding, Evaluator, Lut, LweVector, PackedGlwe, PackedRows, PackedWeights,
-    Rows, WeightMatrix,
+    ClientKey, Cols, Encoding, Evaluator, GgswBit, Lut, LweVector, PackedGlwe, PackedRows,
+    PackedWeights, Rows, WeightMatrix,
 };
 use veilmoe_model::quant;
 use veilmoe_model::quantized::RouterSpec;
@@ -47,6 +53,9 @@ pub struct RouterTables {
     onehot_pairs: Option<PairedOnehot>,
     /// Pairwise routing's tables (`None`: the tournament).
     pairwise: Option<PairwiseTables>,
+    /// Whether GGSW index bits come from a chain of circuit bootstraps rather than the one-hot
+    /// (a power-of-two tournament of at least `CHAIN_MIN_EXPERTS`; see `index_chain.rs`).
+    chain: bool,
     loser: Lut,
     mask: Lut,
     gate_bits: Vec<Lut>,
@@ -61,17 +70,30 @@ pub struct RouterTables {
     switch_encoding: Encoding,
 }
 
+/// What a routing must deliver besides each slot's index bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// Each slot's one-hot (capacity dispatch, public routing, a client inspecting its routing).
+    OneHot,
+    /// Each slot's index bits as GGSWs for CMUX trees (Select-Then-Compute, compute-all). A
+    /// large tournament then chains circuit bootstraps and reads no one-hot.
+    IndexGgsw,
+}
+
 /// One selected slot of a token, all encrypted. With a single expert there is nothing to
 /// choose: the one-hot is the public constant 1 and there are no index bits.
 pub struct SlotRouting {
-    /// E values, 1 at the selected expert.
-    pub onehot: LweVector,
+    /// E values, 1 at the selected expert; `None` where [`Selection::IndexGgsw`] was asked of a
+    /// tournament that chains its index bits instead.
+    pub onehot: Option<LweVector>,
     /// ceil(log2 E) bits of the selected index, least significant first (one zero bit when E = 1).
     pub index_bits: LweVector,
     /// The selected logit.
     pub logit: LweVector,
     /// Switch gating: the slot's partition sum.
     pub partition_sum: Option<LweVector>,
+    /// The index bits already circuit-bootstrapped (by the chain), least significant first.
+    pub index_ggsw: Option<Vec<GgswBit>>,
 }
 
 /// How the slots' outputs are weighted.
@@ -174,6 +196,10 @@ impl RouterTables {
         } else {
             None
         };
+        let chain = pairwise.is_none()
+            && e.is_power_of_two()
+            && e >= CHAIN_MIN_EXPERTS
+            && chain_fits(p, e.trailing_zeros() as usize);
         let loser = Lut::univariate(p, small, small, |t| {
             if t == 0 {
                 -(q.logit_max() + 1)
@@ -231,6 +257,7 @@ impl RouterTables {
             bit_refresh,
             onehot_pairs,
             pairwise,
+            chain,
             loser,
             mask,
             gate_bits,
@@ -264,23 +291,43 @@ impl RouterTables {
         Ok(ev.packed_products(&self.router, self.bias.as_deref(), x)?)
     }
 
-    /// The full routing of one token.
+    /// The full routing of one token, with each slot's one-hot.
     pub fn route(&self, ev: &Evaluator, x: &PackedGlwe) -> Result<Routing> {
+        self.route_selecting(ev, x, Selection::OneHot)
+    }
+
+    /// The full routing of one token, delivering what `selection` asks.
+    pub fn route_selecting(
+        &self,
+        ev: &Evaluator,
+        x: &PackedGlwe,
+        selection: Selection,
+    ) -> Result<Routing> {
         ev.set_stage("router");
         let acc = ev.packed_matvec(&self.router, self.bias.as_deref(), x)?;
-        self.route_accumulators(ev, acc)
+        self.route_accumulators(ev, acc, selection)
     }
 
     /// The full routing from packed router accumulators ([`RouterTables::products`]).
-    pub fn route_products(&self, ev: &Evaluator, acc: &PackedRows) -> Result<Routing> {
+    pub fn route_products(
+        &self,
+        ev: &Evaluator,
+        acc: &PackedRows,
+        selection: Selection,
+    ) -> Result<Routing> {
         ev.set_stage("router");
-        self.route_accumulators(ev, ev.extract_rows(acc)?)
+        self.route_accumulators(ev, ev.extract_rows(acc)?, selection)
     }
 
     /// Logits read from the accumulators, then the tournament or pairwise routing.
-    fn route_accumulators(&self, ev: &Evaluator, acc: LweVector) -> Result<Routing> {
+    fn route_accumulators(
+        &self,
+        ev: &Evaluator,
+        acc: LweVector,
+        selection: Selection,
+    ) -> Result<Routing> {
         match &self.pairwise {
-            None => self.route_logits(ev, ev.pbs(&acc, &self.logit)?),
+            None => self.route_logits(ev, ev.pbs(&acc, &self.logit)?, selection),
             Some(pw) => {
                 // the gates of top-2 and Switch gating read the logits; a constant gate does not
                 let logits = if self.gates_read_logits() {
@@ -298,7 +345,8 @@ impl RouterTables {
                         index_bits_of(ev, &onehot, None, self.index_bits(), &self.bit_refresh)?;
                     slots.push(SlotRouting {
                         index_bits: ev.pbs(&sums, &self.bit_refresh)?,
-                        onehot,
+                        onehot: Some(onehot),
+                        index_ggsw: None,
                         // a placeholder of the right shape where the gates need no logit
                         logit: match logit {
                             Some(l) => l,
@@ -320,17 +368,22 @@ impl RouterTables {
     }
 
     /// Top-k and gates from the logits.
-    fn route_logits(&self, ev: &Evaluator, logits: LweVector) -> Result<Routing> {
+    fn route_logits(
+        &self,
+        ev: &Evaluator,
+        logits: LweVector,
+        selection: Selection,
+    ) -> Result<Routing> {
         ev.set_stage("top-k");
         let need_value = self.top_k > 1 || self.gating == Gating::SoftmaxThenTopK;
-        let first = self.argmax(ev, &logits, need_value)?;
+        let first = self.argmax(ev, &logits, need_value, selection)?;
         let mut slots = vec![first.slot];
         if self.top_k == 2 {
             // The winner drops to [-logit_max - 1, -1], below every remaining logit.
             let drop = ev.pbs(&first.path_sums, &self.loser)?;
             let u = ev.linear_combination(&[&logits, &drop], &[1, 1], logits.encoding())?;
             let masked = ev.pbs(&u, &self.mask)?;
-            slots.push(self.argmax(ev, &masked, true)?.slot);
+            slots.push(self.argmax(ev, &masked, true, selection)?.slot);
         }
         ev.set_stage("gates");
         let gates = self.gates(ev, Some(&logits), &mut slots)?;
@@ -404,134 +457,6 @@ impl RouterTables {
                 self.experts
             )));
         }
-        Ok(self.argmax(ev, values, false)?.slot)
+        Ok(self.argmax(ev, values, false, Selection::OneHot)?.slot)
     }
-
-    /// Tournament argmax over `values` (E values in a signed m-bit encoding whose pairwise
-    /// differences stay in range).
-    fn argmax(&self, ev: &Evaluator, values: &LweVector, want_value: bool) -> Result<Tournament> {
-        let e = values.len();
-        if e == 1 {
-            let onehot = ev.trivial(&[1], self.index_encoding)?;
-            let zero = ev.trivial(&[0], values.encoding())?;
-            return Ok(Tournament {
-                slot: SlotRouting {
-                    index_bits: ev.trivial(&[0], self.index_encoding)?,
-                    onehot,
-                    logit: values.clone(),
-                    partition_sum: None,
-                },
-                path_sums: zero,
-            });
-        }
-        // Public bracket: contenders of the current level, each a list of leaves and its value.
-        let mut groups: Vec<(Vec<usize>, LweVector)> = (0..e)
-            .map(|i| Ok((vec![i], values.slice(i..i + 1)?)))
-            .collect::<Result<_>>()?;
-        let mut cmp_bits: Vec<LweVector> = Vec::new();
-        // For each comparison node: leaves on its left and on its right.
-        let mut nodes: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
-        let mut winner_value = None;
-        while groups.len() > 1 {
-            let pairs = groups.len() / 2;
-            let lefts: Vec<&LweVector> = (0..pairs).map(|i| &groups[2 * i].1).collect();
-            let rights: Vec<&LweVector> = (0..pairs).map(|i| &groups[2 * i + 1].1).collect();
-            let a = LweVector::concat(&lefts)?;
-            let b = LweVector::concat(&rights)?;
-            let diff = ev.linear_combination(&[&a, &b], &[1, -1], values.encoding())?;
-            let last = groups.len() == 2;
-            // the comparison and, below the final, the maximum read the same difference: one
-            // keyswitch for both
-            let mut reads = if !last || want_value {
-                ev.pbs_each(&diff, &[&self.cmp, &self.relu_neg])?
-            } else {
-                vec![ev.pbs(&diff, &self.cmp)?]
-            };
-            let c = reads.remove(0);
-            let maxes = if let Some(r) = reads.pop() {
-                // max(a, b) = a + relu(b - a) stays within the values' range
-                Some(ev.linear_combination_within(
-                    &[&a, &r],
-                    &[1, 1],
-                    values.encoding(),
-                    values.range(),
-                )?)
-            } else {
-                None
-            };
-            let mut next = Vec::with_capacity(pairs + 1);
-            let mut drained = std::mem::take(&mut groups).into_iter();
-            for i in 0..pairs {
-                let (l, _) = drained.next().expect("left");
-                let (r, _) = drained.next().expect("right");
-                nodes.push((l.clone(), r.clone()));
-                let mut leaves = l;
-                leaves.extend(r);
-                let value = match &maxes {
-                    Some(mx) => mx.slice(i..i + 1)?,
-                    None => c.slice(i..i + 1)?, // unused: final match without value
-                };
-                next.push((leaves, value));
-            }
-            next.extend(drained); // a bye passes up unchanged
-            if last {
-                winner_value = maxes.map(|m| m.slice(0..1)).transpose()?;
-            }
-            cmp_bits.push(c);
-            groups = next;
-        }
-        let cmp_refs: Vec<&LweVector> = cmp_bits.iter().collect();
-        let c_all = LweVector::concat(&cmp_refs)?;
-        // t_i = sum over i's matches of (won - 1): right side won iff c = 1, left iff c = 0.
-        let n = nodes.len();
-        let mut w = vec![0i64; e * n];
-        let mut bias = vec![0i64; e];
-        for (j, (l, r)) in nodes.iter().enumerate() {
-            for &i in l {
-                w[i * n + j] = -1;
-            }
-            for &i in r {
-                w[i * n + j] = 1;
-                bias[i] -= 1;
-            }
-        }
-        let t = ev.lwe_matvec(
-            &WeightMatrix::new(Rows(e), Cols(n), w.clone())?,
-            Some(&bias),
-            &c_all,
-        )?;
-        let (onehot, groups) = match &self.onehot_pairs {
-            Some(pairs) => {
-                let read = pairs.read(ev, &c_all, &w, &self.onehot)?;
-                (read.onehot, read.groups)
-            }
-            None => (ev.pbs(&t, &self.onehot)?, None),
-        };
-        let index_bits = index_bits_of(
-            ev,
-            &onehot,
-            groups.as_ref(),
-            self.index_bits(),
-            &self.bit_refresh,
-        )?;
-        let logit = match winner_value {
-            Some(v) => v,
-            None => values.slice(0..1)?, // not needed by the caller; a placeholder of the right shape
-        };
-        Ok(Tournament {
-            slot: SlotRouting {
-                onehot,
-                index_bits,
-                logit,
-                partition_sum: None,
-            },
-            path_sums: t,
-        })
-    }
-}
-
-struct Tournament {
-    slot: SlotRouting,
-    /// Each leaf's path sum (0 for the winner); the input of the top-2 mask.
-    path_sums: LweVector,
 }
