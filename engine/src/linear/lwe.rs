@@ -7,7 +7,12 @@ use crate::encoding::{Encoding, ValueRange};
 use crate::error::{EngineError, Result};
 use crate::evaluator::Evaluator;
 use rayon::prelude::*;
+use tfhe::core_crypto::algorithms::slice_algorithms::slice_wrapping_sub_scalar_mul_assign;
 use tfhe::core_crypto::prelude::*;
+
+/// Words per parallel task of a linear combination: a few LWE ciphertexts, enough to outweigh
+/// the task's scheduling.
+const COMBINATION_CHUNK: usize = 1 << 13;
 
 impl<'k> Evaluator<'k> {
     /// `W x + bias` over LWE ciphertexts (big or small key).
@@ -27,10 +32,10 @@ impl<'k> Evaluator<'k> {
         out.par_chunks_mut(size).enumerate().for_each(|(r, acc)| {
             for (&wv, ct) in w.row(r).iter().zip(in_data.chunks_exact(size)) {
                 if wv != 0 {
-                    let s = wv as u64;
-                    for (a, &c) in acc.iter_mut().zip(ct) {
-                        *a = a.wrapping_add(c.wrapping_mul(s));
-                    }
+                    // acc + w c = acc - (-w) c: tfhe's kernel is dispatched to the CPU's widest
+                    // SIMD (AVX-512's 64-bit multiply where present) with small weights
+                    // specialized, where a plain loop here multiplies one word at a time
+                    slice_wrapping_sub_scalar_mul_assign(acc, ct, (wv as u64).wrapping_neg());
                 }
             }
             if let Some(b) = bias {
@@ -190,10 +195,11 @@ impl<'k> Evaluator<'k> {
         let mut data = vec![0u64; first.list.as_ref().len()];
         for (p, &c) in parts.iter().zip(coeffs) {
             variance += (c as f64) * (c as f64) * p.variance();
-            let s = c as u64;
-            data.par_iter_mut()
-                .zip(p.list.as_ref().par_iter())
-                .for_each(|(a, &v)| *a = a.wrapping_add(v.wrapping_mul(s)));
+            // acc + c v = acc - (-c) v, by tfhe's dispatched kernel (see `lwe_matvec`)
+            let minus_c = (c as u64).wrapping_neg();
+            data.par_chunks_mut(COMBINATION_CHUNK)
+                .zip(p.list.as_ref().par_chunks(COMBINATION_CHUNK))
+                .for_each(|(a, v)| slice_wrapping_sub_scalar_mul_assign(a, v, minus_c));
         }
         self.ops.record(
             OpKind::LweMulAdd,
