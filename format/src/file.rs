@@ -105,10 +105,26 @@ mod tests {
     /// A directory of this test's own: tests run in parallel threads of one process, and a
     /// shared directory let `reads_are_bounded_and_writes_atomic` count the temporary file of
     /// `secrets_are_owner_only`'s write as a leftover (a failure seen once in CI-like runs).
-    fn dir(test: &str) -> PathBuf {
+    fn dir(test: &str) -> TestDir {
         let d = std::env::temp_dir().join(format!("veilmoe-format-{}-{test}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
-        d
+        TestDir(d)
+    }
+
+    /// A test's directory, removed when the test ends (passing or not).
+    struct TestDir(PathBuf);
+
+    impl std::ops::Deref for TestDir {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     #[test]
@@ -121,7 +137,7 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("more than"));
-        let leftovers = std::fs::read_dir(&d)
+        let leftovers = std::fs::read_dir(&*d)
             .unwrap()
             .filter(|e| {
                 e.as_ref()
@@ -138,7 +154,8 @@ mod tests {
     #[test]
     fn secrets_are_owner_only() {
         use std::os::unix::fs::PermissionsExt;
-        let p = dir("secret").join("secret.key");
+        let d = dir("secret");
+        let p = d.join("secret.key");
         write_secret(&p, b"s").unwrap();
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);

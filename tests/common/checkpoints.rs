@@ -7,9 +7,10 @@ use veilmoe::model::checkpoint::{safetensors_bytes, StoredDtype};
 
 pub type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
 
-/// A fresh directory under the system temp dir.
+/// A fresh directory under cargo's temporary directory for integration tests (`target/tmp`):
+/// emptied when made again, so runs do not pile checkpoints up in the system temp dir.
 pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("veilmoe-ckpt-{}-{name}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ckpt-{name}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir

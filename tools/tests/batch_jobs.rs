@@ -18,10 +18,7 @@ fn veilmoe() -> Command {
 }
 
 fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("veilmoe-jobs-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp("jobs", name)
 }
 
 fn ok(out: &Output) {

@@ -1,6 +1,8 @@
 //! The `veilmoe` binary: keygen and inspect on the test preset, and one-line errors with a
 //! non-zero exit and no partial output on bad input.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -25,10 +27,7 @@ fn json_report(args: &[&str]) -> serde_json::Value {
 }
 
 fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("veilmoe-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmp("cli", name)
 }
 
 #[test]

@@ -9,9 +9,11 @@ pub fn params() -> Command {
     Command::new(env!("CARGO_BIN_EXE_params"))
 }
 
-/// A fresh, empty temporary directory named after the test binary's `prefix` and `name`.
+/// A fresh, empty directory named after the test binary's `prefix` and `name`, under cargo's
+/// temporary directory for integration tests (`target/tmp`; emptied when made again, so runs
+/// do not pile files up in the system temp dir).
 pub fn tmp(prefix: &str, name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("veilmoe-{prefix}-{name}-{}", std::process::id()));
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}-{name}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
