@@ -18,7 +18,7 @@
 //!
 //! Noise: a bit chosen through `t` CMUX levels carries its PBS output's variance plus `t`
 //! external products', and circuit bootstrapping reads it within the PBS input budget. The
-//! tables take the chain only where the deepest bit fits ([`chain_fits`]; on `default` about 12
+//! tables take the chain only where the deepest bit fits ([`chain_fits`]; on `default` 13
 //! levels do, on `fine` 25), so no bit needs a refresh.
 
 use crate::error::{config, Result};
