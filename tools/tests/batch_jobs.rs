@@ -5,44 +5,18 @@
 
 mod common;
 
+use common::{fails_with, ok, veilmoe, write_records};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use veilmoe_model::data::{digits_split, embedded_digits};
 use veilmoe_model::Rounding;
 use veilmoe_tools::model_source::ModelSource;
 
-fn veilmoe() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_veilmoe"))
-}
-
 fn tmpdir(name: &str) -> PathBuf {
     common::tmp("jobs", name)
-}
-
-fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A failure: non-zero exit, exactly one line on stderr containing `needle`.
-fn fails_with(out: &Output, needle: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected a failure, got success");
-    let lines: Vec<&str> = err
-        .lines()
-        .filter(|l| !l.starts_with("WARNING: preset"))
-        .collect();
-    assert_eq!(lines.len(), 1, "one-line error expected, got: {err}");
-    assert!(
-        lines[0].starts_with("error: ") && lines[0].contains(needle),
-        "expected `{needle}` in: {err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
 }
 
 /// Keys for `preset` (a name or a TOML path) in a fresh directory.
@@ -62,22 +36,6 @@ fn keygen(name: &str, preset: &std::ffi::OsStr) -> PathBuf {
 fn keys() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| keygen("keys", "test".as_ref()))
-}
-
-/// The first `n` digits test records as CSV (with a header line).
-fn write_records(path: &Path, n: usize) -> Vec<Vec<f32>> {
-    let (_, test) = digits_split(&embedded_digits().unwrap());
-    let recs: Vec<Vec<f32>> = test.features[..n].to_vec();
-    let mut s: String = (0..64).map(|i| format!("p{i},")).collect();
-    s.pop();
-    s.push('\n');
-    for r in &recs {
-        let row: Vec<String> = r.iter().map(|v| v.to_string()).collect();
-        s.push_str(&row.join(","));
-        s.push('\n');
-    }
-    std::fs::write(path, s).unwrap();
-    recs
 }
 
 fn encrypt(dir: &Path, csv: &Path, batch: &Path) {
@@ -583,75 +541,5 @@ fn a_model_file_from_quantize_serves_encrypt_infer_and_decrypt() {
         );
         assert!(!out_batch.exists());
     }
-    std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// `veilmoe quantize` runs one token on the target preset before writing: a model that exceeds
-/// the preset's noise budget is refused there, with the stage and what to change, and no model
-/// file is written (the client never encrypts for a model `infer` would stop on).
-#[test]
-fn quantize_refuses_a_model_the_preset_cannot_run() {
-    let dir = tmpdir("quantize-refused");
-    let tight = common::tight_preset(&dir);
-    let out_file = dir.join("model.vmm");
-    let out = veilmoe()
-        .args(["quantize", "--allow-insecure", "--preset"])
-        .arg(&tight)
-        .arg("--out")
-        .arg(&out_file)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
-    let last = err.lines().last().unwrap_or_default();
-    assert!(
-        last.starts_with("error: the model does not run on preset `tight`")
-            && last.contains("exceeds the budget"),
-        "{err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
-    assert!(!out_file.exists());
-    // its fidelity to the float model was reported on the way
-    assert!(err.contains("fidelity to the float model"), "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// `--headroom` outside [1, 16] is refused in one line, and beside `--worst-case-ranges` by the
-/// argument parser; nothing is written either way.
-#[test]
-fn a_bad_headroom_is_refused_and_nothing_is_written() {
-    let dir = tmpdir("headroom");
-    let model_dir = dir.join("model");
-    veilmoe_model::embedded_demo_model()
-        .unwrap()
-        .save_mixtral(&model_dir)
-        .unwrap();
-    let csv = dir.join("calib.csv");
-    write_records(&csv, 4);
-    let out_path = dir.join("m.vmm");
-    let quantize = |extra: &[&str]| {
-        veilmoe()
-            .args([
-                "quantize",
-                "--preset",
-                "test",
-                "--allow-insecure",
-                "--model",
-            ])
-            .arg(&model_dir)
-            .arg("--calibration")
-            .arg(&csv)
-            .arg("--out")
-            .arg(&out_path)
-            .args(extra)
-            .output()
-            .unwrap()
-    };
-    fails_with(&quantize(&["--headroom", "0.5"]), "--headroom 0.5");
-    assert!(!out_path.exists());
-    let out = quantize(&["--headroom", "2", "--worst-case-ranges"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
-    assert!(!out_path.exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }

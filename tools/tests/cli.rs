@@ -3,21 +3,9 @@
 
 mod common;
 
+use common::{ok, veilmoe};
+
 use std::path::PathBuf;
-use std::process::Command;
-
-fn veilmoe() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_veilmoe"))
-}
-
-/// A success, or the command's stderr in the failure message.
-fn ok(out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Runs `veilmoe ARGS`, checks it succeeded, and parses its JSON report.
 fn json_report(args: &[&str]) -> serde_json::Value {

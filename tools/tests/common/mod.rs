@@ -1,8 +1,13 @@
-//! Helpers shared by the `params` CLI test binaries.
+//! Helpers shared by the tools' CLI test binaries (`veilmoe`, `params`).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+/// The `veilmoe` binary of this build.
+pub fn veilmoe() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_veilmoe"))
+}
 
 /// The `params` binary of this build.
 pub fn params() -> Command {
@@ -17,6 +22,48 @@ pub fn tmp(prefix: &str, name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// A success, or the command's stderr in the failure message.
+pub fn ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A failure: non-zero exit, exactly one line on stderr containing `needle`.
+pub fn fails_with(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected a failure, got success");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.starts_with("WARNING: preset"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one-line error expected, got: {err}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(needle),
+        "expected `{needle}` in: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// The first `n` digits test records as CSV (with a header line).
+pub fn write_records(path: &Path, n: usize) -> Vec<Vec<f32>> {
+    let (_, test) =
+        veilmoe_model::data::digits_split(&veilmoe_model::data::embedded_digits().unwrap());
+    let recs: Vec<Vec<f32>> = test.features[..n].to_vec();
+    let mut s: String = (0..64).map(|i| format!("p{i},")).collect();
+    s.pop();
+    s.push('\n');
+    for r in &recs {
+        let row: Vec<String> = r.iter().map(|v| v.to_string()).collect();
+        s.push_str(&row.join(","));
+        s.push('\n');
+    }
+    std::fs::write(path, s).unwrap();
+    recs
 }
 
 /// The command's stdout as JSON (panics with both streams when it is not).
