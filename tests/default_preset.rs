@@ -212,11 +212,7 @@ fn gated_model(
 
 /// The expert index a slot's decrypted index bits (least significant first) name.
 fn decrypted_index(client: &ClientKey, slot: &veilmoe::protocols::SlotRouting) -> usize {
-    let bits = client.decrypt_lwe(&slot.index_bits).unwrap();
-    bits.iter()
-        .enumerate()
-        .map(|(b, &v)| (v as usize) << b)
-        .sum()
+    common::from_bits(&client.decrypt_lwe(&slot.index_bits).unwrap()) as usize
 }
 
 /// Runs token `x` through `layer` with Select-Then-Compute on `default`.

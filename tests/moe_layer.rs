@@ -75,11 +75,7 @@ fn run_config(config: MoeConfig, tokens: usize, seed: u64, strategy: &dyn Expert
                     assert_eq!(onehot, want, "one-hot of slot {s}, logits {logits:?}");
                 }
                 let bits = decrypt(&k.client, &slot.index_bits);
-                let index: usize = bits
-                    .iter()
-                    .enumerate()
-                    .map(|(b, &v)| (v as usize) << b)
-                    .sum();
+                let index = common::from_bits(&bits) as usize;
                 assert_eq!(index, selected[s], "index bits {bits:?}");
                 if config.top_k.0 > 1 || config.gating == Gating::SoftmaxThenTopK {
                     assert_eq!(
@@ -356,11 +352,7 @@ fn check_argmax(e: usize, rounds: usize) -> u64 {
         expect[want] = 1;
         assert_eq!(onehot, expect, "E = {e}, values {vals:?}");
         let bits = decrypt(&k.client, &slot.index_bits);
-        let index: usize = bits
-            .iter()
-            .enumerate()
-            .map(|(b, &v)| (v as usize) << b)
-            .sum();
+        let index = common::from_bits(&bits) as usize;
         assert_eq!(index, want, "E = {e}, values {vals:?}");
         assert!(slot.index_bits.variance() <= budget);
         assert_eq!(

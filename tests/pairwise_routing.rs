@@ -82,7 +82,7 @@ fn run_checked(model: &QuantizedMoe, tokens: usize, seed: u64) -> (u64, bool, us
                 bits.iter().all(|&b| b == 0 || b == 1),
                 "index bits {bits:?}"
             );
-            let index: i64 = bits.iter().enumerate().map(|(b, &v)| v << b).sum();
+            let index = common::from_bits(&bits);
             assert_eq!(index, selected[s] as i64, "index bits {bits:?}");
             if model.config.top_k.0 > 1 || model.config.gating == Gating::SoftmaxThenTopK {
                 let logit = k.client.decrypt_lwe(&slot.logit).unwrap()[0];

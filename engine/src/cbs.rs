@@ -120,12 +120,12 @@ impl<'k> Evaluator<'k> {
                 // Row r of every matrix comes from function key r. The keys are streamed side
                 // by side: a lone bit (a chain of circuit bootstraps, see the protocols'
                 // `index_chain.rs`) is otherwise one thread streaming every key.
-                let keys: Vec<_> = key.cbs_pfpksk.iter().collect();
-                let packed: Vec<Vec<u64>> = keys
+                let packed: Vec<Vec<u64>> = key
+                    .cbs_pfpksk
                     .par_iter()
                     .map(|pfpksk| {
                         let mut out = vec![0u64; count * levels * glwe_words];
-                        pfks_block(pfpksk, &level_lwes, big_size.0, &mut out, glwe_words);
+                        pfks_block(&pfpksk, &level_lwes, big_size.0, &mut out, glwe_words);
                         out
                     })
                     .collect();

@@ -15,6 +15,11 @@ use veilmoe::model::{
     ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig, QuantizedMoe, TopK,
 };
 
+/// The value of decrypted bits, least significant first (index bits, gate bits).
+pub fn from_bits(bits: &[i64]) -> i64 {
+    bits.iter().enumerate().map(|(b, &v)| v << b).sum()
+}
+
 pub struct Keys {
     pub client: ClientKey,
     pub server: ServerKey,

@@ -143,7 +143,7 @@ pub fn check_shared(
         bits.iter().all(|b| (0..=1).contains(b)),
         "gate bits {bits:?}"
     );
-    let gate: i64 = bits.iter().enumerate().map(|(b, &v)| v << b).sum();
+    let gate = super::from_bits(&bits);
     let acc: i64 = sh.gate.iter().zip(x).map(|(w, v)| w * v).sum::<i64>() + sh.gate_bias;
     let read = round_shift(acc, model.input_shift());
     let g_max = model.quant.gate_max();
