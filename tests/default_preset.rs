@@ -340,6 +340,35 @@ fn chained_index_bits_on_default() {
     }
 }
 
+/// The packed second stage on `default` (d = h = 32 over 16 experts, top-2): the selected
+/// activations packed by the FFT packing keyswitch, every check of `check_token`, 3 tokens.
+#[test]
+fn packed_second_stage_on_default() {
+    let (preset, client, server) = default_keys();
+    assert!(veilmoe::protocols::ffn::packs_second_stage(
+        16,
+        32,
+        32,
+        preset.glwe.polynomial_size
+    ));
+    let model = gated_model(32, 16, veilmoe::model::Gating::SoftmaxSelected, 67);
+    let layer = veilmoe::protocols::MoeLayer::new(&Evaluator::new(server), model.clone()).unwrap();
+    for t in 0..3u64 {
+        let x: Vec<i64> = (0..32)
+            .map(|i| ((i as u64 * 5 + t * 3) % 16) as i64 - 8)
+            .collect();
+        let out = forward_on_default(&layer, &x);
+        let check = common::wide::check_token(client, &model, &x, &out);
+        for (s, slot) in out.routing.slots.iter().enumerate() {
+            assert_eq!(
+                decrypted_index(client, slot),
+                check.selected[s],
+                "token {t}, slot {s}"
+            );
+        }
+    }
+}
+
 /// Calibrated ranges (issue 13 item 3) on `default`: a first-stage shift one bit finer and an
 /// output encoding one bit narrower than the worst case; tokens within the boxes match the
 /// reference by every check of `check_token`; a token that overflows a read runs and decrypts

@@ -387,26 +387,6 @@ fn circuit_bootstrap_and_cmux_tree_select_the_indexed_input() {
     );
 }
 
-#[test]
-fn packing_keyswitch_repacks_pbs_outputs() {
-    let k = test_keys();
-    let ev = Evaluator::new(&k.server);
-    let p = k.client.preset();
-    let mut rng = Rng::new(7);
-    let xs = rng.vec(30, 0, 15);
-    let ct = k.client.encrypt_lwe(&xs, Encoding::unsigned(4)).unwrap();
-    let y = ev
-        .pbs(
-            &ct,
-            &Lut::univariate(p, Encoding::unsigned(4), Encoding::unsigned(8), |v| v * v).unwrap(),
-        )
-        .unwrap();
-    let packed = ev.pack(&y).unwrap();
-    let expect: Vec<i64> = xs.iter().map(|v| v * v).collect();
-    assert_eq!(k.client.decrypt_packed(&packed).unwrap(), expect);
-    assert_eq!(ev.ops().total(OpKind::PackingKeyswitch), 30);
-}
-
 /// The noise model must not underestimate a CMUX: the selected coefficients' measured phase
 /// variance (64 GGSWs of 1, 1,024 coefficients each) stays below the model's bound, and the
 /// bound is not so loose that it wastes the budget (within 4x).

@@ -17,6 +17,7 @@ use veilmoe::model::{
     Activation, ExpertCount, FfnKind, Gating, HiddenDim, ModelDim, MoeConfig, QuantParams,
     QuantizedMoe, Rounding, TopK,
 };
+use veilmoe::protocols::ffn::packs_second_stage;
 use veilmoe::protocols::{ComputeAll, ExpertStrategy, Gates, MoeLayer, Select};
 
 #[derive(Default, Debug)]
@@ -225,6 +226,23 @@ fn select_matches_reference_e32() {
     matrix(32, SUITE_TOKENS / 2);
 }
 
+/// Select-Then-Compute's packed second stage (`ffn::packs_second_stage`: d = h = 32 over 16
+/// experts on `test`): the selected activations packed into one GLWE, every expert's W2 as a
+/// packed product, one CMUX per GLWE of rows; every check of `run_config` holds.
+#[test]
+fn select_packs_the_second_stage() {
+    let n = test_keys().client.preset().glwe.polynomial_size;
+    assert!(packs_second_stage(16, 32, 32, n) && !packs_second_stage(16, 4, 4, n));
+    for (k, ffn) in [
+        (1, FfnKind::GatedSilu),
+        (2, FfnKind::Plain(Activation::Relu)),
+    ] {
+        let cfg = config(32, 32, 16, k, ffn, Gating::SoftmaxSelected);
+        let t = run_config(cfg, 12, 90 + k as u64, &Select);
+        eprintln!("packed second stage, k={k} ffn={}: {t:?}", ffn.name());
+    }
+}
+
 /// The E = 2, 8, 32 matrix at 200 tokens per cell (about an hour on 2 cores): the off-by-one
 /// rates of `run_config` measured on enough tokens to mean something.
 #[test]
@@ -277,9 +295,17 @@ fn traces_do_not_depend_on_the_routing() {
         (&Select as &dyn ExpertStrategy, "select"),
         (&ComputeAll, "compute-all"),
     ] {
-        // 32 experts: Select-Then-Compute chains the index bits' circuit bootstraps
-        for (e, top) in [(8, 1), (8, 2), (32, 2)] {
-            let cfg = config(4, 4, e, top, FfnKind::GatedSilu, Gating::SoftmaxSelected);
+        // 32 experts: Select-Then-Compute chains the index bits' circuit bootstraps;
+        // d = h = 32 over 16 experts: it packs the selected activations (ReLU experts: compute-all
+        // reads every expert's h units)
+        let relu = FfnKind::Plain(Activation::Relu);
+        for (d, e, top, ffn) in [
+            (4, 8, 1, FfnKind::GatedSilu),
+            (4, 8, 2, FfnKind::GatedSilu),
+            (4, 32, 2, FfnKind::GatedSilu),
+            (32, 16, 1, relu),
+        ] {
+            let cfg = config(d, d, e, top, ffn, Gating::SoftmaxSelected);
             let model = QuantizedMoe::random(cfg, QuantParams::for_message_bits(4), 5, true);
             let ev0 = Evaluator::new(&k.server);
             let layer = MoeLayer::new(&ev0, model.clone()).unwrap();
@@ -287,7 +313,7 @@ fn traces_do_not_depend_on_the_routing() {
             let mut traces = Vec::new();
             let mut routes = std::collections::BTreeSet::new();
             for _ in 0..12 {
-                let x = rng.vec(4, -8, 7);
+                let x = rng.vec(d, -8, 7);
                 let ev = Evaluator::new(&k.server);
                 let out = layer
                     .forward(&ev, &layer.encrypt(&k.client, &x).unwrap(), strategy)

@@ -20,7 +20,8 @@ pub enum OpKind {
     CircuitBootstrap,
     /// External product GGSW x GLWE (a CMUX is one).
     ExternalProduct,
-    /// LWE -> GLWE packing keyswitch, counted per input LWE.
+    /// LWE -> GLWE packing keyswitch, counted per output GLWE (its FFT form costs the same for
+    /// one value or N).
     PackingKeyswitch,
     /// GLWE x plaintext polynomial product (FFT domain), counted per product.
     PolyProduct,

@@ -1,5 +1,6 @@
 //! Encrypted expert FFNs: first-stage packed products, activation (or gated product) by PBS,
-//! second-stage LWE products.
+//! second-stage LWE products (packed products over packed activations when Select-Then-Compute
+//! chooses among several experts).
 //!
 //! PBS per evaluated expert: h (plain) or 4h (gated: silu read, linear read, two quarter
 //! squares), 3h for a gated model whose linear factor is read inside the quarter squares
@@ -17,6 +18,28 @@ use veilmoe_engine::{
 use veilmoe_model::quant;
 use veilmoe_model::{ExpertWeights, FfnKind, QuantizedMoe};
 
+/// A packing keyswitch in CMUXes (`veilmoe bench primitives` on `default`, Intel Xeon, 2 cores:
+/// 15.1-16.7 ms against a CMUX's 0.036-0.039 ms).
+const PACK_COST_IN_CMUX: usize = 450;
+/// LWE multiply-adds per CMUX (a 64-term LWE row took 0.014-0.021 ms in the same runs).
+const MUL_ADDS_PER_CMUX: usize = 150;
+
+/// Whether Select-Then-Compute packs the selected activations and runs the second stages as
+/// packed products ([`FfnTables::selected_second_stage`]) for a layer of `experts` experts,
+/// `d` outputs, `h` hidden units and polynomial size `n`: when the LWE route's `(E - 1) d`
+/// CMUXes and `E d h` multiply-adds cost more than one packing keyswitch and `(E - 1)` CMUXes
+/// per GLWE of rows. A public function of the shapes, so the trace stays independent of the
+/// data. On `default` (N = 2048): packed from E = 8 at d = h = 64, from E = 32 at d = h = 16.
+pub fn packs_second_stage(experts: usize, d: usize, h: usize, n: usize) -> bool {
+    if experts < 2 || h == 0 || h > n {
+        return false;
+    }
+    let groups = d.div_ceil(n / h);
+    let lwe_route = (experts - 1) * d + experts * d * h / MUL_ADDS_PER_CMUX;
+    let packed_route = PACK_COST_IN_CMUX + (experts - 1) * groups;
+    packed_route < lwe_route
+}
+
 /// One expert's weights, laid out for the engine.
 pub struct ExpertTables {
     pub(crate) w1: PackedWeights,
@@ -24,6 +47,9 @@ pub struct ExpertTables {
     pub(crate) w3: Option<PackedWeights>,
     pub(crate) b3: Option<Vec<i64>>,
     pub(crate) w2: WeightMatrix,
+    /// W2 laid out for packed products over packed activations
+    /// ([`FfnTables::selected_second_stage`]).
+    pub(crate) w2_packed: PackedWeights,
     pub(crate) b2: Option<Vec<i64>>,
 }
 
@@ -92,6 +118,7 @@ impl ExpertTables {
                 .map(|w| packed(w, declared.w3))
                 .transpose()?,
             b3: x.b3.clone(),
+            w2_packed: PackedWeights::new(p, w2.clone()),
             w2,
             b2: x.b2.clone(),
         })
@@ -222,6 +249,39 @@ impl FfnTables {
     /// Second-stage accumulators `W2 a + b2` of expert `e` (leveled): the expert's output, wide.
     pub fn second_stage(&self, ev: &Evaluator, e: usize, a: &LweVector) -> Result<LweVector> {
         self.experts[e].second_stage(ev, a)
+    }
+
+    /// The second stage of the expert `index` names (GGSW bits, least significant first), over
+    /// the selected expert's activations `a`: every expert's `W2 a + b2`, the chosen one
+    /// selected obliviously.
+    ///
+    /// Where [`packs_second_stage`] says so, `a` is packed into one GLWE (one packing
+    /// keyswitch, about a PBS) and each expert's second stage is a packed product, so the CMUX
+    /// tree selects whole GLWEs of rows: per slot `(E - 1) * ceil(d / (N / h))` external
+    /// products and E packed products, where the LWE route takes `(E - 1) * d` external
+    /// products and `E * d * h` LWE multiply-adds (E = 64, d = h = 64 on `default`: 126
+    /// against 4,032 external products).
+    pub fn selected_second_stage(
+        &self,
+        ev: &Evaluator,
+        index: &[veilmoe_engine::GgswBit],
+        a: &LweVector,
+    ) -> Result<LweVector> {
+        let e = self.experts.len();
+        let (d, h) = (self.experts[0].w2.rows().0, self.experts[0].w2.cols().0);
+        if !packs_second_stage(e, d, h, ev.preset().glwe.polynomial_size) {
+            let ys = (0..e)
+                .map(|i| self.second_stage(ev, i, a))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(ev.cmux_tree_lwe(index, &ys)?);
+        }
+        let packed = ev.pack(a)?;
+        let rows = self
+            .experts
+            .iter()
+            .map(|x| ev.packed_products(&x.w2_packed, x.b2.as_deref(), &packed))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(ev.extract_rows(&ev.cmux_tree_rows(index, &rows)?)?)
     }
 
     /// Whole FFN of expert `e` (used by public routing): first stage, hidden, second stage.

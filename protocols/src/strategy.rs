@@ -70,14 +70,14 @@ impl ExpertStrategy for Select {
 
 /// Select-Then-Compute from every expert's packed first-stage products: per slot, CMUX-select
 /// the chosen expert's products by its GGSW index bits, read ONE expert's activations, run every
-/// expert's second stage (leveled) and CMUX-select the chosen output.
+/// expert's second stage (leveled) and CMUX-select the chosen output
+/// ([`FfnTables::selected_second_stage`]).
 pub(crate) fn select_from_products(
     ev: &Evaluator,
     ffn: &FfnTables,
     firsts: &[(PackedRows, Option<PackedRows>)],
     index_ggsw: &[Vec<GgswBit>],
 ) -> Result<Vec<LweVector>> {
-    let e = firsts.len();
     let u_all: Vec<_> = firsts.iter().map(|f| f.0.clone()).collect();
     let v_all: Option<Vec<_>> = firsts.iter().map(|f| f.1.clone()).collect();
     let mut outs = Vec::with_capacity(index_ggsw.len());
@@ -90,11 +90,8 @@ pub(crate) fn select_from_products(
         };
         ev.set_stage("expert");
         let a = ffn.hidden(ev, &u, v.as_ref())?;
-        let ys = (0..e)
-            .map(|i| ffn.second_stage(ev, i, &a))
-            .collect::<Result<Vec<_>>>()?;
         ev.set_stage("select");
-        outs.push(ev.cmux_tree_lwe(bits, &ys)?);
+        outs.push(ffn.selected_second_stage(ev, bits, &a)?);
     }
     Ok(outs)
 }

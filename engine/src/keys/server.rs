@@ -14,6 +14,7 @@ use tfhe::core_crypto::fft_impl::fft64::math::fft::Fft;
 use tfhe::core_crypto::prelude::*;
 
 use super::{decode_self_describing, to_fourier, HasPreset};
+use crate::packing::FourierPackingKey;
 
 /// The server's evaluation key (no secrets).
 pub struct ServerKey {
@@ -21,7 +22,8 @@ pub struct ServerKey {
     key_set: KeySetId,
     pub(crate) bsk: FourierLweBootstrapKeyOwned,
     pub(crate) ksk: LweKeyswitchKeyOwned<u64>,
-    pub(crate) pksk: LwePackingKeyswitchKeyOwned<u64>,
+    /// The packing keyswitching key, Fourier domain ([`crate::packing`]).
+    pub(crate) pksk: FourierPackingKey,
     pub(crate) cbs_bsk: FourierLweBootstrapKeyOwned,
     pub(crate) cbs_pfpksk: LwePrivateFunctionalPackingKeyswitchKeyListOwned<u64>,
     pub(crate) fft: Fft,
@@ -51,6 +53,7 @@ impl ServerKey {
         cbs_pfpksk: LwePrivateFunctionalPackingKeyswitchKeyListOwned<u64>,
     ) -> ServerKey {
         let fft = Fft::new(preset.polynomial_size());
+        let pksk = FourierPackingKey::new(&pksk, fft.as_view());
         ServerKey {
             preset,
             key_set,
@@ -80,8 +83,14 @@ impl ServerKey {
             && self.bsk.decomposition_base_log() == p.pbs.base_log()
             && self.ksk.input_key_lwe_dimension() == p.big_lwe_dimension()
             && self.ksk.output_key_lwe_dimension() == p.lwe_dimension()
-            && self.pksk.input_key_lwe_dimension() == p.big_lwe_dimension()
-            && self.pksk.output_polynomial_size() == p.polynomial_size()
+            && self.pksk.shape()
+                == (
+                    p.big_lwe_dimension().0,
+                    p.packing_keyswitch.base_log,
+                    p.packing_keyswitch.level,
+                    p.glwe_dimension().to_glwe_size().0,
+                    p.glwe.polynomial_size,
+                )
             && self.cbs_bsk.input_lwe_dimension() == p.lwe_dimension()
             && self.cbs_bsk.polynomial_size() == p.polynomial_size()
             && self.cbs_bsk.decomposition_level_count() == p.circuit_bootstrap.pbs().level()
@@ -91,14 +100,10 @@ impl ServerKey {
             && self.cbs_bsk.decomposition_base_log() == p.circuit_bootstrap.pbs().base_log()
             && self.ksk.decomposition_base_log() == p.keyswitch.base_log()
             && self.ksk.decomposition_level_count() == p.keyswitch.level()
-            && self.pksk.decomposition_base_log() == p.packing_keyswitch.base_log()
-            && self.pksk.decomposition_level_count() == p.packing_keyswitch.level()
-            && self.pksk.output_glwe_size() == p.glwe_dimension().to_glwe_size()
             && self.cbs_pfpksk.decomposition_base_log() == p.circuit_bootstrap.pfks().base_log()
             && self.cbs_pfpksk.decomposition_level_count() == p.circuit_bootstrap.pfks().level()
             && self.cbs_pfpksk.output_glwe_size() == p.glwe_dimension().to_glwe_size()
             && self.ksk.ciphertext_modulus().is_native_modulus()
-            && self.pksk.ciphertext_modulus().is_native_modulus()
             && self.cbs_pfpksk.ciphertext_modulus().is_native_modulus()
             && self.ksk.as_ref().len()
                 == p.big_lwe_dimension().0 * p.keyswitch.level * p.lwe_dimension().to_lwe_size().0
@@ -145,7 +150,7 @@ impl ServerKey {
         (self.bsk.as_view().data().len() + self.cbs_bsk.as_view().data().len())
             * std::mem::size_of::<c64>()
             + std::mem::size_of_val(self.ksk.as_ref())
-            + std::mem::size_of_val(self.pksk.as_ref())
+            + self.pksk.size_bytes()
             + std::mem::size_of_val(self.cbs_pfpksk.as_ref())
     }
 }
