@@ -12,6 +12,7 @@ use crate::keyswitch::{keyswitch_block, ks_chunk};
 use crate::lut::{BivariateLut, Lut};
 use crate::noise;
 use rayon::prelude::*;
+use tfhe::core_crypto::fft_impl::fft64::crypto::bootstrap::batch_blind_rotate_assign_scratch;
 use tfhe::core_crypto::prelude::*;
 
 impl<'k> Evaluator<'k> {
@@ -86,38 +87,64 @@ impl<'k> Evaluator<'k> {
         let log_modulus =
             CiphertextModulusLog(p.glwe.polynomial_size.trailing_zeros() as usize + 1);
         let fft = key.fft.as_view();
-        let req = blind_rotate_assign_mem_optimized_requirement::<u64>(
-            key.bsk.glwe_size(),
-            key.bsk.polynomial_size(),
-            fft,
-        )
-        .unaligned_bytes_required();
         let modulus = CiphertextModulus::new_native();
+        // the words of function `j` of table `t` start at `first[t] + j * out_size` in a value's
+        let mut first = Vec::with_capacity(luts.len());
+        let mut at = 0;
+        for lut in luts {
+            first.push(at);
+            at += lut.extract.len() * out_size.0;
+        }
 
         let mut out = vec![0u64; x.len() * per_value];
         let chunk = ks_chunk(x.len());
+        let req = batch_blind_rotate_assign_scratch::<u64>(
+            key.bsk.glwe_size(),
+            key.bsk.polynomial_size(),
+            CiphertextCount(chunk),
+            fft,
+        )
+        .unaligned_bytes_required();
         out.par_chunks_mut(chunk * per_value)
             .zip(x.as_list().as_ref().par_chunks(chunk * big))
             .for_each(|(o, i)| {
                 // the block's keyswitches first (the key read once for all of them)
-                let mut ks = vec![0u64; (i.len() / big) * small.0];
+                let count = i.len() / big;
+                let mut ks = vec![0u64; count * small.0];
                 keyswitch_block(&key.ksk, i, big, &mut ks, small.0, offset);
-                for (o, ks) in o.chunks_exact_mut(per_value).zip(ks.chunks_exact(small.0)) {
-                    let msed = lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(
-                        LweCiphertext::from_container(ks, modulus),
-                        log_modulus,
+                let msed: Vec<_> = ks
+                    .chunks_exact(small.0)
+                    .map(|ks| {
+                        lwe_ciphertext_centered_binary_modulus_switch::<u64, usize, _>(
+                            LweCiphertext::from_container(ks, modulus),
+                            log_modulus,
+                        )
+                    })
+                    .collect();
+                for (lut, &start) in luts.iter().zip(&first) {
+                    // the block's blind rotations side by side: each GGSW of the bootstrapping
+                    // key is applied to every accumulator while it is in cache
+                    let mut accs = GlweCiphertextList::new(
+                        0u64,
+                        lut.acc.glwe_size(),
+                        lut.acc.polynomial_size(),
+                        GlweCiphertextCount(count),
+                        modulus,
                     );
-                    let mut words = o.chunks_exact_mut(out_size.0);
-                    for lut in luts {
-                        let mut acc = lut.acc.clone();
-                        with_scratch(req, |stack| {
-                            blind_rotate_assign_mem_optimized(
-                                &msed, &mut acc, &key.bsk, fft, stack,
-                            );
-                        });
-                        // the table's degrees first: `zip` stops on them before taking a
-                        // chunk that belongs to the next table
-                        for (&degree, chunk) in lut.extract.iter().zip(words.by_ref()) {
+                    for mut acc in accs.iter_mut() {
+                        acc.as_mut().copy_from_slice(lut.acc.as_ref());
+                    }
+                    with_scratch(req, |stack| {
+                        key.bsk.as_view().batch_blind_rotate_assign(
+                            accs.as_mut_view(),
+                            &msed,
+                            fft,
+                            stack,
+                        );
+                    });
+                    for (acc, o) in accs.iter().zip(o.chunks_exact_mut(per_value)) {
+                        let words = o[start..].chunks_exact_mut(out_size.0);
+                        for (&degree, chunk) in lut.extract.iter().zip(words) {
                             let mut lwe = LweCiphertext::from_container(chunk, modulus);
                             extract_lwe_sample_from_glwe_ciphertext(
                                 &acc,
@@ -136,13 +163,6 @@ impl<'k> Evaluator<'k> {
             p.lwe.dimension as u64,
         );
         let var = noise::pbs_output_variance(p);
-        // the words of function `j` of table `t` start at `first[t] + j * out_size` in a value's
-        let mut first = Vec::with_capacity(luts.len());
-        let mut at = 0;
-        for lut in luts {
-            first.push(at);
-            at += lut.extract.len() * out_size.0;
-        }
         Ok(luts
             .iter()
             .zip(&first)
