@@ -315,27 +315,44 @@ fn pairwise_routing_on_default() {
 }
 
 /// The chained index bits (protocols/src/index_chain.rs) on `default`: 32 experts, top-2, so
+/// Runs 3 tokens of the d = h = `dim` gated model over `experts` experts through
+/// Select-Then-Compute on `default`: every check of `check_token` holds and each slot's
+/// decrypted index bits name the reference's expert. Returns the outputs for further checks.
+fn three_tokens_match_the_reference(
+    dim: usize,
+    experts: usize,
+    seed: u64,
+) -> Vec<veilmoe::protocols::MoeOutput> {
+    let (_, client, server) = default_keys();
+    let model = gated_model(dim, experts, veilmoe::model::Gating::SoftmaxSelected, seed);
+    let layer = veilmoe::protocols::MoeLayer::new(&Evaluator::new(server), model.clone()).unwrap();
+    (0..3u64)
+        .map(|t| {
+            let x: Vec<i64> = (0..dim)
+                .map(|i| ((i as u64 * 3 + t * 7) % 16) as i64 - 8)
+                .collect();
+            let out = forward_on_default(&layer, &x);
+            let check = common::wide::check_token(client, &model, &x, &out);
+            for (s, slot) in out.routing.slots.iter().enumerate() {
+                assert_eq!(
+                    decrypted_index(client, slot),
+                    check.selected[s],
+                    "token {t}, slot {s}"
+                );
+            }
+            out
+        })
+        .collect()
+}
+
 /// Select-Then-Compute takes each slot's index GGSWs from the tournament's rounds and reads no
-/// one-hot; the decrypted index bits name the reference's experts and every check of
-/// `check_token` holds, 3 tokens.
+/// one-hot (E = 32, d = h = 8, top-2); the decrypted index bits name the reference's experts
+/// and every check of `check_token` holds, 3 tokens.
 #[test]
 fn chained_index_bits_on_default() {
-    let (_, client, server) = default_keys();
-    let model = gated_model(8, 32, veilmoe::model::Gating::SoftmaxSelected, 61);
-    let layer = veilmoe::protocols::MoeLayer::new(&Evaluator::new(server), model.clone()).unwrap();
-    for t in 0..3u64 {
-        let x: Vec<i64> = (0..8)
-            .map(|i| ((i as u64 * 3 + t * 7) % 16) as i64 - 8)
-            .collect();
-        let out = forward_on_default(&layer, &x);
-        let check = common::wide::check_token(client, &model, &x, &out);
-        for (s, slot) in out.routing.slots.iter().enumerate() {
+    for out in three_tokens_match_the_reference(8, 32, 61) {
+        for slot in &out.routing.slots {
             assert!(slot.onehot.is_none(), "a chained slot reads no one-hot");
-            assert_eq!(
-                decrypted_index(client, slot),
-                check.selected[s],
-                "token {t}, slot {s}"
-            );
         }
     }
 }
@@ -344,29 +361,9 @@ fn chained_index_bits_on_default() {
 /// activations packed by the FFT packing keyswitch, every check of `check_token`, 3 tokens.
 #[test]
 fn packed_second_stage_on_default() {
-    let (preset, client, server) = default_keys();
-    assert!(veilmoe::protocols::ffn::packs_second_stage(
-        16,
-        32,
-        32,
-        preset.glwe.polynomial_size
-    ));
-    let model = gated_model(32, 16, veilmoe::model::Gating::SoftmaxSelected, 67);
-    let layer = veilmoe::protocols::MoeLayer::new(&Evaluator::new(server), model.clone()).unwrap();
-    for t in 0..3u64 {
-        let x: Vec<i64> = (0..32)
-            .map(|i| ((i as u64 * 5 + t * 3) % 16) as i64 - 8)
-            .collect();
-        let out = forward_on_default(&layer, &x);
-        let check = common::wide::check_token(client, &model, &x, &out);
-        for (s, slot) in out.routing.slots.iter().enumerate() {
-            assert_eq!(
-                decrypted_index(client, slot),
-                check.selected[s],
-                "token {t}, slot {s}"
-            );
-        }
-    }
+    let n = default_keys().0.glwe.polynomial_size;
+    assert!(veilmoe::protocols::ffn::packs_second_stage(16, 32, 32, n));
+    three_tokens_match_the_reference(32, 16, 67);
 }
 
 /// Calibrated ranges (issue 13 item 3) on `default`: a first-stage shift one bit finer and an
