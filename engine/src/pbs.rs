@@ -2,7 +2,9 @@
 //! modulus switch (as tfhe's 2M128 sets assume), blind rotation of the lookup table, sample
 //! extraction. Batches run in parallel with rayon, each thread reusing its own scratch memory;
 //! each thread keyswitches its share of a batch in blocks (see `keyswitch.rs`), so the
-//! keyswitching key is read from memory once per block rather than once per ciphertext.
+//! keyswitching key is read from memory once per block rather than once per ciphertext, and
+//! blind-rotates the block side by side (tfhe's `batch_blind_rotate_assign`: each GGSW of the
+//! bootstrapping key is applied to every accumulator of the block while it is in cache).
 
 use crate::accounting::OpKind;
 use crate::ciphertext::{LweKeyKind, LweVector};
