@@ -237,7 +237,7 @@ fn packing_terms(p: &Preset) -> (f64, f64) {
 }
 
 /// Expected variance a packing keyswitch of `count` inputs into one GLWE adds to an occupied
-/// coefficient (see [`packing_terms`]).
+/// coefficient (see `packing_terms`).
 pub fn packing_keyswitch_coefficient_variance(p: &Preset, count: usize) -> f64 {
     let (rounding, per_input) = packing_terms(p);
     rounding + count as f64 * per_input

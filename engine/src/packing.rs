@@ -11,7 +11,7 @@
 //! `sum_j X^j (b_j - sum_{i,l} digit_l(a_{j,i}) K_{i,l}) = B(X) - sum_{i,l} D_{i,l}(X) K_{i,l}(X)`,
 //!
 //! so a GLWE costs `kN * levels` forward FFTs of small-integer polynomials and their products
-//! with the key, kept in the Fourier domain ([`FourierPackingKey`]), whatever the count: about
+//! with the key, kept in the Fourier domain (`FourierPackingKey`), whatever the count: about
 //! the cost of one PBS for a whole GLWE. The digits are those tfhe takes (closest representable,
 //! signed decomposition), so the phase is tfhe's up to the FFT's rounding. That rounding is
 //! most of what the keyswitch adds (10x the key's noise on `default`), yet 2 % of a PBS
