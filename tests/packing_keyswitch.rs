@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::noise::torus_error;
 use common::{test_keys, Rng};
 use veilmoe::engine::{
     noise, Cols, Encoding, Evaluator, Lut, LweVector, OpKind, PackedWeights, Rows, ValueRange,
@@ -52,7 +53,6 @@ fn packing_keyswitch_noise_matches_the_model() {
     let ev = Evaluator::new(&k.server);
     let mut rng = Rng::new(11);
     let count = 64;
-    let torus = |e: u64| e as i64 as f64 / 2f64.powi(64);
     let mut squares = Vec::new();
     for _ in 0..8 {
         let y = squares_of(&ev, &rng.vec(count, 0, 7));
@@ -62,7 +62,7 @@ fn packing_keyswitch_noise_matches_the_model() {
             .decrypt_packed_phases(&ev.pack(&y).unwrap())
             .unwrap();
         for (phase, input) in phases.iter().zip(&inputs) {
-            squares.push(torus(phase.wrapping_sub(*input)).powi(2));
+            squares.push(torus_error(*phase, *input).powi(2));
         }
     }
     let mean = squares.iter().sum::<f64>() / squares.len() as f64;
@@ -101,7 +101,7 @@ fn packed_product_over_packed_pbs_outputs() {
     let lwe_phases = k.client.decrypt_lwe_phases(&lwe).unwrap();
     let packed_phases = k.client.decrypt_lwe_phases(&extracted).unwrap();
     for (x, y) in lwe_phases.iter().zip(&packed_phases) {
-        let diff = (x.wrapping_sub(*y) as i64).unsigned_abs() as f64 / 2f64.powi(64);
+        let diff = torus_error(*x, *y).abs();
         assert!(diff < 1e-5, "packed product off by {diff:e} of the torus");
     }
     assert!(extracted.variance() > lwe.variance());

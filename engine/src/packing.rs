@@ -116,8 +116,8 @@ impl FourierPackingKey {
                 let mut spectrum = vec![c64::default(); half];
                 for i in start..(start + step).min(self.input_dimension) {
                     for (j, lwe) in lwes.iter().enumerate() {
-                        let rounded = decomposer.closest_representable(lwe[i]);
-                        for (l, term) in decomposer.decompose(rounded).enumerate() {
+                        // `decompose` rounds to the closest representable value first
+                        for (l, term) in decomposer.decompose(lwe[i]).enumerate() {
                             digits[l * n + j] = term.value();
                         }
                     }

@@ -46,10 +46,9 @@ pub struct ExpertTables {
     pub(crate) b1: Option<Vec<i64>>,
     pub(crate) w3: Option<PackedWeights>,
     pub(crate) b3: Option<Vec<i64>>,
-    pub(crate) w2: WeightMatrix,
-    /// W2 laid out for packed products over packed activations
-    /// ([`FfnTables::selected_second_stage`]).
-    pub(crate) w2_packed: PackedWeights,
+    /// W2, laid out for packed products over packed activations as well
+    /// ([`FfnTables::selected_second_stage`]); its matrix serves the LWE products.
+    pub(crate) w2: PackedWeights,
     pub(crate) b2: Option<Vec<i64>>,
 }
 
@@ -118,8 +117,7 @@ impl ExpertTables {
                 .map(|w| packed(w, declared.w3))
                 .transpose()?,
             b3: x.b3.clone(),
-            w2_packed: PackedWeights::new(p, w2.clone()),
-            w2,
+            w2: PackedWeights::new(p, w2),
             b2: x.b2.clone(),
         })
     }
@@ -140,7 +138,7 @@ impl ExpertTables {
 
     /// Second-stage accumulators `W2 a + b2` (leveled): the FFN's output, wide.
     pub(crate) fn second_stage(&self, ev: &Evaluator, a: &LweVector) -> Result<LweVector> {
-        Ok(ev.lwe_matvec(&self.w2, self.b2.as_deref(), a)?)
+        Ok(ev.lwe_matvec(self.w2.matrix(), self.b2.as_deref(), a)?)
     }
 }
 
@@ -279,7 +277,7 @@ impl FfnTables {
         let rows = self
             .experts
             .iter()
-            .map(|x| ev.packed_products(&x.w2_packed, x.b2.as_deref(), &packed))
+            .map(|x| ev.packed_products(&x.w2, x.b2.as_deref(), &packed))
             .collect::<std::result::Result<Vec<_>, _>>()?;
         Ok(ev.extract_rows(&ev.cmux_tree_rows(index, &rows)?)?)
     }

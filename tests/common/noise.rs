@@ -4,6 +4,11 @@
 use super::Rng;
 use veilmoe::engine::{ClientKey, Encoding, Evaluator, GgswBit, Lut, ServerKey};
 
+/// A decrypted phase's distance from the expected one, signed, in units of the torus.
+pub fn torus_error(phase: u64, expected: u64) -> f64 {
+    phase.wrapping_sub(expected) as i64 as f64 / 2f64.powi(64)
+}
+
 /// `count` circuit-bootstrapped GGSWs of 1 (the worst case for the noise of what they select).
 pub fn ggsws_of_one(ev: &Evaluator, client: &ClientKey, count: usize) -> Vec<GgswBit> {
     let bits = client
@@ -32,7 +37,7 @@ pub fn measured_cmux_variance(client: &ClientKey, server: &ServerKey, seed: u64)
         let sel = ev.cmux_tree(std::slice::from_ref(g), &[ca, cb]).unwrap();
         model = sel.variance();
         for (phase, &v) in client.decrypt_packed_phases(&sel).unwrap().iter().zip(&b) {
-            let err = phase.wrapping_sub(enc.encode(v).unwrap()) as i64 as f64 / 2f64.powi(64);
+            let err = torus_error(*phase, enc.encode(v).unwrap());
             sum += err * err;
             count += 1.0;
         }
@@ -68,7 +73,7 @@ pub fn measured_pbs_output_variance(
         .iter()
         .zip(&xs)
         .map(|(phase, &v)| {
-            let err = phase.wrapping_sub(enc.encode(v).unwrap()) as i64 as f64 / 2f64.powi(64);
+            let err = torus_error(*phase, enc.encode(v).unwrap());
             err * err
         })
         .collect();
