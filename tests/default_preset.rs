@@ -361,8 +361,12 @@ fn chained_index_bits_on_default() {
 /// activations packed by the FFT packing keyswitch, every check of `check_token`, 3 tokens.
 #[test]
 fn packed_second_stage_on_default() {
-    let n = default_keys().0.glwe.polynomial_size;
-    assert!(veilmoe::protocols::ffn::packs_second_stage(16, 32, 32, n));
+    assert!(veilmoe::protocols::ffn::packs_second_stage(
+        &default_keys().0,
+        16,
+        32,
+        32
+    ));
     three_tokens_match_the_reference(32, 16, 67);
 }
 

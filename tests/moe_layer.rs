@@ -231,8 +231,8 @@ fn select_matches_reference_e32() {
 /// packed product, one CMUX per GLWE of rows; every check of `run_config` holds.
 #[test]
 fn select_packs_the_second_stage() {
-    let n = test_keys().client.preset().glwe.polynomial_size;
-    assert!(packs_second_stage(16, 32, 32, n) && !packs_second_stage(16, 4, 4, n));
+    let p = test_keys().client.preset();
+    assert!(packs_second_stage(p, 16, 32, 32) && !packs_second_stage(p, 16, 4, 4));
     for (k, ffn) in [
         (1, FfnKind::GatedSilu),
         (2, FfnKind::Plain(Activation::Relu)),

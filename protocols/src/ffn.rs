@@ -26,19 +26,36 @@ const MUL_ADDS_PER_CMUX: usize = 150;
 
 /// Whether Select-Then-Compute packs the selected activations and runs the second stages as
 /// packed products ([`FfnTables::selected_second_stage`]) for a layer of `experts` experts,
-/// `d` outputs, `h` hidden units and polynomial size `n`: when the LWE route's `(E - 1) d`
-/// CMUXes and `E d h` multiply-adds cost more than one packing keyswitch and `(E - 1)` CMUXes
-/// per GLWE of rows. A public function of the shapes, so the trace stays independent of the
-/// data. On `default` (N = 2048): packed from E = 8 at d = h = 64, from E = 32 at d = h = 16.
-pub fn packs_second_stage(experts: usize, d: usize, h: usize, n: usize) -> bool {
+/// `d` outputs and `h` hidden units on `preset`: when the LWE route's `(E - 1) d` CMUXes and
+/// `E d h` multiply-adds cost more than one packing keyswitch and `(E - 1)` CMUXes per GLWE of
+/// rows, and the packing keyswitch's noise stays a small share of the PBS outputs' it carries
+/// ([`PACKING_NOISE_SHARE`]). A public function of the shapes and the preset, so the trace
+/// stays independent of the data. On `default` (N = 2048): packed from E = 8 at d = h = 64,
+/// from E = 32 at d = h = 16. Never on `fine` or `precise`: their packing keys (one level of
+/// base 2^31, two of 2^22) suit tfhe's scalar packing, and the FFT packing's rounding grows
+/// with the digits' square (0.3 of the torus per input on `fine`).
+pub fn packs_second_stage(
+    preset: &veilmoe_engine::Preset,
+    experts: usize,
+    d: usize,
+    h: usize,
+) -> bool {
+    let n = preset.glwe.polynomial_size;
     if experts < 2 || h == 0 || h > n {
         return false;
     }
+    let quiet = veilmoe_engine::noise::packing_keyswitch_variance(preset, h)
+        <= PACKING_NOISE_SHARE * veilmoe_engine::noise::pbs_output_variance(preset);
     let groups = d.div_ceil(n / h);
     let lwe_route = (experts - 1) * d + experts * d * h / MUL_ADDS_PER_CMUX;
     let packed_route = PACK_COST_IN_CMUX + (experts - 1) * groups;
-    packed_route < lwe_route
+    quiet && packed_route < lwe_route
 }
+
+/// Largest share of a PBS output's noise variance that the packing keyswitch may add to the
+/// activations it packs (on `default` it adds 2 %); beyond it the LWE route, whose outputs
+/// carry only the PBS outputs' noise, is kept.
+pub const PACKING_NOISE_SHARE: f64 = 0.125;
 
 /// One expert's weights, laid out for the engine.
 pub struct ExpertTables {
@@ -267,7 +284,7 @@ impl FfnTables {
     ) -> Result<LweVector> {
         let e = self.experts.len();
         let (d, h) = (self.experts[0].w2.rows().0, self.experts[0].w2.cols().0);
-        if !packs_second_stage(e, d, h, ev.preset().glwe.polynomial_size) {
+        if !packs_second_stage(ev.preset(), e, d, h) {
             let ys = (0..e)
                 .map(|i| self.second_stage(ev, i, a))
                 .collect::<Result<Vec<_>>>()?;
@@ -289,5 +306,27 @@ impl FfnTables {
         let v = v.map(|v| ev.extract_rows(&v)).transpose()?;
         let a = self.hidden(ev, &u, v.as_ref())?;
         self.second_stage(ev, e, &a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use veilmoe_engine::Preset;
+
+    /// The shape issue 15 packs on `default` (E = 64, d = h = 64) is packed there and not on
+    /// `fine` or `precise`, whose packing keys would bury the activations in FFT rounding; a
+    /// shape too small to pay for the packing is never packed.
+    #[test]
+    fn packing_follows_cost_and_noise() {
+        let load = |name| Preset::load(name, false).unwrap();
+        let (default, fine, precise) = (load("default"), load("fine"), load("precise"));
+        assert!(packs_second_stage(&default, 64, 64, 64));
+        assert!(packs_second_stage(&default, 8, 64, 32));
+        assert!(!packs_second_stage(&default, 4, 16, 16));
+        for p in [&fine, &precise] {
+            assert!(!packs_second_stage(p, 64, 64, 64), "{}", p.name);
+            assert!(!packs_second_stage(p, 8, 64, 32), "{}", p.name);
+        }
     }
 }
