@@ -484,3 +484,31 @@ fn pool_batch_with_a_covering_fallback_on_default() {
     let (placements, ..) = common::pool::check_batch_with(client, server, &layer, &xs, &caps);
     assert!(!placements.contains(&veilmoe::model::pool::Placement::Dropped));
 }
+
+/// The Hugging Face-style Qwen2-MoE checkpoint quantized with the defaults on `default`: 8-bit
+/// inputs (the first-stage shift 4 bits wider than 4-bit inputs give) and W2 in two digits
+/// whose products the client adds; a shared expert and softmax-then-top-2 gates, so every
+/// kind of output term is split. 2 tokens of the held-out records, every check of
+/// `check_token` (each digit against the reference, the client's sum against the gated
+/// combination).
+#[test]
+fn wide_inputs_and_output_digits_on_default() {
+    use veilmoe::model::quantize::{quantize_with, QuantizeOptions, DEFAULT_INPUT_BITS};
+    let (preset, client, server) = default_keys();
+    let (calib, test) = common::hf_families::records();
+    let m = veilmoe::model::FloatMoeModel::load(common::hf_families::qwen2_moe()).unwrap();
+    let opts = QuantizeOptions::for_reads(preset.message_bits, preset.max_norm2);
+    let q = quantize_with(&m, &opts, &calib).unwrap().0;
+    assert_eq!(q.moe.quant.input_bits, DEFAULT_INPUT_BITS);
+    assert!(q.moe.output_digits.is_some_and(|g| g.shift >= 1));
+    let layer = veilmoe::protocols::MoeLayer::new(&Evaluator::new(server), q.moe.clone()).unwrap();
+    for r in test.iter().take(2) {
+        let x = q.quantize_input(r).unwrap();
+        assert!(
+            x.iter().any(|v| v.abs() > 8),
+            "8-bit inputs use their range"
+        );
+        let out = forward_on_default(&layer, &x);
+        common::wide::check_token(client, &q.moe, &x, &out);
+    }
+}

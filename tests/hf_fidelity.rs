@@ -26,28 +26,15 @@
 
 mod common;
 
-use common::hf_families::{families, mixtral, qwen2_moe};
+use common::hf_families::{families, mixtral, qwen2_moe, records};
 use std::time::Instant;
 use veilmoe::engine::{ClientKey, Evaluator, Preset};
 use veilmoe::model::checkpoint::FloatMoeModel;
-use veilmoe::model::data::embedded_digits;
 use veilmoe::model::fidelity::VectorErrors;
 use veilmoe::model::quantize::{quantize_with, QuantizeOptions};
 use veilmoe::model::{reference_fidelity, QuantizedClassifier, Rounding};
 use veilmoe::protocols::router::decrypt_bits_value;
 use veilmoe::protocols::{simulated_rounding, MoeLayer, Select};
-
-/// The digits features centred and scaled to [-1, 1] (pixels are 0..16): 200 calibration
-/// records and the 300 after them.
-fn records() -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
-    let all: Vec<Vec<f32>> = embedded_digits()
-        .unwrap()
-        .features
-        .into_iter()
-        .map(|r| r.into_iter().map(|v| v / 8.0 - 1.0).collect())
-        .collect();
-    (all[..200].to_vec(), all[200..500].to_vec())
-}
 
 fn quantize(m: &FloatMoeModel, calib: &[Vec<f32>]) -> QuantizedClassifier {
     quantize_headroom(

@@ -31,8 +31,9 @@ pub const MAGIC: [u8; 8] = *b"VEILMOE\0";
 /// shift was calibrated (the input width then follows from it, not from the worst case).
 /// Version 4: a quantized model records where a gated FFN's linear factor is read (on its own,
 /// or inside its product's quarter squares). Version 5: a quantized model records whether it
-/// routes by pairwise comparisons of the router accumulators.
-pub const FORMAT_VERSION: u16 = 5;
+/// routes by pairwise comparisons of the router accumulators. Version 6: its quantization
+/// parameters record the input's own width (inputs may be wider than a read).
+pub const FORMAT_VERSION: u16 = 6;
 
 /// A hash of a preset's cryptographic parameters (not of its name or description).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -415,7 +415,13 @@ mod tests {
                 .collect();
             let (qc, _) = crate::quantize_with(&float, &calibrated, &records).unwrap();
             let (qw, _) = crate::quantize_with(&float, &worst, &records).unwrap();
-            assert_eq!(qc.moe.calibrated_shift, Some(calibrated.first_stage_shift));
+            // the shift grows with the input's bits beyond a read's
+            let extra = qc.moe.quant.extra_input_bits();
+            assert_eq!(extra, crate::quantize::DEFAULT_INPUT_BITS - 4);
+            assert_eq!(
+                qc.moe.calibrated_shift,
+                Some(calibrated.first_stage_shift + extra)
+            );
             // never wider than its own worst case
             let own_worst = crate::QuantizedMoe {
                 calibrated_output_width: None,

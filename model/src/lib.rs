@@ -32,6 +32,7 @@ pub mod fidelity;
 pub mod linear_factor;
 pub mod math;
 pub mod model_file;
+pub mod output_digits;
 pub mod pairwise;
 pub mod pool;
 pub mod pool_accuracy;

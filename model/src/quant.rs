@@ -116,11 +116,19 @@ pub fn hold_width(lo: i128, hi: i128) -> u32 {
     w
 }
 
+/// Largest input width a model may declare (the encrypted input's encoding adds the read
+/// shift to it and must stay far inside 64-bit words).
+pub const MAX_INPUT_BITS: u32 = 16;
+
 /// Public quantization parameters (see [`crate::quant`]).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct QuantParams {
     /// Bits a PBS reads exactly (at most the preset's message bits; fewer leaves wider boxes).
     pub message_bits: u32,
+    /// Bits of the client's quantized input, at least `message_bits`: no PBS reads an input
+    /// (the first stage is a leveled product), so a wider input costs only a wider encoding,
+    /// and the first-stage weights keep their precision (the read shift grows with it).
+    pub input_bits: u32,
     /// Zero point added to the requantized router output before clipping to the logit range.
     pub logit_zero_point: i64,
     /// Real value of one logit step (softmax temperature).
@@ -130,8 +138,8 @@ pub struct QuantParams {
     /// Real value of one step of an activation output.
     pub act_out_scale: f64,
     /// Gate bits: gates are integers in [0, 2^gate_bits - 1] standing for [0, 1]. Encrypted gates
-    /// multiply the slot outputs bit by bit (external products), which scales their PBS noise by
-    /// sqrt(sum 4^b): 3 bits keep the decrypted output exact on the 4-bit presets.
+    /// multiply the slot outputs bit by bit (a circuit bootstrap and an external product per
+    /// bit), and the client adds the terms `2^b * term_b`, each decrypted at its own encoding.
     pub gate_bits: u32,
     /// Switch gating: the selected expert's own softmax term (numerator).
     pub switch_numerator: i64,
@@ -141,6 +149,7 @@ impl QuantParams {
     pub fn for_message_bits(message_bits: u32) -> QuantParams {
         QuantParams {
             message_bits,
+            input_bits: message_bits,
             logit_zero_point: 3,
             logit_scale: 0.5,
             act_in_scale: 0.5,
@@ -158,6 +167,12 @@ impl QuantParams {
             return bad(format!(
                 "message bits must be 3 to 8, got {}",
                 self.message_bits
+            ));
+        }
+        if !(self.message_bits..=MAX_INPUT_BITS).contains(&self.input_bits) {
+            return bad(format!(
+                "input bits must be {} (the message bits) to {MAX_INPUT_BITS}, got {}",
+                self.message_bits, self.input_bits
             ));
         }
         if !(1..=6).contains(&self.gate_bits) {
@@ -188,11 +203,22 @@ impl QuantParams {
         Ok(())
     }
 
-    /// Input values are signed m-bit integers.
+    /// Input values are signed integers of `input_bits`.
     pub fn input_min(&self) -> i64 {
-        -(1i64 << (self.message_bits - 1))
+        -(1i64 << (self.input_bits - 1))
     }
     pub fn input_max(&self) -> i64 {
+        (1i64 << (self.input_bits - 1)) - 1
+    }
+    /// Bits an input has beyond a read's (the first-stage shift grows by as many).
+    pub fn extra_input_bits(&self) -> u32 {
+        self.input_bits - self.message_bits
+    }
+    /// A read's signed m-bit box in read steps, `[-2^(m-1), 2^(m-1) - 1]`.
+    pub fn read_min(&self) -> i64 {
+        -(1i64 << (self.message_bits - 1))
+    }
+    pub fn read_max(&self) -> i64 {
         (1i64 << (self.message_bits - 1)) - 1
     }
     /// Router logits live in [0, logit_max] so that differences (and the masked value -1 of a
@@ -220,7 +246,7 @@ impl QuantParams {
     pub fn hidden_range(&self, ffn: crate::arch::FfnKind) -> (i64, i64) {
         match ffn {
             crate::arch::FfnKind::Plain(act) => {
-                let vals: Vec<i64> = (self.input_min()..=self.input_max())
+                let vals: Vec<i64> = (self.read_min()..=self.read_max())
                     .map(|q| self.activation(act, q))
                     .collect();
                 (
@@ -242,8 +268,8 @@ impl QuantParams {
             q,
             self.act_in_scale,
             self.act_out_scale,
-            self.input_min(),
-            self.input_max(),
+            self.read_min(),
+            self.read_max(),
         )
     }
     /// The silu factor of a gated FFN.

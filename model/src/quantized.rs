@@ -108,6 +108,9 @@ pub struct QuantizedMoe {
     /// The logits are still read where the gates need them (top-2, Switch gating). For 2, 4 or
     /// [`crate::pairwise::MAX_EXPERTS`] experts.
     pub pairwise_routing: bool,
+    /// W2 split in two digits whose products the client adds (see [`crate::output_digits`]):
+    /// a finer W2 at the relative noise of a coarser one. `None`: W2 in one piece.
+    pub output_digits: Option<crate::output_digits::OutputDigits>,
 }
 
 /// Largest calibrated first-stage shift (the encrypted input stays well inside 64-bit words).
@@ -220,8 +223,15 @@ impl QuantizedMoe {
                     "calibrated first-stage shift {s} exceeds {MAX_CALIBRATED_SHIFT}"
                 )));
             }
+            let extra = self.quant.extra_input_bits();
+            if s < extra {
+                return Err(config(format!(
+                    "calibrated first-stage shift {s} is below the input's {extra} bits beyond                      a read (the encrypted input would not hold its values)"
+                )));
+            }
         }
         self.validate_linear_in_product()?;
+        self.validate_output_digits()?;
         if self.pairwise_routing {
             crate::pairwise::check_supported(c.experts.0, c.top_k.0)?;
         }
@@ -337,13 +347,13 @@ impl QuantizedMoe {
 
     /// Encoding width of the encrypted input: every first-stage accumulator (router, W1, W3)
     /// must be readable through its top `message_bits` bits, for every input of the box (or,
-    /// with a calibrated shift, for the calibration data).
+    /// with a calibrated shift, for the calibration data), and the input's own values must fit.
     pub fn input_width(&self) -> u32 {
         match self.calibrated_shift {
             Some(s) => self.quant.message_bits + s,
             None => {
                 let (lo, hi) = self.first_stage_range();
-                quant::read_width(lo, hi, self.quant.message_bits)
+                quant::read_width(lo, hi, self.quant.message_bits).max(self.quant.input_bits)
             }
         }
     }
@@ -352,7 +362,7 @@ impl QuantizedMoe {
     /// boxes of `2^s` (the top box keeps half a box of headroom, as in [`quant::read_width`]).
     pub fn first_stage_box(&self) -> (i64, i64) {
         let s = self.input_shift();
-        (self.quant.input_min() << s, self.quant.input_max() << s)
+        (self.quant.read_min() << s, self.quant.read_max() << s)
     }
 
     /// The range the encrypted first-stage products are declared to take when the worst case
@@ -444,26 +454,6 @@ impl QuantizedMoe {
         (-(1i64 << (w - 1)), (1i64 << (w - 1)) - 1)
     }
 
-    /// The range the encrypted expert outputs are declared to take when the worst case
-    /// exceeds [`QuantizedMoe::expert_output_box`] (a calibrated width); `None` otherwise.
-    pub fn expert_output_declared(&self) -> Option<(i64, i64)> {
-        self.calibrated_output_width?;
-        exceeded_box(self.expert_output_box(), self.expert_output_range())
-    }
-
-    /// How many of a token's expert output values (the selected slots' and the shared
-    /// expert's, as `reference` computed them) fall outside [`QuantizedMoe::expert_output_box`].
-    pub fn output_overflows(&self, reference: &crate::reference::RefOutput) -> usize {
-        let (lo, hi) = self.expert_output_box();
-        reference
-            .expert_outputs
-            .iter()
-            .chain(reference.shared.as_ref().map(|(_, o)| o))
-            .flatten()
-            .filter(|&&v| v < lo || v > hi)
-            .count()
-    }
-
     /// Values of the token `x` that wrap under encryption: first-stage accumulators beyond the
     /// read box and expert outputs beyond their box. Always 0 without calibrated ranges; with
     /// them, such a token's encrypted output is meaningless (nothing fails).
@@ -494,7 +484,7 @@ impl QuantizedMoe {
     /// subtracts two slot outputs (Mixtral top-2 gate combination) so that the difference stays
     /// representable.
     pub fn slot_output_width(&self) -> u32 {
-        self.expert_output_width() + self.config.subtracts_slot_outputs() as u32
+        self.encrypted_output_width() + self.config.subtracts_slot_outputs() as u32
     }
 
     /// Random weights for tests and benchmarks: each row has a few non-zero entries so that
@@ -544,6 +534,7 @@ impl QuantizedMoe {
             calibrated_output_width: None,
             linear_in_product: false,
             pairwise_routing: false,
+            output_digits: None,
         }
     }
 

@@ -81,6 +81,9 @@ pub struct RefOutput {
     pub expert_outputs: Vec<Vec<i64>>,
     /// The shared expert's gate in [0, G] and its output accumulator `W2 a + b2` (Qwen2-MoE).
     pub shared: Option<(i64, Vec<i64>)>,
+    /// What the encrypted path holds of each slot's and then the shared expert's output:
+    /// `W2 a + b2`, or its two digits' products stacked ([`QuantizedMoe::output_digits`]).
+    pub encrypted_outputs: Vec<Vec<i64>>,
     /// Layer output `sum_slots gate * expert_output` (plus `shared gate * shared output`), in
     /// accumulator steps (see [`QuantizedMoe::expert_output_shift`] for the step of an m-bit
     /// read).
@@ -234,6 +237,15 @@ impl QuantizedMoe {
 
     /// The shared expert's gate and output accumulators (`None` without a shared expert).
     pub fn shared_reference(&self, x: &[i64], rounding: &mut Rounding) -> Option<(i64, Vec<i64>)> {
+        self.shared_parts(x, rounding).map(|(g, _, o)| (g, o))
+    }
+
+    /// The shared expert's gate, hidden activations and output accumulators.
+    fn shared_parts(
+        &self,
+        x: &[i64],
+        rounding: &mut Rounding,
+    ) -> Option<(i64, Vec<i64>, Vec<i64>)> {
         let sh = self.shared.as_ref()?;
         let acc = matvec(&sh.gate, Some(std::slice::from_ref(&sh.gate_bias)), 1, x)[0];
         let gate = sh.gate_value(
@@ -241,7 +253,8 @@ impl QuantizedMoe {
             self.quant.gate_max(),
         );
         let hidden = self.ffn_hidden(&sh.weights, sh.h, x, rounding);
-        Some((gate, ffn_output(&sh.weights, self.config.d.0, &hidden)))
+        let out = ffn_output(&sh.weights, self.config.d.0, &hidden);
+        Some((gate, hidden, out))
     }
 
     /// The layer output (exact): the slot output itself under a constant gate, otherwise
@@ -328,13 +341,23 @@ impl QuantizedMoe {
             .map(|(&e, hd)| self.expert_output(e, hd))
             .collect();
         let mut y = self.combine(&gates, &expert_outputs);
-        let shared = self.shared_reference(x, rounding);
-        if let Some((g, o)) = &shared {
-            for (yi, oi) in y.iter_mut().zip(o) {
+        let shared_parts = self.shared_parts(x, rounding);
+        let mut encrypted_outputs: Vec<Vec<i64>> = selected
+            .iter()
+            .zip(&hidden)
+            .map(|(&e, hd)| self.encrypted_output(&self.experts[e], hd))
+            .collect();
+        let shared = shared_parts.map(|(g, hd, o)| {
+            if let Some(sh) = &self.shared {
+                encrypted_outputs.push(self.encrypted_output(&sh.weights, &hd));
+            }
+            for (yi, oi) in y.iter_mut().zip(&o) {
                 *yi += g * oi;
             }
-        }
+            (g, o)
+        });
         RefOutput {
+            encrypted_outputs,
             logits,
             selected,
             slot_logits,

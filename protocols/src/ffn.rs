@@ -111,15 +111,19 @@ impl DeclaredRanges {
 }
 
 impl ExpertTables {
-    /// Lays out one FFN's weights (`d` inputs and outputs, `h` hidden units; shapes validated
-    /// with the model) with the model's declared ranges.
+    /// Lays out one FFN's weights (`d` inputs, `h` hidden units; shapes validated with the
+    /// model) with the model's declared ranges. Its second stage has the model's encrypted
+    /// output rows: W2, or W2's two digits stacked ([`QuantizedMoe::output_digits`]).
     pub(crate) fn new(
         p: &veilmoe_engine::Preset,
+        model: &QuantizedMoe,
         x: &ExpertWeights,
-        (d, h): (usize, usize),
+        h: usize,
         declared: &DeclaredRanges,
     ) -> Result<ExpertTables> {
-        let w2 = WeightMatrix::new(Rows(d), Cols(h), x.w2.clone())?;
+        let d = model.config.d.0;
+        let (w2, b2) = model.encrypted_w2(x);
+        let w2 = WeightMatrix::new(Rows(model.encrypted_output_rows()), Cols(h), w2)?;
         let w2 = match declared.output {
             Some((min, max)) => w2.with_declared_range(ValueRange { min, max })?,
             None => w2,
@@ -135,7 +139,7 @@ impl ExpertTables {
                 .transpose()?,
             b3: x.b3.clone(),
             w2: PackedWeights::new(p, w2),
-            b2: x.b2.clone(),
+            b2,
         })
     }
 
@@ -179,7 +183,7 @@ impl FfnTables {
     pub fn new(ev: &Evaluator, model: &QuantizedMoe) -> Result<FfnTables> {
         let p = ev.preset();
         let q = &model.quant;
-        let (d, h) = (model.config.d.0, model.config.h.0);
+        let h = model.config.h.0;
         let small = Encoding::signed(q.message_bits);
         let input = Encoding::signed(model.input_width());
         let shift = model.input_shift();
@@ -203,7 +207,7 @@ impl FfnTables {
         let experts = model
             .experts
             .iter()
-            .map(|x| ExpertTables::new(p, x, (d, h), &declared))
+            .map(|x| ExpertTables::new(p, model, x, h, &declared))
             .collect::<Result<Vec<_>>>()?;
         Ok(FfnTables {
             experts,

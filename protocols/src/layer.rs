@@ -263,6 +263,7 @@ impl MoeLayer {
         if let (Some(t), Some(s)) = (&self.shared, &shared) {
             y_terms.extend(t.terms(ev, s)?);
         }
+        let y_terms = split_digits(&self.model, y_terms)?;
         // The client checks responses against the public structure: the layer must produce it.
         if y_terms
             .iter()
@@ -290,7 +291,7 @@ impl MoeLayer {
             let extra = o
                 .encoding()
                 .width
-                .saturating_sub(self.model.expert_output_width());
+                .saturating_sub(self.model.encrypted_output_width());
             let allowed = budget * WIDE_OUTPUT_NOISE.powi(2) / 4f64.powi(extra as i32);
             if o.variance() > allowed {
                 return Err(EngineError::NoiseBudget {
@@ -351,6 +352,36 @@ pub fn output_encoding(model: &QuantizedMoe) -> Encoding {
 /// [`MoeLayer::forward`] returns them: they follow from the model alone, so the client checks a
 /// response against them before it decrypts anything.
 pub fn output_coefficients(model: &QuantizedMoe) -> Vec<i64> {
+    let digits = model.output_digit_coefficients();
+    whole_output_coefficients(model)
+        .into_iter()
+        .flat_map(|c| digits.iter().map(move |&f| c * f))
+        .collect()
+}
+
+/// Each term `(c, [t_hi; t_lo])` of a model with W2 in two digits becomes `(2^k c, t_hi)` and
+/// `(c, t_lo)`: every term the client decrypts has d values (terms unchanged without digits).
+fn split_digits(
+    model: &QuantizedMoe,
+    terms: Vec<(i64, LweVector)>,
+) -> Result<Vec<(i64, LweVector)>> {
+    let digits = model.output_digit_coefficients();
+    if digits.len() == 1 {
+        return Ok(terms);
+    }
+    let d = model.config.d.0;
+    let mut out = Vec::with_capacity(terms.len() * digits.len());
+    for (c, t) in terms {
+        for (i, f) in digits.iter().enumerate() {
+            out.push((c * f, t.slice(i * d..(i + 1) * d)?));
+        }
+    }
+    Ok(out)
+}
+
+/// The coefficients of the layer output's terms before W2's digits are split
+/// ([`output_coefficients`]).
+fn whole_output_coefficients(model: &QuantizedMoe) -> Vec<i64> {
     let bits = model.quant.gate_bits;
     let powers = (0..bits).map(|b| 1i64 << b);
     let g = model.quant.gate_max();

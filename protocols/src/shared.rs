@@ -75,7 +75,7 @@ impl SharedTables {
             })
             .collect::<veilmoe_engine::Result<Vec<_>>>()?;
         Ok(Some(SharedTables {
-            ffn: ExpertTables::new(p, &sh.weights, (d, sh.h), &declared)?,
+            ffn: ExpertTables::new(p, model, &sh.weights, sh.h, &declared)?,
             gate: first_stage_weights(p, &sh.gate, 1, d, declared.first_stage)?,
             gate_bias: sh.gate_bias,
             gate_bits,

@@ -6,6 +6,7 @@
 use super::checkpoints::{write_model, Tensors};
 use std::path::PathBuf;
 use veilmoe::model::checkpoint::StoredDtype;
+use veilmoe::model::data::embedded_digits;
 use veilmoe::model::SplitMix;
 
 pub const D: usize = 64;
@@ -98,4 +99,16 @@ pub fn families() -> [(&'static str, PathBuf); 3] {
         ("Qwen2-MoE", qwen2_moe()),
         ("Switch", switch()),
     ]
+}
+
+/// The digits features centred and scaled to [-1, 1] (pixels are 0..16), the inputs of the
+/// precision measurements: 200 calibration records and the 300 after them.
+pub fn records() -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let all: Vec<Vec<f32>> = embedded_digits()
+        .unwrap()
+        .features
+        .into_iter()
+        .map(|r| r.into_iter().map(|v| v / 8.0 - 1.0).collect())
+        .collect();
+    (all[..200].to_vec(), all[200..500].to_vec())
 }

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use veilmoe::engine::accounting::OpEvent;
 use veilmoe::engine::{ClientKey, Evaluator, LweVector, OpKind, ServerKey};
 use veilmoe::model::quant::{quarter_square, round_shift};
-use veilmoe::model::{FfnKind, QuantizedMoe, Rounding};
+use veilmoe::model::{ExpertWeights, FfnKind, QuantizedMoe, Rounding};
 use veilmoe::protocols::shared::SharedOutput;
 use veilmoe::protocols::{MoeLayer, MoeOutput, Select};
 
@@ -20,7 +20,7 @@ pub fn hidden_read_slack(model: &QuantizedMoe) -> i64 {
         return 0;
     }
     let q = &model.quant;
-    let (lo, hi) = (q.input_min(), q.input_max());
+    let (lo, hi) = (q.read_min(), q.read_max());
     let near = |v: i64| {
         [v - 1, v, v + 1]
             .into_iter()
@@ -92,33 +92,64 @@ pub fn check_slot_outputs(
     selected: &[usize],
     slot_outputs: &[LweVector],
 ) -> (Vec<Vec<i64>>, WideTally) {
-    let slack = hidden_read_slack(model);
-    let h = model.config.h.0;
     let mut t = WideTally::default();
     let mut outs = Vec::new();
     for (s, ct) in slot_outputs.iter().enumerate() {
         let e = selected[s];
-        let o = client.decrypt_lwe(ct).expect("decrypt");
         let hidden = model.hidden(e, x, &mut Rounding::Exact);
-        let want = model.expert_output(e, &hidden);
-        let noise = noise_steps(ct);
-        for (i, (a, b)) in o.iter().zip(&want).enumerate() {
-            let row_l1: i64 = model.experts[e].w2[i * h..(i + 1) * h]
-                .iter()
-                .map(|w| w.abs())
-                .sum();
-            let bound = row_l1 * slack + noise;
-            assert!(
-                (a - b).abs() <= bound,
-                "expert {e} output {i}: {a} vs reference {b} (allowed {bound}: noise {noise}, \
-                 hidden slack {slack} x |W2 row| {row_l1})"
-            );
-            t.beyond_noise += ((a - b).abs() > noise) as usize;
-        }
-        t.values += o.len();
+        let w = &model.experts[e];
+        let (o, beyond) = check_wide(client, model, (w, model.config.h.0), &hidden, ct, "expert");
+        t.beyond_noise += beyond;
+        t.values += ct.len();
         outs.push(o);
     }
     (outs, t)
+}
+
+/// Decrypts an encrypted FFN output (`W2 a + b2`, or W2's two digits stacked) and checks every
+/// value against the exact reference from the FFN's exact hidden activations: never further
+/// than one off-by-one hidden read per unit (times the row's weights) plus the noise. Returns
+/// the output as the client adds it up (`W2 a + b2`, d values) and how many values were
+/// beyond the noise alone.
+fn check_wide(
+    client: &ClientKey,
+    model: &QuantizedMoe,
+    (w, h): (&ExpertWeights, usize),
+    hidden: &[i64],
+    ct: &LweVector,
+    what: &str,
+) -> (Vec<i64>, usize) {
+    let slack = hidden_read_slack(model);
+    let o = client.decrypt_lwe(ct).expect("decrypt");
+    let want = model.encrypted_output(w, hidden);
+    assert_eq!(o.len(), want.len(), "{what} output values");
+    let rows = model.encrypted_w2(w).0;
+    let noise = noise_steps(ct);
+    let mut beyond = 0;
+    for (i, (a, b)) in o.iter().zip(&want).enumerate() {
+        let row_l1: i64 = rows[i * h..(i + 1) * h].iter().map(|w| w.abs()).sum();
+        let bound = row_l1 * slack + noise;
+        assert!(
+            (a - b).abs() <= bound,
+            "{what} output {i}: {a} vs reference {b} (allowed {bound}: noise {noise}, \
+             hidden slack {slack} x |W2 row| {row_l1})"
+        );
+        beyond += ((a - b).abs() > noise) as usize;
+    }
+    (fold_digits(model, &o), beyond)
+}
+
+/// An encrypted FFN output as the client adds it up: `sum_i c_i part_i` over W2's digits'
+/// parts (the output itself without digits).
+pub fn fold_digits(model: &QuantizedMoe, o: &[i64]) -> Vec<i64> {
+    let d = model.config.d.0;
+    let mut y = vec![0i64; d];
+    for (i, c) in model.output_digit_coefficients().iter().enumerate() {
+        for (yi, v) in y.iter_mut().zip(&o[i * d..(i + 1) * d]) {
+            *yi += c * v;
+        }
+    }
+    y
 }
 
 /// The shared expert's decrypted gate and output, checked against the reference.
@@ -154,22 +185,15 @@ pub fn check_shared(
         ok.contains(&gate),
         "shared gate {gate} (bits {bits:?}): expected one of {ok:?} (accumulator {acc})"
     );
-    let output = client.decrypt_lwe(&s.output).expect("decrypt");
-    let (_, want) = model
-        .shared_reference(x, &mut Rounding::Exact)
-        .expect("shared reference");
-    let (slack, noise) = (hidden_read_slack(model), noise_steps(&s.output));
-    for (i, (a, b)) in output.iter().zip(&want).enumerate() {
-        let l1: i64 = sh.weights.w2[i * sh.h..(i + 1) * sh.h]
-            .iter()
-            .map(|w| w.abs())
-            .sum();
-        let bound = l1 * slack + noise;
-        assert!(
-            (a - b).abs() <= bound,
-            "shared expert output {i}: {a} vs reference {b} (allowed {bound})"
-        );
-    }
+    let hidden = model.ffn_hidden(&sh.weights, sh.h, x, &mut Rounding::Exact);
+    let (output, _) = check_wide(
+        client,
+        model,
+        (&sh.weights, sh.h),
+        &hidden,
+        &s.output,
+        "shared expert",
+    );
     SharedCheck { gate, output }
 }
 
@@ -186,7 +210,7 @@ pub fn check_combination(
     let mut want = model.combine(gates, outs);
     if let Some(s) = &out.shared {
         let g = s.decrypt_gate(client).expect("decrypt");
-        let o = client.decrypt_lwe(&s.output).expect("decrypt");
+        let o = fold_digits(model, &client.decrypt_lwe(&s.output).expect("decrypt"));
         for (w, v) in want.iter_mut().zip(o) {
             *w += g * v;
         }

@@ -68,6 +68,11 @@ pub struct ModelArgs {
     /// tournament reads.
     #[arg(long)]
     pub pairwise_routing: bool,
+    /// Quantizing a --model directory: bits of the client's quantized input (default 8, at
+    /// least the preset's read bits). No PBS reads an input, so a wider one costs the server
+    /// nothing but keeps the detail near-tied router logits depend on.
+    #[arg(long)]
+    pub input_bits: Option<u32>,
 }
 
 impl ModelArgs {
@@ -90,6 +95,7 @@ impl ModelArgs {
                 dir: path.clone(),
                 calibration: self.calibration.clone(),
                 headroom: self.headroom()?,
+                input_bits: self.input_bits,
                 variant: Variant {
                     linear_in_product: self.linear_in_product,
                     pairwise_routing: self.pairwise_routing,
@@ -97,6 +103,7 @@ impl ModelArgs {
             }),
             _ if self.linear_in_product => Err(SourceError::NeedsModelDir("--linear-in-product")),
             _ if self.pairwise_routing => Err(SourceError::NeedsModelDir("--pairwise-routing")),
+            _ if self.input_bits.is_some() => Err(SourceError::NeedsModelDir("--input-bits")),
             None => Ok(ModelSource::Embedded),
             Some(path) if path.is_file() => match self.calibration {
                 Some(_) => Err(SourceError::CalibrationForFile(path.display().to_string())),
@@ -139,6 +146,8 @@ pub enum ModelSource {
         dir: PathBuf,
         calibration: Option<PathBuf>,
         headroom: Option<f64>,
+        /// `--input-bits` (`None`: the quantizer's default).
+        input_bits: Option<u32>,
         variant: Variant,
     },
 }
@@ -235,8 +244,13 @@ impl ModelSource {
             ..QuantizeOptions::for_reads(message_bits, max_norm2)
         };
         let opts = match self {
-            ModelSource::Dir { headroom, .. } => QuantizeOptions {
+            ModelSource::Dir {
+                headroom,
+                input_bits,
+                ..
+            } => QuantizeOptions {
                 calibrated_headroom: *headroom,
+                input_bits: input_bits.or(defaults.input_bits),
                 ..defaults
             },
             _ => defaults,

@@ -9,6 +9,7 @@ use super::second_stage::{act_out_scale, SecondStage};
 use crate::arch::FfnKind;
 use crate::classifier::{Head, QuantizedClassifier};
 use crate::error::{ModelError, Result};
+use crate::output_digits::OutputDigits;
 use crate::quantized::{ExpertWeights, QuantizedMoe, SharedExpert};
 
 /// The first-stage groups of one candidate, quantized with the shared shift.
@@ -53,8 +54,9 @@ impl Context<'_> {
             calibrated_shift: self
                 .opts
                 .calibrated_headroom
-                .map(|_| self.opts.first_stage_shift),
+                .map(|_| self.first_stage_shift()),
             calibrated_output_width: None,
+            output_digits: None,
             linear_in_product: self.opts.linear_in_product && m.config.ffn == FfnKind::GatedSilu,
             pairwise_routing: self.opts.pairwise_routing,
         };
@@ -106,6 +108,9 @@ impl Context<'_> {
         if let Some(headroom) = self.opts.calibrated_headroom {
             moe.calibrated_output_width = Some(self.calibrated_output_width(&moe, headroom));
         }
+        if second.digit_shift > 0 {
+            moe.output_digits = Some(self.output_digits(&moe, second.digit_shift));
+        }
         moe.validate()?;
 
         let output_shift = moe.expert_output_shift();
@@ -153,7 +158,7 @@ impl Context<'_> {
             (m.router.clone(), m.router_bias.clone())
         };
         let q = &self.quant;
-        let read_box = (q.input_min(), q.input_max());
+        let read_box = (q.read_min(), q.read_max());
         // A linear factor read inside the product is never clipped: its rows fit the factor range.
         let w3_box = if self.opts.linear_in_product {
             q.factor_range()
@@ -252,13 +257,44 @@ impl Context<'_> {
         placed_logit_zero_point(tops, moe.quant.logit_max())
     }
 
-    /// The expert outputs' encoding width from their range over the scored records (every
-    /// FFN of the layer, routed or shared, on every record) times `headroom`: never wider than
-    /// the worst case, never narrower than the hidden activations (which share the encoding)
-    /// or the read bits.
+    /// W2's digits at shift `k`, with the encoding width of a digit's output: from the
+    /// calibrated range of every digit output over the scored records (see
+    /// [`Context::calibrated_width`]), or the worst case.
+    fn output_digits(&self, moe: &QuantizedMoe, k: u32) -> OutputDigits {
+        let mut split = moe.clone();
+        split.output_digits = Some(OutputDigits { shift: k, width: 1 });
+        let worst = split.encrypted_output_range();
+        let width = match self.opts.calibrated_headroom {
+            None => crate::quant::read_width(worst.0, worst.1, moe.quant.message_bits)
+                .max(hidden_width(moe)),
+            Some(headroom) => {
+                self.calibrated_width(moe, headroom, worst, |w, a| split.encrypted_output(w, a))
+            }
+        };
+        OutputDigits { shift: k, width }
+    }
+
+    /// The expert outputs' encoding width from their range over the scored records (see
+    /// [`Context::calibrated_width`]).
     fn calibrated_output_width(&self, moe: &QuantizedMoe, headroom: f64) -> u32 {
-        use rayon::prelude::*;
         let d = moe.config.d.0;
+        self.calibrated_width(moe, headroom, moe.expert_output_range(), |w, a| {
+            crate::reference::matvec(&w.w2, w.b2.as_deref(), d, a)
+        })
+    }
+
+    /// The encoding width of the outputs `outputs(ffn, hidden)` from their range over the
+    /// scored records (every FFN of the layer, routed or shared, on every record) times
+    /// `headroom`: never wider than the worst case `worst` unless the hidden activations
+    /// (which share the encoding) or the read bits need more.
+    fn calibrated_width(
+        &self,
+        moe: &QuantizedMoe,
+        headroom: f64,
+        worst: (i128, i128),
+        outputs: impl Fn(&ExpertWeights, &[i64]) -> Vec<i64> + Sync,
+    ) -> u32 {
+        use rayon::prelude::*;
         let (lo, hi) = self
             .scored
             .par_iter()
@@ -267,7 +303,7 @@ impl Context<'_> {
                 let mut range = (0i64, 0i64);
                 for (w, h) in moe.ffns() {
                     let a = moe.ffn_hidden(w, h, &x, &mut crate::Rounding::Exact);
-                    for v in crate::reference::matvec(&w.w2, w.b2.as_deref(), d, &a) {
+                    for v in outputs(w, &a) {
                         range = (range.0.min(v), range.1.max(v));
                     }
                 }
@@ -275,12 +311,10 @@ impl Context<'_> {
             })
             .reduce(|| (0, 0), |a, b| (a.0.min(b.0), a.1.max(b.1)));
         let scaled = |v: i64| (v as f64 * headroom).round() as i128;
-        let (hlo, hhi) = moe.quant.hidden_range(moe.config.ffn);
-        let (wlo, whi) = moe.expert_output_range();
+        let worst_width = crate::quant::read_width(worst.0, worst.1, moe.quant.message_bits);
         crate::quant::hold_width(scaled(lo), scaled(hi))
-            .max(crate::quant::hold_width(hlo as i128, hhi as i128))
-            .max(moe.quant.message_bits)
-            .min(crate::quant::read_width(wlo, whi, moe.quant.message_bits))
+            .min(worst_width)
+            .max(hidden_width(moe))
     }
 
     /// The report of a built candidate (its calibration scores are filled in by `score`).
@@ -329,6 +363,7 @@ impl Context<'_> {
             w2_zeroed: zeroed_frac(second.zeroed, moe.ffns().map(|(_, h)| d * h).sum()),
             w2_norm2_sq: second.norm2_sq,
             w2_norm2_sq_limit: second.limit,
+            output_digits: moe.output_digits,
             output_width: moe.expert_output_width(),
             output_shift,
             x_scale,
@@ -387,4 +422,11 @@ fn placed_logit_zero_point(mut tops: Vec<i64>, logit_max: i64) -> i64 {
     tops.sort_unstable();
     let p = tops.get(tops.len() * 9 / 10).copied().unwrap_or(0);
     logit_max - p
+}
+
+/// The narrowest output encoding a model allows: its hidden activations (which share it) and
+/// the read bits.
+fn hidden_width(moe: &QuantizedMoe) -> u32 {
+    let (lo, hi) = moe.quant.hidden_range(moe.config.ffn);
+    crate::quant::hold_width(lo as i128, hi as i128).max(moe.quant.message_bits)
 }

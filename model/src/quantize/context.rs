@@ -52,10 +52,11 @@ impl<'a> Context<'a> {
         check_inputs(model, opts, calibration)?;
         let quant = QuantParams {
             gate_bits: opts.gate_bits,
+            input_bits: opts.input_bits.unwrap_or(opts.message_bits),
             ..QuantParams::for_message_bits(opts.message_bits)
         };
         let (lo, hi) = calibration_range(calibration);
-        let (input, raw_step) = input_quantizer(&quant, opts.message_bits, lo, hi);
+        let (input, raw_step) = input_quantizer(&quant, lo, hi);
         // Evenly spaced records: the calibration set is often in file (or class) order.
         let n = calibration.len();
         let take = opts.max_scored.clamp(1, n);
@@ -89,6 +90,12 @@ impl<'a> Context<'a> {
             })
             .collect();
         Ok(ctx)
+    }
+
+    /// The first-stage read shift: the options' shift for inputs of a read's width, plus the
+    /// input's extra bits (the weights keep their precision against the wider input).
+    pub(super) fn first_stage_shift(&self) -> u32 {
+        self.opts.first_stage_shift + self.quant.extra_input_bits()
     }
 
     /// A raw record as the client quantizes it (the same arithmetic as
@@ -191,6 +198,15 @@ fn check_inputs(
             opts.message_bits
         )));
     }
+    if let Some(b) = opts.input_bits {
+        let max = crate::quant::MAX_INPUT_BITS;
+        if !(opts.message_bits..=max).contains(&b) {
+            return Err(ModelError::Config(format!(
+                "input bits must be {} (the read's bits) to {max}, got {b}",
+                opts.message_bits
+            )));
+        }
+    }
     if calibration.is_empty() {
         return Err(ModelError::Config(
             "quantization needs at least one calibration record".into(),
@@ -226,16 +242,11 @@ fn calibration_range(calibration: &[Vec<f32>]) -> (f32, f32) {
     (lo, hi)
 }
 
-/// The input quantizer that maps the raw range `[lo, hi]` onto the `2^m` signed input levels
-/// (the raw minimum onto the box's minimum), and its raw step. A constant calibration set gets
-/// a step of 1 rather than a division by zero.
-fn input_quantizer(
-    quant: &QuantParams,
-    message_bits: u32,
-    lo: f32,
-    hi: f32,
-) -> (InputQuantizer, f64) {
-    let levels = ((1i64 << message_bits) - 1) as f64;
+/// The input quantizer that maps the raw range `[lo, hi]` onto the `2^input_bits` signed input
+/// levels (the raw minimum onto the box's minimum), and its raw step. A constant calibration
+/// set gets a step of 1 rather than a division by zero.
+fn input_quantizer(quant: &QuantParams, lo: f32, hi: f32) -> (InputQuantizer, f64) {
+    let levels = ((1i64 << quant.input_bits) - 1) as f64;
     let raw_step = if hi > lo {
         (hi as f64 - lo as f64) / levels
     } else {

@@ -90,7 +90,7 @@ impl Context<'_> {
         (box_min, box_max): (i64, i64),
     ) -> Vec<f64> {
         let q = &self.quant;
-        let s = self.opts.first_stage_shift;
+        let s = self.first_stage_shift();
         let zp = self.input.input_zero_point;
         let (tlo, thi) = ((q.input_min() - zp) as f64, (q.input_max() - zp) as f64);
         let top = (box_max as f64) * 2f64.powi(s as i32);
@@ -136,7 +136,7 @@ impl Context<'_> {
         (box_min, box_max): (i64, i64),
     ) -> (Vec<i64>, Vec<i64>, Vec<f64>) {
         let q = &self.quant;
-        let s = self.opts.first_stage_shift;
+        let s = self.first_stage_shift();
         let (qmin, qmax) = (q.input_min(), q.input_max());
         let zp = self.input.input_zero_point;
         let rows = sigma.len();

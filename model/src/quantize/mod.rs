@@ -60,7 +60,7 @@ pub use accuracy::{
     evaluate_accuracy, float_accuracy, quantized_predictions, rounding_agreement, AccuracyReport,
 };
 pub(crate) use first_stage::center_router;
-pub use options::{QuantChoice, QuantizeOptions};
+pub use options::{QuantChoice, QuantizeOptions, DEFAULT_INPUT_BITS};
 pub use report::QuantizeReport;
 pub use search::quantize_with;
 

@@ -40,9 +40,12 @@ pub struct QuantizeReport {
     pub w2_scale: f64,
     pub w2_max_abs: i64,
     pub w2_zeroed: f64,
-    /// Largest squared 2-norm of a W2 row, and the limit the noise budget allows.
+    /// Largest squared 2-norm of a W2 row, and the limit the noise allowance sets on an
+    /// encrypted row (each digit's, with digits).
     pub w2_norm2_sq: i64,
     pub w2_norm2_sq_limit: i64,
+    /// W2's digits (see [`crate::output_digits`]), if split.
+    pub output_digits: Option<crate::output_digits::OutputDigits>,
     pub output_width: u32,
     pub output_shift: u32,
     pub x_scale: f64,
@@ -129,14 +132,18 @@ impl fmt::Display for QuantizeReport {
         )?;
         writeln!(
             f,
-            "W2:       scale {:.5}, largest |w| {} (target {:.1}), row L1 budget {}, {:.1}% zeroed, row norm^2 <= {} (limit {})",
+            "W2:       scale {:.5}, largest |w| {} (target {:.1}), row L1 budget {}, {:.1}% zeroed, row norm^2 <= {} (limit {}{})",
             self.w2_scale,
             self.w2_max_abs,
             self.choice.w2_top,
             self.choice.w2_l1.map_or("none".to_string(), |b| b.to_string()),
             pct(self.w2_zeroed),
             self.w2_norm2_sq,
-            self.w2_norm2_sq_limit
+            self.w2_norm2_sq_limit,
+            self.output_digits.map_or(String::new(), |g| format!(
+                " per digit; two digits W2 = 2^{} hi + lo, each output {} bits wide",
+                g.shift, g.width
+            ))
         )?;
         writeln!(
             f,

@@ -21,8 +21,11 @@ const LOGIT_ZERO_POINT_RADIUS: i64 = 6;
 const PRUNES: [f64; 6] = [0.0, 0.02, 0.05, 0.1, 0.2, 0.3];
 /// Activation clipping factors tried.
 const ACT_CLIPS: [f64; 7] = [1.0, 0.85, 0.7, 0.55, 0.45, 0.35, 0.25];
-/// Integer values of the largest W2 weight tried (the noise limit clips at 13, 9 gated).
-const W2_TOPS: [f64; 12] = [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0, 10.0, 13.0];
+/// Integer values of the largest W2 weight tried (the noise limit clips them).
+const W2_TOPS: [f64; 19] = [
+    1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0, 10.0, 13.0, 16.0, 20.0, 25.0, 32.0, 40.0,
+    50.0, 64.0,
+];
 /// L1 budgets of an integer W2 row tried (`None`: the noise limit only).
 const W2_L1S: [Option<i64>; 8] = [
     Some(1),
@@ -205,6 +208,9 @@ pub fn quantize_with(
         // trained for worst-case first-stage ranges: quantized as it was trained
         let trained = QuantizeOptions {
             calibrated_headroom: None,
+            input_bits: None,
+            output_digits: false,
+            gate_bits: super::options::TRAINED_GATE_BITS,
             ..opts.clone()
         };
         return Context::new(model, &trained, calibration)?.build_scored(c, 1);

@@ -5,6 +5,7 @@
 use super::context::Context;
 use super::options::QuantChoice;
 use crate::arch::FfnKind;
+use crate::output_digits;
 use crate::quant::{Activation, QuantParams};
 use crate::quantized::ExpertWeights;
 
@@ -12,8 +13,11 @@ use crate::quantized::ExpertWeights;
 pub(super) struct SecondStage {
     /// Real value of one unit of W2's integer weights.
     pub(super) sigma2: f64,
-    /// Largest squared 2-norm of a W2 row that the noise budget allows.
+    /// Largest squared 2-norm of an encrypted W2 row (a digit's, with digits) that the noise
+    /// allowance allows.
     pub(super) limit: i64,
+    /// `k` of W2's two digits (see [`crate::output_digits`]); 0: W2 in one piece.
+    pub(super) digit_shift: u32,
     /// Integer weights that ended at zero, over all experts.
     pub(super) zeroed: usize,
     /// Largest squared 2-norm of an integer row.
@@ -32,15 +36,15 @@ pub(super) fn act_out_scale(ffn: FfnKind, quant: &QuantParams, act_in: f64, act_
         FfnKind::GatedSilu => Activation::Silu,
         FfnKind::Plain(a) => a,
     };
-    let top_in = quant.input_max() as f64 * act_in;
+    let top_in = quant.read_max() as f64 * act_in;
     let out_hi = if gated {
         quant.factor_range().1
     } else {
-        quant.input_max()
+        quant.read_max()
     } as f64;
     let reach = act
         .apply(top_in)
-        .max(act.apply(-(quant.input_min() as f64) * act_in))
+        .max(act.apply(-(quant.read_min() as f64) * act_in))
         .max(1e-12);
     (act_clip * reach / out_hi).max(1e-12)
 }
@@ -80,11 +84,20 @@ impl Context<'_> {
         let limit = self
             .opts
             .w2_norm2_limit(gated, m.config.subtracts_slot_outputs());
-        let clip = ((limit as f64).sqrt().floor() as i64).max(1);
+        // With digits, the limit holds for each digit's row: the whole row may be 4^k larger.
+        let h_max = ffns.iter().map(|x| x.w2.ncols()).max().unwrap_or(1);
+        let digit_shift = if self.opts.output_digits {
+            output_digits::shift_for_limit(limit, h_max)
+        } else {
+            0
+        };
+        let row_limit = output_digits::full_row_limit(limit, h_max, digit_shift);
+        let clip = ((row_limit as f64).sqrt().floor() as i64).max(1);
         let l1_budget = choice.w2_l1.unwrap_or(i64::MAX).max(1);
         let mut stage = SecondStage {
             sigma2,
             limit,
+            digit_shift,
             zeroed: 0,
             norm2_sq: 0,
             max_abs: 0,
@@ -94,7 +107,7 @@ impl Context<'_> {
             let mut w2 = vec![0i64; d * h];
             for r in 0..d {
                 let reals: Vec<f64> = (0..h).map(|j| x.w2[[r, j]] as f64 * unit(i, j)).collect();
-                let row = w2_row(&reals, sigma2, clip, limit, l1_budget);
+                let row = w2_row(&reals, sigma2, clip, row_limit, l1_budget);
                 stage.zeroed += row.iter().filter(|&&v| v == 0).count();
                 stage.norm2_sq = stage.norm2_sq.max(row.iter().map(|v| v * v).sum());
                 stage.max_abs = stage

@@ -8,6 +8,7 @@ use super::params::{
 use super::{TrainOptions, Trained};
 use crate::data::Dataset;
 use crate::error::{ModelError, Result};
+use crate::quantize::options::TRAINED_GATE_BITS;
 use crate::quantize::{quantize_fixed, quantize_with, QuantChoice, QuantizeOptions};
 use crate::random::SplitMix;
 
@@ -109,8 +110,12 @@ pub fn train_digits(
     // 2. quantization-aware phase, for the choice the search finds for the float model
     let calib = &train.features;
     // worst-case first-stage ranges: a model that declares its quantization is quantized so
+    // and with inputs of the reads' width and W2 in one piece, as the trained model declares
     let quantize_opts = QuantizeOptions {
         calibrated_headroom: None,
+        input_bits: None,
+        output_digits: false,
+        gate_bits: TRAINED_GATE_BITS,
         ..QuantizeOptions::for_message_bits(MESSAGE_BITS)
     };
     let (_, float_phase_report) = quantize_with(&to_model(&t.l, &t.p), &quantize_opts, calib)?;

@@ -103,7 +103,7 @@ impl Quantize {
                      records ({}) push a value past its box (it would wrap under encryption; \
                      --worst-case-ranges rules it out)",
                     model.moe.input_shift(),
-                    model.moe.expert_output_width(),
+                    model.moe.encrypted_output_width(),
                     f.records.len(),
                     f.origin
                 );

@@ -145,7 +145,7 @@ pub fn check(
         None => None,
     };
     let m = preset.message_bits;
-    let (lo, hi) = moe.expert_output_range();
+    let (lo, hi) = moe.encrypted_output_range();
     let first = moe.input_width();
     let out = moe.slot_output_width();
     let (flo, fhi) = moe.first_stage_range();
@@ -160,7 +160,10 @@ pub fn check(
             calibrated_box: moe.first_stage_declared(),
         },
         AccumulatorCheck {
-            stage: "expert output (W2)".into(),
+            stage: match moe.output_digits {
+                Some(g) => format!("expert output (W2 = 2^{} hi + lo, per digit)", g.shift),
+                None => "expert output (W2)".into(),
+            },
             min: lo as i64,
             max: hi as i64,
             width: out,

@@ -1,0 +1,149 @@
+//! W2 in two digits (`veilmoe::model::output_digits`) under encryption: the Hugging Face-style
+//! checkpoints of the precision measurements, quantized with the defaults (which split W2), run
+//! with Select-Then-Compute on `test`. Every output term has d values and the public
+//! coefficients `[2^k c, c]`; every digit of every slot output and of the shared expert is the
+//! reference's up to its noise and a hidden read one step off, and the layer output is their
+//! gated sum as the client adds it (`common::wide::check_token`).
+
+mod common;
+
+use common::hf_families::{mixtral, qwen2_moe, records, switch};
+use common::test_keys;
+use common::wide::check_token;
+use veilmoe::engine::Evaluator;
+use veilmoe::model::checkpoint::FloatMoeModel;
+use veilmoe::model::quantize::{quantize_with, QuantizeOptions};
+use veilmoe::protocols::layer::output_coefficients;
+use veilmoe::protocols::{MoeLayer, Select};
+
+/// Encrypted tokens per family.
+const TOKENS: usize = 2;
+
+#[test]
+fn digit_outputs_add_up_to_the_reference() {
+    let k = test_keys();
+    let ev = Evaluator::new(&k.server);
+    let (calib, test) = records();
+    let p = k.client.preset();
+    for dir in [mixtral(), qwen2_moe(), switch()] {
+        let m = FloatMoeModel::load(&dir).unwrap();
+        let opts = QuantizeOptions::for_reads(p.message_bits, p.max_norm2);
+        let q = quantize_with(&m, &opts, &calib).unwrap().0;
+        let moe = &q.moe;
+        let digits = moe.output_digits.expect("the defaults split W2");
+        assert!(digits.shift >= 1);
+        // one piece under the same options would hold W2 4^k times tighter
+        let whole = quantize_with(
+            &m,
+            &QuantizeOptions {
+                output_digits: false,
+                ..opts.clone()
+            },
+            &calib,
+        )
+        .unwrap()
+        .0;
+        assert!(whole.moe.output_digits.is_none());
+        let largest = |q: &veilmoe::model::QuantizedMoe| {
+            q.experts.iter().flat_map(|x| &x.w2).map(|w| w.abs()).max()
+        };
+        assert!(
+            largest(moe) > largest(&whole.moe),
+            "digits allow a finer W2"
+        );
+
+        let layer = MoeLayer::new(&ev, moe.clone()).unwrap();
+        let d = moe.config.d.0;
+        for r in test.iter().take(TOKENS) {
+            let x = q.quantize_input(r).unwrap();
+            let out = layer
+                .forward(&ev, &layer.encrypt(&k.client, &x).unwrap(), &Select)
+                .unwrap();
+            let coefficients: Vec<i64> = out.y_terms.iter().map(|(c, _)| *c).collect();
+            assert_eq!(coefficients, output_coefficients(moe));
+            for pair in coefficients.chunks(2) {
+                assert_eq!(pair[0], pair[1] << digits.shift);
+            }
+            assert!(out.y_terms.iter().all(|(_, t)| t.len() == d));
+            assert!(out.slot_outputs.iter().all(|o| o.len() == 2 * d));
+            check_token(&k.client, moe, &x, &out);
+        }
+    }
+}
+
+/// The measurement BENCHMARKS.md quotes: each family quantized for `preset` with pairwise
+/// routing, W2 in one piece and in two digits, `tokens` held-out records encrypted: the
+/// decrypted block output against the float one and against the reference, the reference over
+/// all 300 records (exact reads, and the preset's read noise simulated), the median time per
+/// token.
+fn digits_fidelity_on(preset: &str, tokens: usize) {
+    use veilmoe::engine::{ClientKey, Preset};
+    use veilmoe::model::fidelity::VectorErrors;
+    use veilmoe::model::{reference_fidelity, Rounding};
+    let (calib, test) = records();
+    let preset = Preset::load(preset, false).unwrap();
+    let client = ClientKey::generate(&preset);
+    let server = client.server_key();
+    let ev = Evaluator::new(&server);
+    for (name, dir) in common::hf_families::families() {
+        let m = FloatMoeModel::load(&dir).unwrap();
+        for digits in [false, true] {
+            let opts = QuantizeOptions {
+                pairwise_routing: true,
+                output_digits: digits,
+                ..QuantizeOptions::for_reads(preset.message_bits, preset.max_norm2)
+            };
+            let q = quantize_with(&m, &opts, &calib).unwrap().0;
+            let layer = MoeLayer::new(&ev, q.moe.clone()).unwrap();
+            let (mut enc, mut refe, mut noise) = (
+                VectorErrors::default(),
+                VectorErrors::default(),
+                VectorErrors::default(),
+            );
+            let mut times = Vec::new();
+            let dq = |v: &[i64]| -> Vec<f64> { v.iter().map(|&a| a as f64 * q.y_step()).collect() };
+            for r in test.iter().take(tokens) {
+                let x = q.quantize_input(r).unwrap();
+                let ct = layer.encrypt(&client, &x).unwrap();
+                let t = std::time::Instant::now();
+                let out = layer.forward(&ev, &ct, &Select).unwrap();
+                times.push(t.elapsed().as_secs_f64());
+                let y = dq(&out.decrypt_y(&client).unwrap());
+                let want = dq(&q.moe.reference(&x, &mut Rounding::Exact).y);
+                let float: Vec<f64> = m.block_output(r).into_iter().map(f64::from).collect();
+                enc.add(&y, &float);
+                refe.add(&want, &float);
+                noise.add(&y, &want);
+            }
+            times.sort_by(f64::total_cmp);
+            let exact = reference_fidelity(&m, &q, &test, &mut Rounding::Exact).unwrap();
+            let mut sim = veilmoe::protocols::simulated_rounding(&preset, preset.message_bits, 7);
+            let simulated = reference_fidelity(&m, &q, &test, &mut sim).unwrap();
+            println!(
+                "{name} on `{}`, {:?}: {tokens} tokens, median {:.2} s/token; encrypted {}; \
+                 reference on the same records {}; decrypted against the reference {}; \
+                 reference over {} records: exact {exact}, simulated {}",
+                preset.name,
+                q.moe.output_digits,
+                times[tokens / 2],
+                enc.summary(),
+                refe.summary(),
+                noise.summary(),
+                test.len(),
+                simulated.block_output,
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "`fine` keys and 3 x 2 x 6 encrypted tokens (minutes)"]
+fn digits_fidelity_on_fine() {
+    digits_fidelity_on("fine", 6);
+}
+
+#[test]
+#[ignore = "`default` keys and 3 x 2 x 6 encrypted tokens (minutes)"]
+fn digits_fidelity_on_default() {
+    digits_fidelity_on("default", 6);
+}
