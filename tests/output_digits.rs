@@ -71,6 +71,27 @@ fn digit_outputs_add_up_to_the_reference() {
     }
 }
 
+/// The capacity strategy over a model with W2 in two digits (the Switch checkpoint, worst-case
+/// ranges so that random tokens stay in their boxes): every slot's digits against the
+/// reference, and each token's output as the client adds up its slot's digits
+/// (`CapacityOutput::decrypt_y`).
+#[test]
+fn capacity_adds_up_the_digits() {
+    let k = test_keys();
+    let (calib, _) = records();
+    let p = k.client.preset();
+    let m = FloatMoeModel::load(switch()).unwrap();
+    let opts = QuantizeOptions {
+        calibrated_headroom: None,
+        ..QuantizeOptions::for_reads(p.message_bits, p.max_norm2)
+    };
+    let q = quantize_with(&m, &opts, &calib).unwrap().0;
+    assert!(q.moe.output_digits.is_some());
+    let (entries, _) =
+        common::capacity::check_capacity_model(&k.client, &k.server, q.moe, 3, vec![1; 8], 5);
+    assert_eq!(entries, 3);
+}
+
 /// The measurement BENCHMARKS.md quotes: each family quantized for `preset` with pairwise
 /// routing, W2 in one piece and in two digits, `tokens` held-out records encrypted: the
 /// decrypted block output against the float one and against the reference, the reference over

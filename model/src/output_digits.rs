@@ -156,6 +156,21 @@ impl QuantizedMoe {
         }
     }
 
+    /// A decrypted encrypted output as the client adds it up: `sum_i c_i part_i` over the
+    /// digits' parts ([`QuantizedMoe::output_digit_coefficients`]), `W2 a + b2` (d values; the
+    /// output itself without digits). Wrapping arithmetic: a decrypted value is bounded by its
+    /// encoding, far inside `i64`.
+    pub fn fold_output_digits(&self, o: &[i64]) -> Vec<i64> {
+        let d = self.config.d.0;
+        let mut y = vec![0i64; d];
+        for (i, c) in self.output_digit_coefficients().iter().enumerate() {
+            for (yi, v) in y.iter_mut().zip(o.iter().skip(i * d).take(d)) {
+                *yi = yi.wrapping_add(c.wrapping_mul(*v));
+            }
+        }
+        y
+    }
+
     /// Checks declared digits: a shift in `1..=MAX_DIGIT_SHIFT` and a width that holds the
     /// hidden activations (which share the encoding) and stays inside 64-bit words.
     pub(crate) fn validate_output_digits(&self) -> Result<()> {

@@ -35,7 +35,8 @@ pub struct CapacityOutput {
     pub routings: Vec<Routing>,
     /// Per entry (token `t`'s `k`-th choice is entry `k * tokens + t`): its slot-id bits.
     pub slot_ids: Vec<LweVector>,
-    /// Per global slot: the output accumulators of the slot's expert (d values, wide).
+    /// Per global slot: the output accumulators of the slot's expert (wide: d values, or 2d
+    /// with W2 in two digits).
     pub slot_outputs: Vec<LweVector>,
     /// Per token: the shared expert's gate bits and wide output (empty without one).
     pub shared: Vec<SharedOutput>,
@@ -182,7 +183,7 @@ impl CapacityOutput {
         let outs = self
             .slot_outputs
             .iter()
-            .map(|o| Ok(client.decrypt_lwe(o)?))
+            .map(|o| Ok(model.fold_output_digits(&client.decrypt_lwe(o)?)))
             .collect::<Result<Vec<_>>>()?;
         (0..tokens)
             .map(|t| {
@@ -199,7 +200,8 @@ impl CapacityOutput {
                         crate::error::session("the response lacks a token's shared expert")
                     })?;
                     let g = s.decrypt_gate(client)?;
-                    for (yi, oi) in y.iter_mut().zip(client.decrypt_lwe(&s.output)?) {
+                    let o = model.fold_output_digits(&client.decrypt_lwe(&s.output)?);
+                    for (yi, oi) in y.iter_mut().zip(o) {
                         *yi += g * oi;
                     }
                 }

@@ -96,6 +96,8 @@ pub fn check_capacity_model(
     // each token: the gated sum of its entries' outputs (zero when dropped)
     let ys = out.decrypt_y(c, &model).unwrap();
     let slack = hidden_read_slack(&model);
+    // the client adds W2's digits' parts, each with the output's noise
+    let parts: i64 = model.output_digit_coefficients().iter().sum();
     let h = cfg.h.0;
     for (t, y) in ys.iter().enumerate() {
         let outs: Vec<Vec<i64>> = (0..k)
@@ -118,7 +120,8 @@ pub fn check_capacity_model(
                     .iter()
                     .map(|w| w.abs())
                     .sum();
-                shared_allowed[i] = s.gate * (l1 * slack + noise_steps(&out.shared[t].output));
+                shared_allowed[i] =
+                    s.gate * (l1 * slack + parts * noise_steps(&out.shared[t].output));
             }
         }
         for (i, (a, b)) in y.iter().zip(&expected).enumerate() {
@@ -136,7 +139,7 @@ pub fn check_capacity_model(
                     } else {
                         gates[t][j]
                     };
-                    gate * (l1 * slack + noise_steps(&out.slot_outputs[g]))
+                    gate * (l1 * slack + parts * noise_steps(&out.slot_outputs[g]))
                 })
                 .sum::<i64>()
                 + shared_allowed[i];

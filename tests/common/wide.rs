@@ -136,20 +136,7 @@ fn check_wide(
         );
         beyond += ((a - b).abs() > noise) as usize;
     }
-    (fold_digits(model, &o), beyond)
-}
-
-/// An encrypted FFN output as the client adds it up: `sum_i c_i part_i` over W2's digits'
-/// parts (the output itself without digits).
-pub fn fold_digits(model: &QuantizedMoe, o: &[i64]) -> Vec<i64> {
-    let d = model.config.d.0;
-    let mut y = vec![0i64; d];
-    for (i, c) in model.output_digit_coefficients().iter().enumerate() {
-        for (yi, v) in y.iter_mut().zip(&o[i * d..(i + 1) * d]) {
-            *yi += c * v;
-        }
-    }
-    y
+    (model.fold_output_digits(&o), beyond)
 }
 
 /// The shared expert's decrypted gate and output, checked against the reference.
@@ -210,7 +197,7 @@ pub fn check_combination(
     let mut want = model.combine(gates, outs);
     if let Some(s) = &out.shared {
         let g = s.decrypt_gate(client).expect("decrypt");
-        let o = fold_digits(model, &client.decrypt_lwe(&s.output).expect("decrypt"));
+        let o = model.fold_output_digits(&client.decrypt_lwe(&s.output).expect("decrypt"));
         for (w, v) in want.iter_mut().zip(o) {
             *w += g * v;
         }
