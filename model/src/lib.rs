@@ -5,6 +5,8 @@
 //! - [`arch`], [`quant`], [`quantized`]: the public architecture, the integer semantics and
 //!   quantization parameters, and the quantized MoE layer; [`linear_factor`]: where a gated
 //!   FFN's linear factor is read (on its own, or inside its product's quarter squares);
+//!   [`output_digits`]: W2 in two digits whose products the client adds (a finer W2 at the
+//!   relative output noise of a coarser one);
 //! - [`capacity`]: the capacity dispatch rule (slots per destination, overflow) and its slot
 //!   numbering;
 //! - [`classifier`]: one quantized block with its input quantizer and client-side head, and its

@@ -94,8 +94,10 @@ pub struct QuantizedMoe {
     /// when it was set from calibrated output ranges rather than the worst case (`None`). The
     /// outputs leave the server wide and their noise is fixed on the torus, so every bit the
     /// width sheds divides the noise the client decrypts, in output steps, by two. An output
-    /// beyond [`QuantizedMoe::expert_output_box`] wraps ([`QuantizedMoe::overflows`] counts
-    /// it).
+    /// beyond [`QuantizedMoe::encrypted_output_box`] wraps ([`QuantizedMoe::overflows`] counts
+    /// it). With W2 in two digits ([`QuantizedMoe::output_digits`]) the encoding holds a digit's
+    /// output and has its own width; this one then only sets the output's step
+    /// ([`QuantizedMoe::expert_output_shift`]).
     pub calibrated_output_width: Option<u32>,
     /// A gated FFN's linear factor `W3 x + b3` is read inside the two quarter-square reads of
     /// its product instead of by a read of its own (h PBS fewer per expert). Its rows then keep
@@ -446,12 +448,6 @@ impl QuantizedMoe {
                 quant::read_width(lo, hi, self.quant.message_bits)
             }
         }
-    }
-
-    /// The expert outputs an encoding of [`QuantizedMoe::expert_output_width`] holds.
-    pub fn expert_output_box(&self) -> (i64, i64) {
-        let w = self.expert_output_width();
-        (-(1i64 << (w - 1)), (1i64 << (w - 1)) - 1)
     }
 
     /// Values of the token `x` that wrap under encryption: first-stage accumulators beyond the

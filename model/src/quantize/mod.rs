@@ -20,9 +20,11 @@
 //!   `wide_output_noise` (8) times the 2-norm a read's budget allows (divided by sqrt 2 for
 //!   gated FFNs, whose hidden values are differences of two PBS outputs, and by 2 where the
 //!   Mixtral top-2 combination widens the slot outputs' encoding by a bit): on `default` the
-//!   output's noise std is then at most 0.042 read step. Rows that exceed it lose their
-//!   smallest weights and weights are clipped to `floor(sqrt(limit))` (40, gated 28, gated
-//!   top-2 14; were 13, 9 and 4 at the former factor 2.68);
+//!   output's noise std is then at most 0.042 read step. With W2 in two digits (the
+//!   default, [`crate::output_digits`]) the limit holds for each digit's row, so the whole row
+//!   may be `4^k` times larger: W2 is `2^k` times finer at about the same relative noise. Rows
+//!   that exceed their limit lose their smallest weights and weights are clipped to the
+//!   limit's square root;
 //! - **router**: the rows are first centred (the per-input median over experts is subtracted:
 //!   every logit moves by the same amount, so routing and gates are unchanged, while the L1
 //!   norms and thus the read step shrink); then the logit zero point that places the typical
@@ -35,7 +37,8 @@
 //! it.
 //!
 //! The input zero point is folded into the first-stage biases, so the block needs no zero
-//! point of its own. The search is coordinate descent maximising agreement with the float
+//! point of its own. The input itself is quantized to `input_bits` (8 by default, wider than
+//! a read: no PBS reads it), and the first-stage shift grows by the bits it has beyond a read. The search is coordinate descent maximising agreement with the float
 //!
 //! The code, by job:
 //! - [`options`]: [`QuantizeOptions`] and [`QuantChoice`];
