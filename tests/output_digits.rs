@@ -98,6 +98,21 @@ fn capacity_adds_up_the_digits() {
 /// all 300 records (exact reads, and the preset's read noise simulated), the median time per
 /// token.
 fn digits_fidelity_on(preset: &str, tokens: usize) {
+    digits_fidelity_of(
+        preset,
+        tokens,
+        &common::hf_families::families(),
+        &[false, true],
+    );
+}
+
+/// [`digits_fidelity_on`] for some families, with W2 in one piece and / or in two digits.
+fn digits_fidelity_of(
+    preset: &str,
+    tokens: usize,
+    families: &[(&str, std::path::PathBuf)],
+    digit_choices: &[bool],
+) {
     use veilmoe::engine::{ClientKey, Preset};
     use veilmoe::model::fidelity::VectorErrors;
     use veilmoe::model::{reference_fidelity, Rounding};
@@ -106,9 +121,9 @@ fn digits_fidelity_on(preset: &str, tokens: usize) {
     let client = ClientKey::generate(&preset);
     let server = client.server_key();
     let ev = Evaluator::new(&server);
-    for (name, dir) in common::hf_families::families() {
-        let m = FloatMoeModel::load(&dir).unwrap();
-        for digits in [false, true] {
+    for (name, dir) in families {
+        let m = FloatMoeModel::load(dir).unwrap();
+        for &digits in digit_choices {
             let opts = QuantizeOptions {
                 pairwise_routing: true,
                 output_digits: digits,
@@ -167,4 +182,12 @@ fn digits_fidelity_on_fine() {
 #[ignore = "`default` keys and 3 x 2 x 6 encrypted tokens (minutes)"]
 fn digits_fidelity_on_default() {
     digits_fidelity_on("default", 6);
+}
+
+/// The measure for the Switch checkpoint: all 300 held-out records encrypted on `fine`
+/// (about 18 minutes on 2 cores).
+#[test]
+#[ignore = "`fine` keys and 300 encrypted tokens (about 18 minutes)"]
+fn switch_over_300_records_on_fine() {
+    digits_fidelity_of("fine", 300, &[("Switch", switch())], &[true]);
 }
