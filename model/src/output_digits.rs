@@ -128,16 +128,40 @@ impl QuantizedMoe {
     }
 
     /// How many of a token's encrypted output values (the selected slots' and the shared
-    /// expert's, as `reference` computed them) fall outside
+    /// expert's, [`QuantizedMoe::encrypted_outputs`]) fall outside
     /// [`QuantizedMoe::encrypted_output_box`].
     pub fn output_overflows(&self, reference: &crate::reference::RefOutput) -> usize {
         let (lo, hi) = self.encrypted_output_box();
-        reference
-            .encrypted_outputs
+        self.encrypted_outputs(reference)
             .iter()
             .flatten()
             .filter(|&&v| v < lo || v > hi)
             .count()
+    }
+
+    /// What the encrypted path holds of each slot's and then the shared expert's output in
+    /// `reference`: `W2 a + b2`, or its two digits' products stacked.
+    pub fn encrypted_outputs(&self, reference: &crate::reference::RefOutput) -> Vec<Vec<i64>> {
+        let shared = reference.shared.as_ref().map(|(_, o)| o);
+        if self.output_digits.is_none() {
+            return reference
+                .expert_outputs
+                .iter()
+                .chain(shared)
+                .cloned()
+                .collect();
+        }
+        let slots = reference
+            .selected
+            .iter()
+            .zip(&reference.hidden)
+            .map(|(&e, hd)| self.encrypted_output(&self.experts[e], hd));
+        let shared = self
+            .shared
+            .as_ref()
+            .zip(reference.shared_hidden.as_ref())
+            .map(|(sh, hd)| self.encrypted_output(&sh.weights, hd));
+        slots.chain(shared).collect()
     }
 
     /// Encoding width of an encrypted expert output (before the extra bit of a top-2
@@ -212,6 +236,53 @@ mod tests {
                     "{v} {k}: {lo}"
                 );
             }
+        }
+    }
+
+    fn model() -> QuantizedMoe {
+        use crate::arch::*;
+        let config = MoeConfig {
+            d: ModelDim(6),
+            h: HiddenDim(4),
+            experts: ExpertCount(2),
+            top_k: TopK(1),
+            ffn: FfnKind::GatedSilu,
+            gating: Gating::SoftmaxSelected,
+        };
+        QuantizedMoe::random(config, crate::QuantParams::for_message_bits(4), 5, true)
+    }
+
+    /// Digits and input widths a file may declare are checked: a shift of 0 or past the
+    /// maximum, a width narrower than the hidden activations or past 40 bits, inputs narrower
+    /// than a read or wider than 16 bits are refused; the digits' outputs add up to W2 a + b2.
+    #[test]
+    fn declared_digits_and_input_bits_are_validated() {
+        let m = model();
+        let w = m.encrypted_output_width();
+        for (shift, width, ok) in [
+            (2, w, true),
+            (0, w, false),
+            (MAX_DIGIT_SHIFT + 1, w, false),
+            (2, 2, false),
+            (2, MAX_DIGIT_WIDTH + 1, false),
+        ] {
+            let mut d = m.clone();
+            d.output_digits = Some(OutputDigits { shift, width });
+            assert_eq!(d.validate().is_ok(), ok, "shift {shift} width {width}");
+        }
+        for (bits, ok) in [(4, true), (8, true), (3, false), (17, false)] {
+            let mut q = m.clone();
+            q.quant.input_bits = bits;
+            assert_eq!(q.validate().is_ok(), ok, "input bits {bits}");
+        }
+        let mut d = m.clone();
+        d.output_digits = Some(OutputDigits { shift: 2, width: w });
+        let hidden = vec![3, -7, 11, 0];
+        for x in &m.experts {
+            let parts = d.encrypted_output(x, &hidden);
+            assert_eq!(parts.len(), 12);
+            let whole = crate::reference::matvec(&x.w2, x.b2.as_deref(), 6, &hidden);
+            assert_eq!(d.fold_output_digits(&parts), whole);
         }
     }
 

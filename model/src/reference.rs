@@ -81,9 +81,9 @@ pub struct RefOutput {
     pub expert_outputs: Vec<Vec<i64>>,
     /// The shared expert's gate in [0, G] and its output accumulator `W2 a + b2` (Qwen2-MoE).
     pub shared: Option<(i64, Vec<i64>)>,
-    /// What the encrypted path holds of each slot's and then the shared expert's output:
-    /// `W2 a + b2`, or its two digits' products stacked ([`QuantizedMoe::output_digits`]).
-    pub encrypted_outputs: Vec<Vec<i64>>,
+    /// The shared expert's hidden activations (what the encrypted path's digits of its output
+    /// follow from, [`QuantizedMoe::encrypted_outputs`]).
+    pub shared_hidden: Option<Vec<i64>>,
     /// Layer output `sum_slots gate * expert_output` (plus `shared gate * shared output`), in
     /// accumulator steps (see [`QuantizedMoe::expert_output_shift`] for the step of an m-bit
     /// read).
@@ -341,23 +341,16 @@ impl QuantizedMoe {
             .map(|(&e, hd)| self.expert_output(e, hd))
             .collect();
         let mut y = self.combine(&gates, &expert_outputs);
-        let shared_parts = self.shared_parts(x, rounding);
-        let mut encrypted_outputs: Vec<Vec<i64>> = selected
-            .iter()
-            .zip(&hidden)
-            .map(|(&e, hd)| self.encrypted_output(&self.experts[e], hd))
-            .collect();
-        let shared = shared_parts.map(|(g, hd, o)| {
-            if let Some(sh) = &self.shared {
-                encrypted_outputs.push(self.encrypted_output(&sh.weights, &hd));
-            }
+        let mut shared_hidden = None;
+        let shared = self.shared_parts(x, rounding).map(|(g, hd, o)| {
             for (yi, oi) in y.iter_mut().zip(&o) {
                 *yi += g * oi;
             }
+            shared_hidden = Some(hd);
             (g, o)
         });
         RefOutput {
-            encrypted_outputs,
+            shared_hidden,
             logits,
             selected,
             slot_logits,
