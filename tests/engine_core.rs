@@ -233,6 +233,50 @@ fn requantize_pbs_is_floor_or_ceil_with_measured_rate() {
     assert!(rate < 0.03, "off-by-one rate {rate}");
 }
 
+/// A read at an offset (the table rotated, `Lut::requantize_offset`) sees `v + offset`: floor or
+/// ceil of `(v + offset) / 2^shift` for every value, and the two reads at a quarter box either
+/// side add up to a read one bit finer up to one step per read; an offset of half a box or one
+/// that is not a whole number of table coefficients is refused.
+#[test]
+fn offset_reads_see_the_shifted_value() {
+    let k = test_keys();
+    let ev = Evaluator::new(&k.server);
+    let p = k.client.preset();
+    let (input, shift, out) = (Encoding::signed(12), 8, Encoding::signed(6));
+    let id = |q: i64| q;
+    let quarter = 1i64 << (shift - 2);
+    let luts: Vec<Lut> = [quarter, -quarter]
+        .iter()
+        .map(|&o| Lut::requantize_offset(p, input, shift, o, out, id).unwrap())
+        .collect();
+    let mut rng = Rng::new(9);
+    // one step inside the box at each end, as `QuantParams::activation_box` keeps them
+    let xs = rng.vec(600, -7 * 256, 6 * 256);
+    let ct = k.client.encrypt_lwe(&xs, input).unwrap();
+    let reads = ev.pbs_each(&ct, &[&luts[0], &luts[1]]).unwrap();
+    let (up, down) = (
+        k.client.decrypt_lwe(&reads[0]).unwrap(),
+        k.client.decrypt_lwe(&reads[1]).unwrap(),
+    );
+    for (i, &v) in xs.iter().enumerate() {
+        for (o, got) in [(quarter, up[i]), (-quarter, down[i])] {
+            let exact = (v + o) as f64 / 256.0;
+            assert!(
+                got == exact.floor() as i64 || got == exact.ceil() as i64,
+                "v = {v}, offset {o}: got {got}, want about {exact}"
+            );
+        }
+        let finer = (2 * v) as f64 / 256.0;
+        assert!(
+            ((up[i] + down[i]) as f64 - finer).abs() <= 2.5,
+            "v = {v}: the two reads add up to {}, the finer read is {finer}",
+            up[i] + down[i]
+        );
+    }
+    assert!(Lut::requantize_offset(p, input, shift, 1 << (shift - 1), out, id).is_err());
+    assert!(Lut::requantize_offset(p, input, shift, 1, out, id).is_err());
+}
+
 #[test]
 fn many_lut_gives_every_function_from_one_blind_rotation() {
     let k = test_keys();

@@ -83,6 +83,37 @@ fn fill(
     Ok(acc)
 }
 
+/// The table rotation that reads `v + offset` instead of `v` (an input of `width` bits read
+/// with `shift`): `offset * N / 2^width` coefficients, refused unless whole and below half a box.
+fn offset_in_coefficients(preset: &Preset, width: u32, shift: u32, offset: i64) -> Result<isize> {
+    let n = preset.glwe.polynomial_size as i128;
+    let scaled = offset as i128 * n;
+    let unit = 1i128 << width;
+    if shift == 0 || offset.unsigned_abs() >= 1u64 << (shift - 1) || scaled % unit != 0 {
+        return Err(EngineError::range(
+            "lookup table",
+            format!(
+                "a read offset of {offset} (shift {shift}, {width}-bit input, N = {n}) must be \
+                 below half a box and a whole number of table coefficients"
+            ),
+        ));
+    }
+    Ok((scaled / unit) as isize)
+}
+
+/// `coeffs *= X^-by` in the negacyclic ring: the blind rotation of a phase `p` then reads the
+/// table at `p + by`.
+fn multiply_by_monomial(coeffs: &mut [u64], by: isize) {
+    let r = by.unsigned_abs();
+    if by > 0 {
+        coeffs[..r].iter_mut().for_each(|c| *c = c.wrapping_neg());
+        coeffs.rotate_left(r);
+    } else if by < 0 {
+        coeffs.rotate_right(r);
+        coeffs[..r].iter_mut().for_each(|c| *c = c.wrapping_neg());
+    }
+}
+
 /// Range of a table's entries; refuses entries outside the output encoding.
 fn table_range(
     read_bits: u32,
@@ -128,6 +159,23 @@ impl Lut {
         output: Encoding,
         f: impl Fn(i64) -> i64,
     ) -> Result<Lut> {
+        Self::requantize_offset(preset, input, shift, 0, output, f)
+    }
+
+    /// [`Lut::requantize`] of `v + offset`: the function sees `q = round((v + offset) /
+    /// 2^shift)`. The offset is a rotation of the table (`offset * N / 2^width` coefficients,
+    /// which must be whole), so it costs nothing and adds no noise; several reads of one value at
+    /// offsets a fraction of a box apart resolve it finer than one read (see
+    /// `veilmoe_model::quant::QuantParams::activation_reads`). `|offset|` stays below half a box;
+    /// the caller keeps `v + offset` inside the read box.
+    pub fn requantize_offset(
+        preset: &Preset,
+        input: Encoding,
+        shift: u32,
+        offset: i64,
+        output: Encoding,
+        f: impl Fn(i64) -> i64,
+    ) -> Result<Lut> {
         input.validate()?;
         output.validate()?;
         if shift >= input.width {
@@ -139,9 +187,13 @@ impl Lut {
         let read_bits = input.width - shift;
         let q_offset = input.pbs_offset() >> shift;
         let out_range = table_range(read_bits, &|b| f(b as i64 - q_offset), output)?;
-        let acc = fill(preset, read_bits, &|b| {
+        let mut acc = fill(preset, read_bits, &|b| {
             output.encode_wrapping(f(b as i64 - q_offset))
         })?;
+        if offset != 0 {
+            let coefficients = offset_in_coefficients(preset, input.width, shift, offset)?;
+            multiply_by_monomial(acc.get_mut_body().as_mut(), coefficients);
+        }
         Ok(Lut {
             acc,
             input,
