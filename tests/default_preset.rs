@@ -512,3 +512,27 @@ fn wide_inputs_and_output_digits_on_default() {
         common::wide::check_token(client, &q.moe, &x, &out);
     }
 }
+
+/// The Hugging Face-style Mixtral checkpoint quantized on `default` with 2 reads per
+/// pre-activation (`QuantParams::activation_reads`): each silu factor is the sum of two reads
+/// whose tables are rotated a quarter box either way, each read's product has its own quarter
+/// squares. 2 tokens of the held-out records, every check of `check_token`.
+#[test]
+fn offset_reads_on_default() {
+    use veilmoe::model::quantize::{quantize_with, QuantizeOptions};
+    let (preset, client, server) = default_keys();
+    let (calib, test) = common::hf_families::records();
+    let m = veilmoe::model::FloatMoeModel::load(common::hf_families::mixtral()).unwrap();
+    let opts = QuantizeOptions {
+        activation_reads: 2,
+        ..QuantizeOptions::for_reads(preset.message_bits, preset.max_norm2)
+    };
+    let q = quantize_with(&m, &opts, &calib).unwrap().0;
+    assert_eq!(q.moe.activation_offsets().len(), 2);
+    let layer = veilmoe::protocols::MoeLayer::new(&Evaluator::new(server), q.moe.clone()).unwrap();
+    for r in test.iter().take(2) {
+        let x = q.quantize_input(r).unwrap();
+        let out = forward_on_default(&layer, &x);
+        common::wide::check_token(client, &q.moe, &x, &out);
+    }
+}

@@ -92,11 +92,9 @@ fn capacity_adds_up_the_digits() {
     assert_eq!(entries, 3);
 }
 
-/// The measurement BENCHMARKS.md quotes: each family quantized for `preset` with pairwise
-/// routing, W2 in one piece and in two digits, `tokens` held-out records encrypted: the
-/// decrypted block output against the float one and against the reference, the reference over
-/// all 300 records (exact reads, and the preset's read noise simulated), the median time per
-/// token.
+/// The measurement BENCHMARKS.md quotes (`common::encrypted_fidelity`): each family quantized
+/// for `preset` with pairwise routing, W2 in one piece and in two digits, `tokens` held-out
+/// records encrypted.
 fn digits_fidelity_on(preset: &str, tokens: usize) {
     digits_fidelity_of(
         preset,
@@ -113,63 +111,20 @@ fn digits_fidelity_of(
     families: &[(&str, std::path::PathBuf)],
     digit_choices: &[bool],
 ) {
-    use veilmoe::engine::{ClientKey, Preset};
-    use veilmoe::model::fidelity::VectorErrors;
-    use veilmoe::model::{reference_fidelity, Rounding};
-    let (calib, test) = records();
-    let preset = Preset::load(preset, false).unwrap();
-    let client = ClientKey::generate(&preset);
-    let server = client.server_key();
-    let ev = Evaluator::new(&server);
-    for (name, dir) in families {
-        let m = FloatMoeModel::load(dir).unwrap();
-        for &digits in digit_choices {
-            let opts = QuantizeOptions {
-                pairwise_routing: true,
-                output_digits: digits,
-                ..QuantizeOptions::for_reads(preset.message_bits, preset.max_norm2)
-            };
-            let q = quantize_with(&m, &opts, &calib).unwrap().0;
-            let layer = MoeLayer::new(&ev, q.moe.clone()).unwrap();
-            let (mut enc, mut refe, mut noise) = (
-                VectorErrors::default(),
-                VectorErrors::default(),
-                VectorErrors::default(),
-            );
-            let mut times = Vec::new();
-            let dq = |v: &[i64]| -> Vec<f64> { v.iter().map(|&a| a as f64 * q.y_step()).collect() };
-            for r in test.iter().take(tokens) {
-                let x = q.quantize_input(r).unwrap();
-                let ct = layer.encrypt(&client, &x).unwrap();
-                let t = std::time::Instant::now();
-                let out = layer.forward(&ev, &ct, &Select).unwrap();
-                times.push(t.elapsed().as_secs_f64());
-                let y = dq(&out.decrypt_y(&client).unwrap());
-                let want = dq(&q.moe.reference(&x, &mut Rounding::Exact).y);
-                let float: Vec<f64> = m.block_output(r).into_iter().map(f64::from).collect();
-                enc.add(&y, &float);
-                refe.add(&want, &float);
-                noise.add(&y, &want);
-            }
-            times.sort_by(f64::total_cmp);
-            let exact = reference_fidelity(&m, &q, &test, &mut Rounding::Exact).unwrap();
-            let mut sim = veilmoe::protocols::simulated_rounding(&preset, preset.message_bits, 7);
-            let simulated = reference_fidelity(&m, &q, &test, &mut sim).unwrap();
-            println!(
-                "{name} on `{}`, {:?}: {tokens} tokens, median {:.2} s/token; encrypted {}; \
-                 reference on the same records {}; decrypted against the reference {}; \
-                 reference over {} records: exact {exact}, simulated {}",
-                preset.name,
-                q.moe.output_digits,
-                times[tokens / 2],
-                enc.summary(),
-                refe.summary(),
-                noise.summary(),
-                test.len(),
-                simulated.block_output,
-            );
-        }
-    }
+    let variants = |p: &veilmoe::engine::Preset| {
+        digit_choices
+            .iter()
+            .map(|&digits| {
+                let opts = QuantizeOptions {
+                    pairwise_routing: true,
+                    output_digits: digits,
+                    ..QuantizeOptions::for_reads(p.message_bits, p.max_norm2)
+                };
+                (format!("W2 digits {digits}"), opts)
+            })
+            .collect()
+    };
+    common::encrypted_fidelity::encrypted_fidelity(preset, tokens, families, &variants);
 }
 
 #[test]

@@ -32,8 +32,9 @@ pub const MAGIC: [u8; 8] = *b"VEILMOE\0";
 /// Version 4: a quantized model records where a gated FFN's linear factor is read (on its own,
 /// or inside its product's quarter squares). Version 5: a quantized model records whether it
 /// routes by pairwise comparisons of the router accumulators. Version 6: its quantization
-/// parameters record the input's own width (inputs may be wider than a read).
-pub const FORMAT_VERSION: u16 = 6;
+/// parameters record the input's own width (inputs may be wider than a read). Version 7: they
+/// record how many offset reads each pre-activation gets.
+pub const FORMAT_VERSION: u16 = 7;
 
 /// A hash of a preset's cryptographic parameters (not of its name or description).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

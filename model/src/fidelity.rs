@@ -187,18 +187,19 @@ pub fn reference_fidelity(
             let u = moe.pre_activations(e, &xq, &mut Rounding::Exact);
             let u_real: Vec<f64> = u.iter().map(|&v| v as f64 * qp.act_in_scale).collect();
             VectorErrors::add(&mut pre, &u_real, &to_f64(trace.u.iter().copied()));
-            let (qa, fa): (Vec<f64>, Vec<f64>) = u
-                .iter()
+            let f = match moe.config.ffn {
+                FfnKind::Plain(f) => f,
+                FfnKind::GatedSilu => Activation::Silu,
+            };
+            let (qa, fa): (Vec<f64>, Vec<f64>) = moe
+                .pre_activation_accumulators(e, &xq)
+                .into_iter()
                 .zip(trace.u.iter())
-                .map(|(&v, &fu)| match moe.config.ffn {
-                    FfnKind::Plain(f) => (
-                        qp.activation(f, v) as f64 * qp.act_out_scale,
+                .map(|(a, &fu)| {
+                    (
+                        moe.activation_of(a, &mut Rounding::Exact) * qp.act_out_scale,
                         f.apply(fu as f64),
-                    ),
-                    FfnKind::GatedSilu => (
-                        qp.gated_silu(v) as f64 * qp.act_out_scale,
-                        Activation::Silu.apply(fu as f64),
-                    ),
+                    )
                 })
                 .unzip();
             VectorErrors::add(&mut act, &qa, &fa);

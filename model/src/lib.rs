@@ -24,6 +24,7 @@
 //!
 //! `cargo tree -p veilmoe-model` has no tfhe: the encrypted path lives in veilmoe-protocols.
 
+pub mod activation_reads;
 pub mod arch;
 pub mod capacity;
 pub mod checkpoint;

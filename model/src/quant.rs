@@ -98,10 +98,14 @@ pub fn switch_gate(zq: i64, shift: u32, s: i64, g_max: i64) -> i64 {
 /// `[lo, hi]` falls well inside the boxes `[-2^(m-1), 2^(m-1) - 1]` after the shift
 /// `width - m` (the top box keeps half a box of headroom against noise).
 pub fn read_width(lo: i128, hi: i128, m: u32) -> u32 {
-    let top = (1i128 << (m - 1)) - 1;
-    let bottom = 1i128 << (m - 1);
+    box_width(lo, hi, m, (-(1i64 << (m - 1)), (1i64 << (m - 1)) - 1))
+}
+
+/// Bits of a signed encoding whose `m`-bit reads take every value of `[lo, hi]` within the
+/// boxes `[box_min, box_max]` (a read box, or a narrower one).
+pub fn box_width(lo: i128, hi: i128, m: u32, (box_min, box_max): (i64, i64)) -> u32 {
     let mut w = m;
-    while hi > top << (w - m) || -lo > bottom << (w - m) {
+    while hi > (box_max as i128) << (w - m) || lo < (box_min as i128) << (w - m) {
         w += 1;
     }
     w
@@ -143,7 +147,17 @@ pub struct QuantParams {
     pub gate_bits: u32,
     /// Switch gating: the selected expert's own softmax term (numerator).
     pub switch_numerator: i64,
+    /// Reads of each pre-activation (1, 2 or 4): the activation (a gated FFN's silu factor) is
+    /// the sum of the tables at `K` reads offset by fractions of a box
+    /// ([`QuantParams::activation_offsets`]). By Hermite's identity `sum_k round(x + (2k + 1 -
+    /// K) / 2K) = round(K x)`, so `K` reads of a linear piece resolve it `log2 K` bits finer
+    /// than one, each read keeping the preset's noise margin (a single finer read would not).
+    /// Costs `K - 1` more PBS per hidden unit (gated: `3 (K - 1)`, each read's product).
+    pub activation_reads: u32,
 }
+
+/// Values [`QuantParams::activation_reads`] may take.
+pub const ACTIVATION_READS: [u32; 3] = [1, 2, 4];
 
 impl QuantParams {
     pub fn for_message_bits(message_bits: u32) -> QuantParams {
@@ -156,6 +170,7 @@ impl QuantParams {
             act_out_scale: 0.5,
             gate_bits: 3,
             switch_numerator: 4,
+            activation_reads: 1,
         }
     }
     /// Checks that the parameters describe a model veilmoe can evaluate: 3 to 8 message bits,
@@ -173,6 +188,12 @@ impl QuantParams {
             return bad(format!(
                 "input bits must be {} (the message bits) to {MAX_INPUT_BITS}, got {}",
                 self.message_bits, self.input_bits
+            ));
+        }
+        if !ACTIVATION_READS.contains(&self.activation_reads) {
+            return bad(format!(
+                "activation reads must be one of {ACTIVATION_READS:?}, got {}",
+                self.activation_reads
             ));
         }
         if !(1..=6).contains(&self.gate_bits) {
@@ -242,8 +263,30 @@ impl QuantParams {
     pub fn switch_cap(&self) -> i64 {
         (1i64 << self.message_bits) - 1
     }
-    /// Range of the hidden activations fed to W2.
+    /// The offsets of a pre-activation's [`QuantParams::activation_reads`] reads at `shift`:
+    /// `(2k + 1 - K) 2^shift / 2K` for `k < K` (one read: offset 0). The shift must be at least
+    /// `log2 K + 1` (checked with the model).
+    pub fn activation_offsets(&self, shift: u32) -> Vec<i64> {
+        let k = self.activation_reads as i64;
+        (0..k)
+            .map(|i| ((2 * i + 1 - k) << shift) / (2 * k))
+            .collect()
+    }
+    /// The box a pre-activation row must fit: the read box, one step narrower at each end when
+    /// it is read at offsets, so that every offset read keeps the preset's noise margin.
+    pub fn activation_box(&self) -> (i64, i64) {
+        let narrow = (self.activation_reads > 1) as i64;
+        (self.read_min() + narrow, self.read_max() - narrow)
+    }
+    /// Range of the hidden activations fed to W2: one read's (or product's) range times the
+    /// reads summed.
     pub fn hidden_range(&self, ffn: crate::arch::FfnKind) -> (i64, i64) {
+        let (lo, hi) = self.read_range(ffn);
+        let k = self.activation_reads as i64;
+        (lo * k, hi * k)
+    }
+    /// Range of one read's activation (gated: one product of the factors).
+    pub fn read_range(&self, ffn: crate::arch::FfnKind) -> (i64, i64) {
         match ffn {
             crate::arch::FfnKind::Plain(act) => {
                 let vals: Vec<i64> = (self.read_min()..=self.read_max())
@@ -315,6 +358,26 @@ mod tests {
         assert_eq!(round_shift(5, 2), 1);
         assert_eq!(round_shift(-6, 2), -1);
         assert_eq!(round_shift(-7, 2), -2);
+    }
+
+    /// Hermite's identity: the `K` offset reads of a value add up to one read `log2 K` bits
+    /// finer, for every value (exact rounding).
+    #[test]
+    fn offset_reads_add_up_to_a_finer_read() {
+        for k in ACTIVATION_READS {
+            let q = QuantParams {
+                activation_reads: k,
+                ..QuantParams::for_message_bits(5)
+            };
+            let shift = 6;
+            let offsets = q.activation_offsets(shift);
+            assert_eq!(offsets.len(), k as usize);
+            assert_eq!(offsets.iter().sum::<i64>(), 0, "symmetric");
+            for v in -5000..5000 {
+                let reads: i64 = offsets.iter().map(|&o| round_shift(v + o, shift)).sum();
+                assert_eq!(reads, round_shift(k as i64 * v, shift), "K = {k}, v = {v}");
+            }
+        }
     }
 
     #[test]

@@ -234,6 +234,7 @@ impl QuantizedMoe {
         }
         self.validate_linear_in_product()?;
         self.validate_output_digits()?;
+        self.validate_activation_reads()?;
         if self.pairwise_routing {
             crate::pairwise::check_supported(c.experts.0, c.top_k.0)?;
         }
@@ -354,8 +355,12 @@ impl QuantizedMoe {
         match self.calibrated_shift {
             Some(s) => self.quant.message_bits + s,
             None => {
+                let m = self.quant.message_bits;
                 let (lo, hi) = self.first_stage_range();
-                quant::read_width(lo, hi, self.quant.message_bits).max(self.quant.input_bits)
+                let (wlo, whi) = self.pre_activation_range();
+                quant::read_width(lo, hi, m)
+                    .max(quant::box_width(wlo, whi, m, self.quant.activation_box()))
+                    .max(self.quant.input_bits)
             }
         }
     }
@@ -394,8 +399,12 @@ impl QuantizedMoe {
             self.router_bias.as_deref(),
             self.config.experts.0,
         );
+        let (plo, phi) = self.pre_activation_box();
         for (w, rows) in self.ffns() {
-            n += out(&w.w1, w.b1.as_deref(), rows);
+            n += crate::reference::matvec(&w.w1, w.b1.as_deref(), rows, x)
+                .into_iter()
+                .filter(|&a| a < plo || a > phi)
+                .count();
         }
         n += self.linear_factor_overflows(x);
         if let Some(sh) = &self.shared {

@@ -180,11 +180,16 @@ impl QuantizedMoe {
     /// (or, gated, its silu factor) reads.
     pub fn pre_activations(&self, e: usize, x: &[i64], rounding: &mut Rounding) -> Vec<i64> {
         let s = self.input_shift();
-        let w = &self.experts[e];
-        matvec(&w.w1, w.b1.as_deref(), self.config.h.0, x)
+        self.pre_activation_accumulators(e, x)
             .into_iter()
             .map(|a| rounding.read(a, s))
             .collect()
+    }
+
+    /// Expert `e`'s W1 accumulators `W1 x + b1` (exact, before any read).
+    pub fn pre_activation_accumulators(&self, e: usize, x: &[i64]) -> Vec<i64> {
+        let w = &self.experts[e];
+        matvec(&w.w1, w.b1.as_deref(), self.config.h.0, x)
     }
 
     /// Hidden activations of expert `e` (one requantizing read per unit, plus the exact product
@@ -202,25 +207,39 @@ impl QuantizedMoe {
         rounding: &mut Rounding,
     ) -> Vec<i64> {
         let (s, q) = (self.input_shift(), &self.quant);
+        let offsets = self.activation_offsets();
         let u = matvec(&w.w1, w.b1.as_deref(), h, x);
         match self.config.ffn {
+            // the sum of the activation's reads at their offsets (one read: offset 0)
             FfnKind::Plain(act) => u
                 .into_iter()
-                .map(|a| q.activation(act, rounding.read(a, s)))
+                .map(|a| {
+                    offsets
+                        .iter()
+                        .map(|&o| q.activation(act, rounding.read(a + o, s)))
+                        .sum()
+                })
                 .collect(),
             FfnKind::GatedSilu => {
-                // the two factors' reads alternate per unit (the simulated rounding's order)
+                // the factors' reads alternate per unit (the simulated rounding's order)
                 let v = matvec(w.w3.as_deref().unwrap_or(&[]), w.b3.as_deref(), h, x);
                 u.iter()
                     .zip(&v)
                     .map(|(&a, &b)| {
-                        let silu = q.gated_silu(rounding.read(a, s));
+                        let silu: Vec<i64> = offsets
+                            .iter()
+                            .map(|&o| q.gated_silu(rounding.read(a + o, s)))
+                            .collect();
                         if self.linear_in_product {
                             // read inside the two quarter squares: each rounds W3x on its own
+                            // (one silu read: validated)
                             let (l1, l2) = (rounding.read(b, s), rounding.read(b, s));
-                            quant::quarter_square(silu + l1) - quant::quarter_square(silu - l2)
+                            quant::quarter_square(silu[0] + l1)
+                                - quant::quarter_square(silu[0] - l2)
                         } else {
-                            silu * q.gated_linear(rounding.read(b, s))
+                            // each silu read's product with the one linear read, summed
+                            let l = q.gated_linear(rounding.read(b, s));
+                            silu.iter().map(|f| f * l).sum()
                         }
                     })
                     .collect()

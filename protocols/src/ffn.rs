@@ -5,7 +5,10 @@
 //! PBS per evaluated expert: h (plain) or 4h (gated: silu read, linear read, two quarter
 //! squares), 3h for a gated model whose linear factor is read inside the quarter squares
 //! ([`QuantizedMoe::linear_in_product`]: the W3 accumulator, rescaled to the factors'
-//! encoding, is added to the silu factor and each quarter-square read rounds it). The output
+//! encoding, is added to the silu factor and each quarter-square read rounds it). With `K`
+//! activation reads ([`veilmoe_model::quant::QuantParams::activation_reads`]) the activation
+//! (silu factor) is read `K` times at offsets, one keyswitch for all, and the reads summed:
+//! `K h` PBS (plain) or `(3K + 1) h` (gated: each silu read's own pair of quarter squares). The output
 //! accumulators `W2 a + b2` are not read back to m bits: they leave the server wide (the
 //! client decrypts them at full width), which saves d PBS per slot and the read's rounding. Their encoding is the hidden activations' encoding, set wide enough by
 //! [`QuantizedMoe::slot_output_width`].
@@ -167,16 +170,17 @@ impl ExpertTables {
 pub struct FfnTables {
     pub(crate) experts: Vec<ExpertTables>,
     kind: FfnKind,
-    /// plain: the activation; gated: the silu factor
-    act: Lut,
+    /// plain: the activation; gated: the silu factor; one table per read offset
+    /// ([`veilmoe_model::quant::QuantParams::activation_reads`])
+    act: Vec<Lut>,
     /// gated: the linear factor's own read (`None` when it is read inside the quarter squares)
     linear: Option<Lut>,
     /// gated: quarter squares
     qsq: Option<Lut>,
     small: Encoding,
     hidden: Encoding,
-    /// Range of a gated FFN's hidden product.
-    product_range: (i64, i64),
+    /// Range of the hidden activations (the reads summed).
+    hidden_range: (i64, i64),
 }
 
 impl FfnTables {
@@ -189,14 +193,17 @@ impl FfnTables {
         let shift = model.input_shift();
         // W2 a keeps the activations' encoding: the slot outputs' public encoding
         let hidden = crate::layer::output_encoding(model);
+        let offsets = model.activation_offsets();
+        let reads = |out: Encoding, f: &dyn Fn(i64) -> i64| -> Result<Vec<Lut>> {
+            offsets
+                .iter()
+                .map(|&o| Ok(Lut::requantize_offset(p, input, shift, o, out, f)?))
+                .collect()
+        };
         let (act, linear, qsq) = match model.config.ffn {
-            FfnKind::Plain(a) => (
-                Lut::requantize(p, input, shift, hidden, |v| q.activation(a, v))?,
-                None,
-                None,
-            ),
+            FfnKind::Plain(a) => (reads(hidden, &|v| q.activation(a, v))?, None, None),
             FfnKind::GatedSilu => (
-                Lut::requantize(p, input, shift, small, |v| q.gated_silu(v))?,
+                reads(small, &|v| q.gated_silu(v))?,
                 (!model.linear_in_product)
                     .then(|| Lut::requantize(p, input, shift, small, |v| q.gated_linear(v)))
                     .transpose()?,
@@ -217,7 +224,7 @@ impl FfnTables {
             qsq,
             small,
             hidden,
-            product_range: q.hidden_range(FfnKind::GatedSilu),
+            hidden_range: q.hidden_range(model.config.ffn),
         })
     }
 
@@ -238,30 +245,45 @@ impl FfnTables {
         u: &LweVector,
         v: Option<&LweVector>,
     ) -> Result<LweVector> {
+        let acts: Vec<&Lut> = self.act.iter().collect();
+        // each read of the pre-activations at its offset, one keyswitch for all
+        let reads = ev.pbs_each(u, &acts)?;
+        let (lo, hi) = self.hidden_range;
+        let hidden_range = ValueRange { min: lo, max: hi };
         match (self.kind, v, &self.qsq) {
             (FfnKind::GatedSilu, Some(v), Some(qsq)) => {
-                let s = ev.pbs(u, &self.act)?;
                 let l = match &self.linear {
                     Some(linear) => ev.pbs(v, linear)?,
                     // W3x / 2^shift: each quarter-square read below rounds it, as its own read
                     // would; the model keeps W3x within the factor range, so nothing clips it
                     None => v.clone().rescaled_down(self.small)?,
                 };
-                let sum = ev.linear_combination(&[&s, &l], &[1, 1], self.small)?;
-                let diff = ev.linear_combination(&[&s, &l], &[1, -1], self.small)?;
-                let p1 = ev.pbs(&sum, qsq)?;
-                let p2 = ev.pbs(&diff, qsq)?;
-                // qsq(s + l) - qsq(s - l) = s * l: the product of the factors' ranges, tighter than
-                // the interval bound of the two table outputs.
-                let (lo, hi) = self.product_range;
-                Ok(ev.linear_combination_within(
-                    &[&p1, &p2],
-                    &[1, -1],
-                    self.hidden,
-                    ValueRange { min: lo, max: hi },
-                )?)
+                // per silu read: s + l and s - l, all quarter squares in one batch
+                let mut halves = Vec::with_capacity(2 * reads.len());
+                for s in &reads {
+                    halves.push(ev.linear_combination(&[s, &l], &[1, 1], self.small)?);
+                    halves.push(ev.linear_combination(&[s, &l], &[1, -1], self.small)?);
+                }
+                let refs: Vec<&LweVector> = halves.iter().collect();
+                let squares = ev.pbs(&LweVector::concat(&refs)?, qsq)?;
+                let n = u.len();
+                let parts = (0..2 * reads.len())
+                    .map(|i| squares.slice(i * n..(i + 1) * n))
+                    .collect::<veilmoe_engine::Result<Vec<_>>>()?;
+                // qsq(s + l) - qsq(s - l) = s * l per read, summed: the reads' products'
+                // range, tighter than the interval bound of the table outputs.
+                let refs: Vec<&LweVector> = parts.iter().collect();
+                let signs: Vec<i64> = (0..parts.len())
+                    .map(|i| if i % 2 == 0 { 1 } else { -1 })
+                    .collect();
+                Ok(ev.linear_combination_within(&refs, &signs, self.hidden, hidden_range)?)
             }
-            _ => Ok(ev.pbs(u, &self.act)?),
+            _ if reads.len() == 1 => Ok(reads.into_iter().next().expect("one read")),
+            _ => {
+                let refs: Vec<&LweVector> = reads.iter().collect();
+                let ones = vec![1; refs.len()];
+                Ok(ev.linear_combination_within(&refs, &ones, self.hidden, hidden_range)?)
+            }
         }
     }
 

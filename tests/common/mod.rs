@@ -4,6 +4,7 @@
 pub mod calibrated;
 pub mod capacity;
 pub mod checkpoints;
+pub mod encrypted_fidelity;
 pub mod hf_families;
 pub mod noise;
 pub mod pool;

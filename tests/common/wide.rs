@@ -12,8 +12,8 @@ use veilmoe::protocols::shared::SharedOutput;
 use veilmoe::protocols::{MoeLayer, MoeOutput, Select};
 
 /// Largest change of one hidden activation when each requantizing read that feeds it comes out
-/// one step off (the approximate step of the encrypted path); 0 when the first stage is read
-/// whole (no requantization, so no approximate step).
+/// one step off (the approximate step of the encrypted path), over all its offset reads; 0 when
+/// the first stage is read whole (no requantization, so no approximate step).
 pub fn hidden_read_slack(model: &QuantizedMoe) -> i64 {
     if model.input_shift() == 0 {
         // every first-stage accumulator is read whole: the reads are exact
@@ -64,7 +64,8 @@ pub fn hidden_read_slack(model: &QuantizedMoe) -> i64 {
             }
         }
     }
-    slack
+    // each of a unit's offset reads (and its product) may be one step off
+    slack * model.quant.activation_reads as i64
 }
 
 /// Noise allowance of a decrypted wide value, in steps of its encoding: six standard deviations

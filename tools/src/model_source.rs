@@ -32,6 +32,8 @@ pub enum SourceError {
     BadHeadroom(f64),
     #[error("{0} applies to quantizing a --model directory (the embedded model and model files keep the quantization they have)")]
     NeedsModelDir(&'static str),
+    #[error("--activation-reads {0}: give 1, 2 or 4 reads per pre-activation")]
+    BadActivationReads(u32),
 }
 
 /// The `--model` / `--calibration` options every model-using command shares.
@@ -73,6 +75,13 @@ pub struct ModelArgs {
     /// nothing but keeps the detail near-tied router logits depend on.
     #[arg(long)]
     pub input_bits: Option<u32>,
+    /// Quantizing a --model directory: reads of each pre-activation, 1, 2 or 4 (default 1).
+    /// The activation (silu factor) is the sum of reads offset by fractions of a box, which
+    /// resolves it log2 of that many bits finer, each read keeping the preset's noise margin:
+    /// one more PBS per hidden unit and read (gated: three, the read's own product). A model
+    /// that declares the quantization it was trained for keeps one read.
+    #[arg(long)]
+    pub activation_reads: Option<u32>,
 }
 
 impl ModelArgs {
@@ -90,12 +99,18 @@ impl ModelArgs {
     }
 
     pub fn source(&self) -> Result<ModelSource, SourceError> {
+        if let Some(k) = self.activation_reads {
+            if !veilmoe_model::quant::ACTIVATION_READS.contains(&k) {
+                return Err(SourceError::BadActivationReads(k));
+            }
+        }
         match &self.model {
             Some(path) if path.is_dir() => Ok(ModelSource::Dir {
                 dir: path.clone(),
                 calibration: self.calibration.clone(),
                 headroom: self.headroom()?,
                 input_bits: self.input_bits,
+                activation_reads: self.activation_reads,
                 variant: Variant {
                     linear_in_product: self.linear_in_product,
                     pairwise_routing: self.pairwise_routing,
@@ -104,6 +119,9 @@ impl ModelArgs {
             _ if self.linear_in_product => Err(SourceError::NeedsModelDir("--linear-in-product")),
             _ if self.pairwise_routing => Err(SourceError::NeedsModelDir("--pairwise-routing")),
             _ if self.input_bits.is_some() => Err(SourceError::NeedsModelDir("--input-bits")),
+            _ if self.activation_reads.is_some() => {
+                Err(SourceError::NeedsModelDir("--activation-reads"))
+            }
             None => Ok(ModelSource::Embedded),
             Some(path) if path.is_file() => match self.calibration {
                 Some(_) => Err(SourceError::CalibrationForFile(path.display().to_string())),
@@ -148,6 +166,8 @@ pub enum ModelSource {
         headroom: Option<f64>,
         /// `--input-bits` (`None`: the quantizer's default).
         input_bits: Option<u32>,
+        /// `--activation-reads` (`None`: the quantizer's default).
+        activation_reads: Option<u32>,
         variant: Variant,
     },
 }
@@ -247,10 +267,12 @@ impl ModelSource {
             ModelSource::Dir {
                 headroom,
                 input_bits,
+                activation_reads,
                 ..
             } => QuantizeOptions {
                 calibrated_headroom: *headroom,
                 input_bits: input_bits.or(defaults.input_bits),
+                activation_reads: activation_reads.unwrap_or(defaults.activation_reads),
                 ..defaults
             },
             _ => defaults,

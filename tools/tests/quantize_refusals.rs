@@ -39,8 +39,9 @@ fn quantize_refuses_a_model_the_preset_cannot_run() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// `--headroom` outside [1, 16] is refused in one line, and beside `--worst-case-ranges` by the
-/// argument parser; nothing is written either way.
+/// `--headroom` outside [1, 16] and `--activation-reads` other than 1, 2 or 4 are refused in
+/// one line, and `--headroom` beside `--worst-case-ranges` by the argument parser; nothing is
+/// written either way.
 #[test]
 fn a_bad_headroom_is_refused_and_nothing_is_written() {
     let dir = tmpdir("headroom");
@@ -71,6 +72,11 @@ fn a_bad_headroom_is_refused_and_nothing_is_written() {
             .unwrap()
     };
     fails_with(&quantize(&["--headroom", "0.5"]), "--headroom 0.5");
+    assert!(!out_path.exists());
+    fails_with(
+        &quantize(&["--activation-reads", "3"]),
+        "--activation-reads 3",
+    );
     assert!(!out_path.exists());
     let out = quantize(&["--headroom", "2", "--worst-case-ranges"]);
     assert!(!out.status.success());

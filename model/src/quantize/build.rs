@@ -88,7 +88,9 @@ impl Context<'_> {
             }
             None => Vec::new(),
         };
-        let second = self.second_stage(choice, quant.act_out_scale, &w3_steps, &mut experts);
+        // The activation reads add up: one unit of the hidden sum is 1/K of an output step.
+        let hidden_unit = quant.act_out_scale / quant.activation_reads as f64;
+        let second = self.second_stage(choice, hidden_unit, &w3_steps, &mut experts);
 
         moe.quant = quant;
         moe.shared = self.shared_expert(&first, &experts, p2s);
@@ -189,7 +191,13 @@ impl Context<'_> {
         let ffns: Vec<&crate::checkpoint::FloatExpert> = m.ffns().collect();
         let w1_all = stack(ffns.iter().map(|x| x.w1.view()).collect())?;
         let b1_all = stack_b(ffns.iter().map(|x| (x.b1.as_ref(), x.w1.nrows())).collect());
-        let w1 = self.first_stage(&w1_all, b1_all.as_ref(), choice.w1_prune, true, read_box);
+        let w1 = self.first_stage(
+            &w1_all,
+            b1_all.as_ref(),
+            choice.w1_prune,
+            true,
+            q.activation_box(),
+        );
         let w3 = if m.config.ffn == FfnKind::GatedSilu {
             let zeros: Vec<ndarray::Array2<f32>> = ffns
                 .iter()

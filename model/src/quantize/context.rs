@@ -52,6 +52,7 @@ impl<'a> Context<'a> {
         check_inputs(model, opts, calibration)?;
         let quant = QuantParams {
             gate_bits: opts.gate_bits,
+            activation_reads: opts.activation_reads,
             input_bits: opts.input_bits.unwrap_or(opts.message_bits),
             ..QuantParams::for_message_bits(opts.message_bits)
         };

@@ -51,6 +51,12 @@ pub struct QuantizeOptions {
     pub output_digits: bool,
     /// Gate bits (see [`crate::quant::QuantParams::gate_bits`]).
     pub gate_bits: u32,
+    /// Reads of each pre-activation, 1, 2 or 4 (see
+    /// [`crate::quant::QuantParams::activation_reads`]): 2 reads resolve the activation one bit
+    /// finer than the preset's reads for one more PBS per hidden unit (gated: three more, the
+    /// second read's factor and product). Not with `linear_in_product`. A model that declares
+    /// the quantization it was trained for keeps one read.
+    pub activation_reads: u32,
     /// Read a gated FFN's linear factor inside its product's quarter squares (see
     /// [`crate::QuantizedMoe::linear_in_product`]): h PBS fewer per expert (a quarter of a
     /// gated expert's), for a factor one bit coarser, since W3's rows are scaled for the factor
@@ -106,6 +112,7 @@ impl QuantizeOptions {
             calibrated_headroom: Some(DEFAULT_CALIBRATED_HEADROOM),
             output_digits: true,
             gate_bits: DEFAULT_GATE_BITS,
+            activation_reads: 1,
             linear_in_product: false,
             pairwise_routing: false,
             search: true,
@@ -116,12 +123,13 @@ impl QuantizeOptions {
 
     /// Largest squared 2-norm of an integer W2 row: its output's noise (the hidden PBS outputs'
     /// noise times the row, doubled for a gated FFN whose hidden values are differences of two
-    /// PBS outputs) stays within `wide_output_noise` times the budget's standard deviation. Where
+    /// PBS outputs, and times the activation reads summed) stays within `wide_output_noise`
+    /// times the budget's standard deviation. Where
     /// the layer subtracts two slot outputs (`wider`: Mixtral top-2), their encoding is one bit
     /// wider, which doubles the noise relative to the value: the limit is a quarter.
     pub fn w2_norm2_limit(&self, gated: bool, wider: bool) -> i64 {
         let norm = self.max_norm2 * self.wide_output_noise;
-        let gated_factor = if gated { 2.0 } else { 1.0 };
+        let gated_factor = if gated { 2.0 } else { 1.0 } * self.activation_reads.max(1) as f64;
         let width_factor = if wider { 4.0 } else { 1.0 };
         ((norm * norm / gated_factor / width_factor).floor() as i64).max(1)
     }

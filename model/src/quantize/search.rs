@@ -211,6 +211,7 @@ pub fn quantize_with(
             input_bits: None,
             output_digits: false,
             gate_bits: super::options::TRAINED_GATE_BITS,
+            activation_reads: 1,
             ..opts.clone()
         };
         return Context::new(model, &trained, calibration)?.build_scored(c, 1);

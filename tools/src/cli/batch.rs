@@ -122,11 +122,17 @@ impl Quantize {
                 })
             );
         }
+        let reads = model.moe.quant.activation_reads;
         let note = format!(
-            "{} quantized for {}-bit reads (preset {}){}{}",
+            "{} quantized for {}-bit reads (preset {}){}{}{}",
             source.label(),
             preset.message_bits,
             preset.name,
+            if reads > 1 {
+                format!(", {reads} reads per pre-activation")
+            } else {
+                String::new()
+            },
             if model.moe.linear_in_product {
                 ", linear factor read inside the product"
             } else {
