@@ -381,7 +381,8 @@ impl QuantizedMoe {
     }
 
     /// How many of the token's first-stage accumulators (router, W1, W3, shared gate) fall
-    /// outside [`QuantizedMoe::first_stage_box`] (W3's: outside
+    /// outside [`QuantizedMoe::first_stage_box`] (W1's: outside
+    /// [`QuantizedMoe::pre_activation_box`], one step narrower with offset reads; W3's: outside
     /// [`QuantizedMoe::linear_factor_box`] when read inside the product): 0 for every input
     /// under a worst-case shift.
     /// Under encryption such an accumulator wraps (see [`QuantizedMoe::calibrated_shift`]);

@@ -192,8 +192,8 @@ impl QuantizedMoe {
         matvec(&w.w1, w.b1.as_deref(), self.config.h.0, x)
     }
 
-    /// Hidden activations of expert `e` (one requantizing read per unit, plus the exact product
-    /// of a gated FFN).
+    /// Hidden activations of expert `e` (per unit, the sum of its requantizing reads at their
+    /// offsets, one read by default, each times the exact linear factor of a gated FFN).
     pub fn hidden(&self, e: usize, x: &[i64], rounding: &mut Rounding) -> Vec<i64> {
         self.ffn_hidden(&self.experts[e], self.config.h.0, x, rounding)
     }

@@ -366,6 +366,7 @@ impl Context<'_> {
             linear_in_product: moe.linear_in_product,
             pairwise_routing: moe.pairwise_routing,
             act_out_scale: moe.quant.act_out_scale,
+            activation_reads: moe.quant.activation_reads,
             w2_scale: second.sigma2,
             w2_max_abs: second.max_abs,
             w2_zeroed: zeroed_frac(second.zeroed, moe.ffns().map(|(_, h)| d * h).sum()),

@@ -36,6 +36,8 @@ pub struct QuantizeReport {
     /// The experts are chosen by pairwise comparisons of the router accumulators.
     pub pairwise_routing: bool,
     pub act_out_scale: f64,
+    /// Reads per pre-activation ([`crate::quant::QuantParams::activation_reads`]).
+    pub activation_reads: u32,
     /// Real value of one unit of W2's integer weights.
     pub w2_scale: f64,
     pub w2_max_abs: i64,
@@ -127,8 +129,11 @@ impl fmt::Display for QuantizeReport {
         }
         writeln!(
             f,
-            "act:      act_out_scale {:.4} (clip {:.2})",
-            self.act_out_scale, self.choice.act_clip
+            "act:      act_out_scale {:.4} (clip {:.2}), {} read{} per pre-activation",
+            self.act_out_scale,
+            self.choice.act_clip,
+            self.activation_reads,
+            if self.activation_reads == 1 { "" } else { "s" }
         )?;
         writeln!(
             f,
