@@ -44,12 +44,13 @@ impl QuantizedMoe {
         self.quant.activation_offsets(self.input_shift())
     }
 
-    /// The activation (a gated FFN's silu factor) of the pre-activation accumulator `a`, in
-    /// activation output steps: the mean of its reads' tables (one read: its table).
-    pub fn activation_of(&self, a: i64, rounding: &mut Rounding) -> f64 {
+    /// The sum of the activation's (a gated FFN's silu factor's) tables at the reads of the
+    /// pre-activation accumulator `a` at their offsets (one read: its table), in activation
+    /// output steps: the hidden value of a plain FFN, the factor a gated FFN's linear read
+    /// multiplies (each read's product with it, summed).
+    pub fn activation_sum(&self, a: i64, rounding: &mut Rounding) -> i64 {
         let (s, q) = (self.input_shift(), &self.quant);
-        let offsets = self.activation_offsets();
-        let sum: i64 = offsets
+        self.activation_offsets()
             .iter()
             .map(|&o| {
                 let v = rounding.read(a + o, s);
@@ -58,8 +59,7 @@ impl QuantizedMoe {
                     FfnKind::GatedSilu => q.gated_silu(v),
                 }
             })
-            .sum();
-        sum as f64 / offsets.len() as f64
+            .sum()
     }
 
     /// Refuses reads at offsets the layer cannot take: with the linear factor read inside the

@@ -197,7 +197,8 @@ pub fn reference_fidelity(
                 .zip(trace.u.iter())
                 .map(|(a, &fu)| {
                     (
-                        moe.activation_of(a, &mut Rounding::Exact) * qp.act_out_scale,
+                        moe.activation_sum(a, &mut Rounding::Exact) as f64 * qp.act_out_scale
+                            / qp.activation_reads as f64,
                         f.apply(fu as f64),
                     )
                 })

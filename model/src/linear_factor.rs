@@ -131,14 +131,16 @@ impl QuantizedMoe {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use crate::arch::{ExpertCount, FfnKind, HiddenDim, ModelDim, MoeConfig, TopK};
     use crate::quant::QuantParams;
     use crate::quantized::QuantizedMoe;
     use crate::reference::Rounding;
     use crate::Gating;
 
-    fn gated() -> QuantizedMoe {
+    /// A small random gated layer (d = 6, h = 4, 2 experts, 4-bit reads), shared by the
+    /// model's unit tests.
+    pub(crate) fn gated() -> QuantizedMoe {
         let config = MoeConfig {
             d: ModelDim(6),
             h: HiddenDim(4),

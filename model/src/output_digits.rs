@@ -240,16 +240,7 @@ mod tests {
     }
 
     fn model() -> QuantizedMoe {
-        use crate::arch::*;
-        let config = MoeConfig {
-            d: ModelDim(6),
-            h: HiddenDim(4),
-            experts: ExpertCount(2),
-            top_k: TopK(1),
-            ffn: FfnKind::GatedSilu,
-            gating: Gating::SoftmaxSelected,
-        };
-        QuantizedMoe::random(config, crate::QuantParams::for_message_bits(4), 5, true)
+        crate::linear_factor::tests::gated()
     }
 
     /// Digits and input widths a file may declare are checked: a shift of 0 or past the

@@ -207,18 +207,12 @@ impl QuantizedMoe {
         rounding: &mut Rounding,
     ) -> Vec<i64> {
         let (s, q) = (self.input_shift(), &self.quant);
-        let offsets = self.activation_offsets();
         let u = matvec(&w.w1, w.b1.as_deref(), h, x);
         match self.config.ffn {
             // the sum of the activation's reads at their offsets (one read: offset 0)
-            FfnKind::Plain(act) => u
+            FfnKind::Plain(_) => u
                 .into_iter()
-                .map(|a| {
-                    offsets
-                        .iter()
-                        .map(|&o| q.activation(act, rounding.read(a + o, s)))
-                        .sum()
-                })
+                .map(|a| self.activation_sum(a, rounding))
                 .collect(),
             FfnKind::GatedSilu => {
                 // the factors' reads alternate per unit (the simulated rounding's order)
@@ -226,20 +220,15 @@ impl QuantizedMoe {
                 u.iter()
                     .zip(&v)
                     .map(|(&a, &b)| {
-                        let silu: Vec<i64> = offsets
-                            .iter()
-                            .map(|&o| q.gated_silu(rounding.read(a + o, s)))
-                            .collect();
+                        let silu = self.activation_sum(a, rounding);
                         if self.linear_in_product {
                             // read inside the two quarter squares: each rounds W3x on its own
                             // (one silu read: validated)
                             let (l1, l2) = (rounding.read(b, s), rounding.read(b, s));
-                            quant::quarter_square(silu[0] + l1)
-                                - quant::quarter_square(silu[0] - l2)
+                            quant::quarter_square(silu + l1) - quant::quarter_square(silu - l2)
                         } else {
                             // each silu read's product with the one linear read, summed
-                            let l = q.gated_linear(rounding.read(b, s));
-                            silu.iter().map(|f| f * l).sum()
+                            silu * q.gated_linear(rounding.read(b, s))
                         }
                     })
                     .collect()
