@@ -11,7 +11,7 @@ use veilmoe_model::checkpoint::{embedded_demo_model, FloatMoeModel};
 use veilmoe_model::data::{digits_split, embedded_digits, load_labelled, read_records, Dataset};
 use veilmoe_model::model_file::read_model_file;
 use veilmoe_model::quantize::options::DEFAULT_CALIBRATED_HEADROOM;
-use veilmoe_model::quantize::{quantize_with, QuantizeOptions};
+use veilmoe_model::quantize::{quantize_with, QuantizeOptions, QuantizeReport};
 use veilmoe_model::{ModelError, QuantizedClassifier};
 
 #[derive(Debug, Error)]
@@ -135,6 +135,9 @@ impl ModelArgs {
 /// A float model and the records its quantized model's fidelity is measured on.
 pub struct FloatReference {
     pub float: FloatMoeModel,
+    /// What the quantizer chose for it (scales, shifts, W2's digits and limits, the search's
+    /// score); `None` for the embedded model, which declares its quantization.
+    pub report: Option<QuantizeReport>,
     /// Where the records come from (reports name it).
     pub origin: String,
     pub records: Vec<Vec<f32>>,
@@ -220,7 +223,9 @@ impl ModelSource {
         }
         let model = self.load_float()?;
         let calibration = self.calibration_records(&model)?;
-        self.quantize(&model, preset.message_bits, preset.max_norm2, &calibration)
+        Ok(self
+            .quantize(&model, preset.message_bits, preset.max_norm2, &calibration)?
+            .0)
     }
 
     /// Quantizes `model` (loaded from this source, or derived from it) for `message_bits`-bit
@@ -232,7 +237,7 @@ impl ModelSource {
         message_bits: u32,
         max_norm2: f64,
         calibration: &[Vec<f32>],
-    ) -> Result<QuantizedClassifier, SourceError> {
+    ) -> Result<(QuantizedClassifier, QuantizeReport), SourceError> {
         self.quantize_variant(
             model,
             (message_bits, max_norm2),
@@ -250,14 +255,14 @@ impl ModelSource {
     }
 
     /// [`ModelSource::quantize`] with the evaluation choices given here rather than by the
-    /// source (`params sweep` tries several).
+    /// source (`params sweep` tries several). Returns the model and the quantizer's report.
     pub fn quantize_variant(
         &self,
         model: &FloatMoeModel,
         (message_bits, max_norm2): (u32, f64),
         variant: Variant,
         calibration: &[Vec<f32>],
-    ) -> Result<QuantizedClassifier, SourceError> {
+    ) -> Result<(QuantizedClassifier, QuantizeReport), SourceError> {
         let defaults = QuantizeOptions {
             linear_in_product: variant.linear_in_product,
             pairwise_routing: variant.pairwise_routing,
@@ -277,7 +282,7 @@ impl ModelSource {
             },
             _ => defaults,
         };
-        Ok(quantize_with(model, &opts, calibration)?.0)
+        Ok(quantize_with(model, &opts, calibration)?)
     }
 
     /// The quantized model (as [`ModelSource::load_classifier`]) with the float model it came
@@ -292,7 +297,10 @@ impl ModelSource {
         }
         let float = self.load_float()?;
         let calibration = self.calibration_records(&float)?;
-        let q = self.quantize(&float, preset.message_bits, preset.max_norm2, &calibration)?;
+        let (q, report) =
+            self.quantize(&float, preset.message_bits, preset.max_norm2, &calibration)?;
+        // the embedded model declares its quantization: the report has nothing to say
+        let report = (!matches!(self, ModelSource::Embedded)).then_some(report);
         let (origin, records) = match self {
             ModelSource::Embedded => {
                 let test = digits_split(&embedded_digits()?).1;
@@ -304,6 +312,7 @@ impl ModelSource {
             q,
             Some(FloatReference {
                 float,
+                report,
                 origin,
                 records,
             }),

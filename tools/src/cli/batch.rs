@@ -91,6 +91,9 @@ impl Quantize {
         let strategy = self.strategy.oblivious()?;
         let (model, float) = source.load_with_float(&preset)?;
         if let Some(f) = &float {
+            if let Some(report) = &f.report {
+                eprintln!("quantization ({}):\n{report}", source.label());
+            }
             let fid = reference_fidelity(&f.float, &model, &f.records, &mut Rounding::Exact)?;
             eprintln!("fidelity to the float model ({}): {fid}", f.origin);
             for s in &fid.stages {

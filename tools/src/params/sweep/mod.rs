@@ -245,7 +245,7 @@ pub fn sweep(
                 }
             ));
             let q = float_k.clone().and_then(|m| {
-                let q = source
+                let (q, _) = source
                     .quantize_variant(&m, (b, max_norm2), v, &calibration)
                     .map_err(|e| e.to_string())?;
                 let exact = evaluate_accuracy(&m, &q, test, &mut Rounding::Exact)
