@@ -63,7 +63,10 @@ pub use accuracy::{
     evaluate_accuracy, float_accuracy, quantized_predictions, rounding_agreement, AccuracyReport,
 };
 pub(crate) use first_stage::center_router;
-pub use options::{QuantChoice, QuantizeOptions, DEFAULT_INPUT_BITS};
+pub use options::{
+    QuantChoice, QuantizeOptions, DEFAULT_FIRST_STAGE_SHIFT, DEFAULT_INPUT_BITS,
+    TRAINED_FIRST_STAGE_SHIFT,
+};
 pub use report::QuantizeReport;
 pub use search::quantize_with;
 

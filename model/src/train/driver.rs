@@ -8,7 +8,7 @@ use super::params::{
 use super::{TrainOptions, Trained};
 use crate::data::Dataset;
 use crate::error::{ModelError, Result};
-use crate::quantize::options::TRAINED_GATE_BITS;
+use crate::quantize::options::{TRAINED_FIRST_STAGE_SHIFT, TRAINED_GATE_BITS};
 use crate::quantize::{quantize_fixed, quantize_with, QuantChoice, QuantizeOptions};
 use crate::random::SplitMix;
 
@@ -116,6 +116,7 @@ pub fn train_digits(
         input_bits: None,
         output_digits: false,
         gate_bits: TRAINED_GATE_BITS,
+        first_stage_shift: TRAINED_FIRST_STAGE_SHIFT,
         ..QuantizeOptions::for_message_bits(MESSAGE_BITS)
     };
     let (_, float_phase_report) = quantize_with(&to_model(&t.l, &t.p), &quantize_opts, calib)?;
