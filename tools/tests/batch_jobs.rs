@@ -423,6 +423,15 @@ fn a_model_file_from_quantize_serves_encrypt_infer_and_decrypt() {
         .unwrap();
     ok(&out);
     let said = String::from_utf8_lossy(&out.stderr).to_string();
+    // what the quantizer chose is printed before the model is written
+    for line in [
+        "quantization (",
+        "stage 1:",
+        "W2:",
+        "fidelity to the float model",
+    ] {
+        assert!(said.contains(line), "no `{line}` in: {said}");
+    }
     let id = said
         .lines()
         .find(|l| l.starts_with("wrote "))

@@ -240,3 +240,45 @@ pub fn quantize_with(
     }
     Ok(search.finish())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ExpertCount, HiddenDim, ModelDim, MoeConfig, SplitMix, TopK};
+
+    /// The search tries router prunes for a tournament router and never for a pairwise one,
+    /// whose comparisons see the router weights themselves; a searched pairwise quantization
+    /// keeps every router weight.
+    #[test]
+    fn a_pairwise_router_is_never_pruned() {
+        let config = MoeConfig {
+            d: ModelDim(8),
+            h: HiddenDim(8),
+            experts: ExpertCount(4),
+            top_k: TopK(1),
+            ffn: FfnKind::GatedSilu,
+            gating: Gating::SoftmaxSelected,
+        };
+        let model = FloatMoeModel::random(config, 1.0, 5);
+        let opts = |pairwise_routing| QuantizeOptions {
+            pairwise_routing,
+            ..QuantizeOptions::for_message_bits(4)
+        };
+        for pairwise in [false, true] {
+            let tries = Space::of(&model, &opts(pairwise)).tries(
+                Coordinate::RouterPrune,
+                QuantChoice::default(),
+                0,
+            );
+            assert_eq!(tries.len(), if pairwise { 0 } else { PRUNES.len() });
+        }
+        let mut rng = SplitMix(3);
+        let records: Vec<Vec<f32>> = (0..64)
+            .map(|_| (0..8).map(|_| rng.gaussian() as f32).collect())
+            .collect();
+        let (q, report) = quantize_with(&model, &opts(true), &records).unwrap();
+        assert!(q.moe.pairwise_routing);
+        assert_eq!(report.choice.router_prune, 0.0);
+        assert_eq!(report.router_zeroed, 0.0);
+    }
+}
