@@ -62,8 +62,9 @@ impl Keygen {
 /// client-side head and model id. The client keeps it; every later command takes it. Before
 /// writing, the model runs one token through the encrypted layer on the preset (keys made in
 /// memory): a model that would exceed the preset's noise budget or encodings is refused here,
-/// with the cause, never in the middle of `infer` after the client has encrypted. Its fidelity
-/// to the float model is printed per stage.
+/// with the cause, never in the middle of `infer` after the client has encrypted. What the
+/// quantizer chose (a checkpoint directory) and the fidelity to the float model per stage are
+/// printed first.
 #[derive(Args)]
 pub struct Quantize {
     #[command(flatten)]
