@@ -136,7 +136,8 @@ impl ModelArgs {
 pub struct FloatReference {
     pub float: FloatMoeModel,
     /// What the quantizer chose for it (scales, shifts, W2's digits and limits, the search's
-    /// score); `None` for the embedded model, which declares its quantization.
+    /// score); `None` for the embedded model, whose quantization is fixed with it (README,
+    /// `veilmoe inspect`), so the newcomer's path prints no report.
     pub report: Option<QuantizeReport>,
     /// Where the records come from (reports name it).
     pub origin: String,
@@ -299,7 +300,7 @@ impl ModelSource {
         let calibration = self.calibration_records(&float)?;
         let (q, report) =
             self.quantize(&float, preset.message_bits, preset.max_norm2, &calibration)?;
-        // the embedded model declares its quantization: the report has nothing to say
+        // the embedded model's quantization is fixed with it (see `FloatReference::report`)
         let report = (!matches!(self, ModelSource::Embedded)).then_some(report);
         let (origin, records) = match self {
             ModelSource::Embedded => {
