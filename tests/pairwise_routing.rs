@@ -151,8 +151,8 @@ fn pairwise_routing_matches_the_exact_comparisons() {
         } * top as u64;
         let bits = model.config.experts.0.next_power_of_two().trailing_zeros() as u64;
         let (e, top) = (e as u64, top as u64);
-        // comparisons, ranks, index bits clamped
-        let routing = e * (e - 1) / 2 + e + top * bits;
+        // comparisons (three PBS each, refined), ranks, index bits clamped
+        let routing = 3 * e * (e - 1) / 2 + e + top * bits;
         // where the gates read them: logits, masks, masked logits, their maximum
         let slot_logits = if top > 1 || gating == Gating::SoftmaxThenTopK {
             e + e + top * e + top * (e - 1)

@@ -208,9 +208,25 @@ impl Lut {
     /// `[0, 1/2)` and, negacyclically, `-1` for a phase in `[-1/2, 0)`. Its input spans the whole
     /// torus, the padding bit included, so it reads only the sign of a difference of two values
     /// that each fill half of it; the boundary is not centred on a box (the caller places it).
-    pub(crate) fn sign(preset: &Preset, input: Encoding, output: Encoding) -> Result<Lut> {
+    ///
+    /// The table is constant, so extracting coefficient `c` instead of 0 reads the sign of the
+    /// phase plus `c / 2N`: one blind rotation gives the sign at several thresholds, one output
+    /// per coefficient of `extract` (each below N).
+    pub(crate) fn sign(
+        preset: &Preset,
+        input: Encoding,
+        output: Encoding,
+        extract: &[usize],
+    ) -> Result<Lut> {
         input.validate()?;
         output.validate()?;
+        let n = preset.glwe.polynomial_size;
+        if extract.is_empty() || extract.iter().any(|&c| c >= n) {
+            return Err(EngineError::range(
+                "sign table",
+                format!("coefficients to extract must be below N = {n}, got {extract:?}"),
+            ));
+        }
         let one = output.encode_wrapping(1);
         let mut acc = GlweCiphertext::new(
             0u64,
@@ -225,7 +241,7 @@ impl Lut {
             output,
             out_range: ValueRange { min: -1, max: 1 },
             read_bits: 1,
-            extract: vec![0],
+            extract: extract.to_vec(),
         })
     }
 

@@ -5,11 +5,11 @@
 //! initialised routers (weights N(0, 0.02^2)) put the top experts within a box of each other
 //! often enough that the 5-bit reads of a Mixtral block choose other experts than the float
 //! router on 14 % of records. Pairwise routing compares the accumulators themselves, by the
-//! sign of their difference at the blind rotation's resolution
-//! (`veilmoe_engine::compare`): `E (E - 1) / 2` comparisons, then each expert's count of wins
-//! ranks it (`E - 1` wins: first; `E - 2`: second), which needs `E - 1` within half of a
-//! read's boxes, hence at most [`MAX_EXPERTS`], and a power of two (see [`check_supported`]). Ties go to the lower index, as in the
-//! tournament and [`crate::math::top_k`].
+//! sign of their difference at the blind rotation's resolution, refined 16-32 times finer near
+//! ties (`veilmoe_engine::compare`): `E (E - 1) / 2` comparisons, then each expert's count of
+//! wins ranks it (`E - 1` wins: first; `E - 2`: second), which needs `E - 1` within half of a
+//! read's boxes, hence at most [`MAX_EXPERTS`], and a power of two (see [`check_supported`]).
+//! Ties go to the lower index, as in the tournament and [`crate::math::top_k`].
 //!
 //! Near ties (within the noise of a comparison's threshold) may be decided either way, so a
 //! three-way near tie can make the comparisons cyclic and leave a rank with no expert or with

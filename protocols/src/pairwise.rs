@@ -1,15 +1,16 @@
 //! Pairwise routing under encryption (see `veilmoe_model::pairwise` for the rule).
 //!
 //! Cost for E experts and k slots, in PBS: `E (E - 1) / 2` comparisons of the router
-//! accumulators ([`Evaluator::greater_than`], one keyswitch each); E rank reads of the wins
+//! accumulators ([`Evaluator::greater_than`], refined: three PBS and three keyswitches each,
+//! two blind rotations and the majority of their three signs); E rank reads of the wins
 //! (one two-function many-LUT reads both ranks of a top-2); when the gates need the slot
 //! logits, E mask reads (sharing the rank reads' keyswitch), `k E` products
 //! `max(logit + mask, 0)` and a maximum over them (`k (E - 1)`), which is the slot's logit;
 //! per slot, `log2 E` reads clamp the index bits to bits (see `veilmoe_model::pairwise` for
 //! why a near-tie cycle needs both). The logits themselves are read as for the tournament
 //! (E PBS) where the gates need them; a constant gate (top-1) needs none. E = 8, top-2
-//! (Mixtral gating): 28 + 8 + 8 + 16 + 14 + 6 = 80 PBS besides the logit and gate reads; top-1
-//! with a constant gate: 28 + 8 + 3 = 39 in all. The bracket of pairs is public.
+//! (Mixtral gating): 84 + 8 + 8 + 16 + 14 + 6 = 136 PBS besides the logit and gate reads;
+//! top-1 with a constant gate: 84 + 8 + 3 = 95 in all. The bracket of pairs is public.
 
 use crate::error::{config, Result};
 use veilmoe_engine::{Cols, Encoding, Evaluator, Lut, LweVector, Preset, Rows, WeightMatrix};

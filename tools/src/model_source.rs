@@ -66,8 +66,8 @@ pub struct ModelArgs {
     /// Quantizing a --model directory of 2, 4 or 8 experts: choose the experts by comparing
     /// the router accumulators pairwise at the blind rotation's resolution instead of by a
     /// tournament over their reads, which ties accumulators that fall in the same read box.
-    /// E (E - 1) / 2 comparisons (28 at E = 8) and E rank reads instead of about 2 E
-    /// tournament reads.
+    /// E (E - 1) / 2 comparisons (28 at E = 8, three PBS each: a sign read refined 16-32
+    /// times finer near ties) and E rank reads instead of about 2 E tournament reads.
     #[arg(long)]
     pub pairwise_routing: bool,
     /// Quantizing a --model directory: bits of the client's quantized input (default 8, at
