@@ -21,8 +21,13 @@ use ndarray::{Array1, ArrayView2};
 pub enum Rounding {
     /// Round to nearest (what the encrypted path does away from box edges).
     Exact,
-    /// Round after adding Gaussian noise of `sigma` boxes (the encrypted path's behaviour).
-    Simulated { sigma: f64, rng: SplitMix },
+    /// Round after adding Gaussian noise of `sigma` boxes (the encrypted path's behaviour);
+    /// comparisons of accumulators decide near ties with noise of `comparison_sigma` boxes.
+    Simulated {
+        sigma: f64,
+        comparison_sigma: f64,
+        rng: SplitMix,
+    },
 }
 
 impl Rounding {
@@ -30,10 +35,28 @@ impl Rounding {
     /// fraction of the torus; the engine's noise model gives it for a preset), for a model
     /// quantized for `read_bits`: the noise in units of one box of a `read_bits`-bit read
     /// (a box is `2^-(read_bits + 1)` of the torus under the padding bit).
+    /// Comparisons are simulated at the reads' noise; see [`Rounding::with_comparison_std`].
     pub fn simulated(torus_std: f64, read_bits: u32, seed: u64) -> Rounding {
+        let sigma = torus_std * 2f64.powi(read_bits as i32 + 1);
         Rounding::Simulated {
-            sigma: torus_std * 2f64.powi(read_bits as i32 + 1),
+            sigma,
+            comparison_sigma: sigma,
             rng: SplitMix(seed),
+        }
+    }
+
+    /// The same simulation with comparisons ([`Rounding::greater`]) deciding near ties with
+    /// phase noise of standard deviation `torus_std` at the scale of the difference (the
+    /// engine refines a comparison's sign read, so it is finer than a read's; the engine's
+    /// noise model gives it), for a model quantized for `read_bits`. Exact rounding stays exact.
+    pub fn with_comparison_std(self, torus_std: f64, read_bits: u32) -> Rounding {
+        match self {
+            Rounding::Exact => Rounding::Exact,
+            Rounding::Simulated { sigma, rng, .. } => Rounding::Simulated {
+                sigma,
+                comparison_sigma: torus_std * 2f64.powi(read_bits as i32 + 1),
+                rng,
+            },
         }
     }
 
@@ -41,7 +64,7 @@ impl Rounding {
     pub fn read(&mut self, a: i64, shift: u32) -> i64 {
         match self {
             Rounding::Exact => round_shift(a, shift),
-            Rounding::Simulated { sigma, rng } => {
+            Rounding::Simulated { sigma, rng, .. } => {
                 let v = a as f64 / 2f64.powi(shift as i32) + *sigma * rng.gaussian();
                 (v + 0.5).floor() as i64
             }
@@ -54,8 +77,13 @@ impl Rounding {
     pub fn greater(&mut self, d: i64, shift: u32) -> bool {
         match self {
             Rounding::Exact => d > 0,
-            Rounding::Simulated { sigma, rng } => {
-                (d as f64 - 0.5) / 2f64.powi(shift as i32) + *sigma * rng.gaussian() > 0.0
+            Rounding::Simulated {
+                comparison_sigma,
+                rng,
+                ..
+            } => {
+                (d as f64 - 0.5) / 2f64.powi(shift as i32) + *comparison_sigma * rng.gaussian()
+                    > 0.0
             }
         }
     }

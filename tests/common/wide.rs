@@ -218,8 +218,10 @@ pub fn check_combination(
 }
 
 /// Pairwise routing's decrypted comparison bits against the exact router accumulators: every
-/// pair further from the threshold than the comparison's noise margin (for inputs at the PBS
-/// budget, an upper bound) is decided as `acc_j > acc_i`. Returns how many pairs were near ties.
+/// pair further from the threshold than the refined comparison's noise margin is decided as
+/// `acc_j > acc_i`. The accumulators are linear in fresh encryptions: their variance is bounded
+/// by the largest router row's squared 2-norm times a fresh encryption's, plus the packed
+/// product's FFT rounding. Returns how many pairs were near ties.
 pub fn check_comparisons(
     client: &ClientKey,
     model: &QuantizedMoe,
@@ -230,8 +232,19 @@ pub fn check_comparisons(
     let acc = model.router_accumulators(x);
     let pairs = veilmoe::model::pairwise::pairs(acc.len());
     assert_eq!(bits.len(), pairs.len());
-    let margin =
-        veilmoe::engine::compare::comparison_margin(p, veilmoe::engine::noise::pbs_input_budget(p));
+    let d = model.config.d.0;
+    let norm2_sq = model
+        .router
+        .chunks_exact(d)
+        .map(|row| row.iter().map(|&w| (w * w) as f64).sum::<f64>())
+        .fold(0.0, f64::max);
+    let fresh = client
+        .encrypt_lwe(&[0], veilmoe::engine::Encoding::signed(model.input_width()))
+        .unwrap()
+        .variance();
+    let acc_var =
+        norm2_sq * fresh + veilmoe::engine::noise::packed_product_fft_variance(p, norm2_sq);
+    let margin = veilmoe::engine::compare::decision_margin(p, 2.0 * acc_var);
     let step = 2f64.powi(-(model.input_width() as i32) - 1);
     let mut near = 0;
     for (&(i, j), &b) in pairs.iter().zip(bits) {
