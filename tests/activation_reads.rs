@@ -191,3 +191,26 @@ fn switch_one_read_over_300_records_on_fine() {
 fn switch_four_reads_over_300_records_on_default() {
     encrypted_on("default", 300, &[("Switch", switch())], &[4]);
 }
+
+/// The gated checkpoints on `fine` with 2 and 4 activation reads and twice the default output
+/// noise (`--output-noise 16`): W2's allowance, divided by the reads, grows back by 4.
+#[test]
+#[ignore = "`fine` keys and 2 x 2 x 6 encrypted gated tokens (about 9 minutes)"]
+fn gated_checkpoints_with_twice_the_output_noise_on_fine() {
+    let [mixtral, qwen, _] = families();
+    let variants = |p: &veilmoe::engine::Preset| {
+        [2u32, 4]
+            .iter()
+            .map(|&reads| {
+                let opts = QuantizeOptions {
+                    pairwise_routing: true,
+                    activation_reads: reads,
+                    wide_output_noise: 16.0,
+                    ..QuantizeOptions::for_reads(p.message_bits, p.max_norm2)
+                };
+                (format!("{reads} activation reads, output noise 16"), opts)
+            })
+            .collect()
+    };
+    common::encrypted_fidelity::encrypted_fidelity("fine", 6, &[qwen, mixtral], &variants);
+}

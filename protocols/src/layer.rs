@@ -14,10 +14,10 @@ use veilmoe_model::QuantizedMoe;
 /// Largest noise standard deviation of a wide slot output, as a factor on the standard
 /// deviation of a PBS input at the preset's budget, at the expert output's own encoding width
 /// (each extra bit of the slot encoding divides the allowance by 2). The quantizer keeps W2
-/// rows within 8 (`QuantizeOptions::wide_output_noise`); the margin (1.25) covers the CMUX
-/// tree. On `default` this is 0.052 read step: far below the read's rounding (0.29 step) the
-/// output used to get.
-pub const WIDE_OUTPUT_NOISE: f64 = 10.0;
+/// rows within 8 by default and at most 16 (`QuantizeOptions::wide_output_noise`,
+/// `MAX_WIDE_OUTPUT_NOISE`); the margin (1.25) covers the CMUX tree. On `default` this is
+/// 0.10 read step: below the read's rounding (0.29 step) the output used to get.
+pub const WIDE_OUTPUT_NOISE: f64 = 1.25 * veilmoe_model::quantize::options::MAX_WIDE_OUTPUT_NOISE;
 
 /// A model prepared for one server key: weights laid out and tables filled once.
 pub struct MoeLayer {

@@ -10,7 +10,7 @@ use veilmoe_engine::Preset;
 use veilmoe_model::checkpoint::{embedded_demo_model, FloatMoeModel};
 use veilmoe_model::data::{digits_split, embedded_digits, load_labelled, read_records, Dataset};
 use veilmoe_model::model_file::read_model_file;
-use veilmoe_model::quantize::options::DEFAULT_CALIBRATED_HEADROOM;
+use veilmoe_model::quantize::options::{DEFAULT_CALIBRATED_HEADROOM, MAX_WIDE_OUTPUT_NOISE};
 use veilmoe_model::quantize::{quantize_with, QuantizeOptions, QuantizeReport};
 use veilmoe_model::{ModelError, QuantizedClassifier};
 
@@ -34,6 +34,8 @@ pub enum SourceError {
     NeedsModelDir(&'static str),
     #[error("--activation-reads {0}: give 1, 2 or 4 reads per pre-activation")]
     BadActivationReads(u32),
+    #[error("--output-noise {0}: give a factor in [1, {max}]", max = MAX_WIDE_OUTPUT_NOISE)]
+    BadOutputNoise(f64),
 }
 
 /// The `--model` / `--calibration` options every model-using command shares.
@@ -82,6 +84,13 @@ pub struct ModelArgs {
     /// that declares the quantization it was trained for keeps one read.
     #[arg(long)]
     pub activation_reads: Option<u32>,
+    /// Quantizing a --model directory: the noise the decrypted expert outputs may carry, as a
+    /// factor on a PBS input's noise std at the preset's budget, 1 to 16 (default 8). W2 rows
+    /// may grow with its square: 16 gives W2 a bit more precision for twice the output noise
+    /// (still a fraction of a read step). With --activation-reads 2 on `fine` it brings the
+    /// Qwen2-MoE checkpoint's reference from 0.984 to 0.991 (BENCHMARKS.md).
+    #[arg(long)]
+    pub output_noise: Option<f64>,
 }
 
 impl ModelArgs {
@@ -104,6 +113,11 @@ impl ModelArgs {
                 return Err(SourceError::BadActivationReads(k));
             }
         }
+        if let Some(f) = self.output_noise {
+            if !(1.0..=MAX_WIDE_OUTPUT_NOISE).contains(&f) {
+                return Err(SourceError::BadOutputNoise(f));
+            }
+        }
         match &self.model {
             Some(path) if path.is_dir() => Ok(ModelSource::Dir {
                 dir: path.clone(),
@@ -111,6 +125,7 @@ impl ModelArgs {
                 headroom: self.headroom()?,
                 input_bits: self.input_bits,
                 activation_reads: self.activation_reads,
+                output_noise: self.output_noise,
                 variant: Variant {
                     linear_in_product: self.linear_in_product,
                     pairwise_routing: self.pairwise_routing,
@@ -122,6 +137,7 @@ impl ModelArgs {
             _ if self.activation_reads.is_some() => {
                 Err(SourceError::NeedsModelDir("--activation-reads"))
             }
+            _ if self.output_noise.is_some() => Err(SourceError::NeedsModelDir("--output-noise")),
             None => Ok(ModelSource::Embedded),
             Some(path) if path.is_file() => match self.calibration {
                 Some(_) => Err(SourceError::CalibrationForFile(path.display().to_string())),
@@ -172,6 +188,8 @@ pub enum ModelSource {
         input_bits: Option<u32>,
         /// `--activation-reads` (`None`: the quantizer's default).
         activation_reads: Option<u32>,
+        /// `--output-noise` (`None`: the quantizer's default).
+        output_noise: Option<f64>,
         variant: Variant,
     },
 }
@@ -274,11 +292,13 @@ impl ModelSource {
                 headroom,
                 input_bits,
                 activation_reads,
+                output_noise,
                 ..
             } => QuantizeOptions {
                 calibrated_headroom: *headroom,
                 input_bits: input_bits.or(defaults.input_bits),
                 activation_reads: activation_reads.unwrap_or(defaults.activation_reads),
+                wide_output_noise: output_noise.unwrap_or(defaults.wide_output_noise),
                 ..defaults
             },
             _ => defaults,

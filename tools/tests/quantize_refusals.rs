@@ -39,9 +39,9 @@ fn quantize_refuses_a_model_the_preset_cannot_run() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// `--headroom` outside [1, 16] and `--activation-reads` other than 1, 2 or 4 are refused in
-/// one line, and `--headroom` beside `--worst-case-ranges` by the argument parser; nothing is
-/// written either way.
+/// `--headroom` outside [1, 16], `--activation-reads` other than 1, 2 or 4 and `--output-noise`
+/// outside [1, 16] are refused in one line, and `--headroom` beside `--worst-case-ranges` by
+/// the argument parser; nothing is written either way.
 #[test]
 fn a_bad_headroom_is_refused_and_nothing_is_written() {
     let dir = tmpdir("headroom");
@@ -78,6 +78,13 @@ fn a_bad_headroom_is_refused_and_nothing_is_written() {
         "--activation-reads 3",
     );
     assert!(!out_path.exists());
+    for bad in ["17", "0.5", "NaN"] {
+        fails_with(
+            &quantize(&["--output-noise", bad]),
+            &format!("--output-noise {bad}"),
+        );
+        assert!(!out_path.exists());
+    }
     let out = quantize(&["--headroom", "2", "--worst-case-ranges"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));

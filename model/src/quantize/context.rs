@@ -208,6 +208,13 @@ fn check_inputs(
             )));
         }
     }
+    let noise = opts.wide_output_noise;
+    if !(noise > 0.0 && noise <= super::options::MAX_WIDE_OUTPUT_NOISE) {
+        return Err(ModelError::Config(format!(
+            "the wide outputs' noise factor must be in (0, {}], got {noise}",
+            super::options::MAX_WIDE_OUTPUT_NOISE
+        )));
+    }
     if calibration.is_empty() {
         return Err(ModelError::Config(
             "quantization needs at least one calibration record".into(),

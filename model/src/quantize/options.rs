@@ -19,7 +19,8 @@ pub struct QuantizeOptions {
     /// against that noise; measured on the Hugging Face-style checkpoints (BENCHMARKS.md), the
     /// former 2.68 held W2 so coarse that the decrypted Qwen2-MoE block reached cosine 0.911 on
     /// `default` where 8 reaches 0.950 (0.945 -> 0.971 on `fine`); past about 10 the limit no
-    /// longer binds and only the noise grows.
+    /// longer binds and only the noise grows; with more activation reads (which divide the
+    /// allowance) 16 pays (at most [`MAX_WIDE_OUTPUT_NOISE`]).
     pub wide_output_noise: f64,
     /// Shift of the first-stage reads for inputs of `message_bits`: the first-stage weights
     /// get about this many bits of precision (wider costs nothing in noise: the packed inputs
@@ -106,6 +107,14 @@ pub const DEFAULT_INPUT_BITS: u32 = 8;
 /// calibration maximum of every row at two thirds of its read box.
 pub const DEFAULT_CALIBRATED_HEADROOM: f64 = 1.5;
 
+/// Largest [`QuantizeOptions::wide_output_noise`]: twice the default, the output's noise std
+/// still within 0.084 read step on `default`. Measured on the Hugging Face-style checkpoints
+/// on `fine` with 2 activation reads (BENCHMARKS.md), 16 against 8 lifts the Qwen2-MoE
+/// reference from 0.977 to 0.991 and Mixtral's from 0.965 to 0.987; the encrypted outputs
+/// lose 0.001 (Qwen2-MoE) to 0.003 (Mixtral) of cosine to the doubled noise. The layer
+/// (`veilmoe_protocols::layer::WIDE_OUTPUT_NOISE`) accepts up to this times 1.25.
+pub const MAX_WIDE_OUTPUT_NOISE: f64 = 16.0;
+
 impl QuantizeOptions {
     /// Options for a preset reading `message_bits`, with the 4-bit presets' noise budget
     /// (`max_norm2 = 5`).
@@ -188,6 +197,44 @@ impl Default for QuantChoice {
             router_center: true,
             logit_zero_point: None,
             switch_numerator: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// W2's squared-norm limit grows with the square of the output-noise factor and is divided
+    /// by the activation reads: 16 with 4 reads allows what 8 with one read does.
+    #[test]
+    fn the_w2_limit_grows_with_the_square_of_the_output_noise() {
+        let at = |noise: f64, reads: u32| QuantizeOptions {
+            wide_output_noise: noise,
+            activation_reads: reads,
+            ..QuantizeOptions::for_reads(5, 4.0)
+        };
+        for (gated, wider) in [(false, false), (true, false), (true, true)] {
+            let base = at(8.0, 1).w2_norm2_limit(gated, wider);
+            assert_eq!(at(16.0, 1).w2_norm2_limit(gated, wider), 4 * base);
+            assert_eq!(at(16.0, 4).w2_norm2_limit(gated, wider), base);
+            assert_eq!(at(16.0, 2).w2_norm2_limit(gated, wider), 2 * base);
+        }
+        assert_eq!(at(8.0, 1).w2_norm2_limit(true, false), 512);
+    }
+
+    /// A noise factor outside (0, 16] is refused before any quantization work.
+    #[test]
+    fn an_output_noise_beyond_the_maximum_is_refused() {
+        let model = crate::checkpoint::embedded_demo_model().unwrap();
+        let calibration = vec![vec![0.0f32; model.features()]];
+        for noise in [17.0, 0.0, f64::NAN] {
+            let opts = QuantizeOptions {
+                wide_output_noise: noise,
+                ..QuantizeOptions::for_reads(4, 5.0)
+            };
+            let err = crate::quantize::quantize_with(&model, &opts, &calibration).unwrap_err();
+            assert!(err.to_string().contains("noise factor"), "{err}");
         }
     }
 }
