@@ -88,7 +88,8 @@ pub struct ModelArgs {
     /// factor on a PBS input's noise std at the preset's budget, 1 to 16 (default 8). W2 rows
     /// may grow with its square: 16 gives W2 a bit more precision for twice the output noise
     /// (still a fraction of a read step). With --activation-reads 2 on `fine` it brings the
-    /// Qwen2-MoE checkpoint's reference from 0.984 to 0.991 (BENCHMARKS.md).
+    /// Qwen2-MoE checkpoint's reference from 0.984 to 0.991; encrypted, the noise costs about
+    /// 0.003 of that (BENCHMARKS.md).
     #[arg(long)]
     pub output_noise: Option<f64>,
 }
