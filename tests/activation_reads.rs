@@ -127,23 +127,31 @@ fn offset_reads_fidelity() {
 }
 
 /// Encrypted fidelity with each count of reads in `reads`: each family with pairwise routing,
-/// `tokens` held-out records (`common::encrypted_fidelity`).
+/// `tokens` held-out records (`common::encrypted_fidelity`); W2 held to `output_noise` where
+/// given (`QuantizeOptions::wide_output_noise`), else the default.
 fn encrypted_on(
     preset: &str,
     tokens: usize,
     families: &[(&str, std::path::PathBuf)],
     reads: &[u32],
+    output_noise: Option<f64>,
 ) {
     let variants = |p: &veilmoe::engine::Preset| {
         reads
             .iter()
             .map(|&reads| {
+                let defaults = QuantizeOptions::for_reads(p.message_bits, p.max_norm2);
                 let opts = QuantizeOptions {
                     pairwise_routing: true,
                     activation_reads: reads,
-                    ..QuantizeOptions::for_reads(p.message_bits, p.max_norm2)
+                    wide_output_noise: output_noise.unwrap_or(defaults.wide_output_noise),
+                    ..defaults
                 };
-                (format!("{reads} activation reads"), opts)
+                let label = match output_noise {
+                    Some(n) => format!("{reads} activation reads, output noise {n}"),
+                    None => format!("{reads} activation reads"),
+                };
+                (label, opts)
             })
             .collect()
     };
@@ -156,7 +164,7 @@ fn encrypted_on(
 #[test]
 #[ignore = "`fine` keys and 3 x 6 encrypted Switch tokens (minutes)"]
 fn offset_reads_encrypted_on_fine() {
-    encrypted_on("fine", 6, &[("Switch", switch())], &[1, 2, 4]);
+    encrypted_on("fine", 6, &[("Switch", switch())], &[1, 2, 4], None);
 }
 
 /// On `default` every family gains in the reference with 2 reads, and Switch most with 4.
@@ -164,8 +172,8 @@ fn offset_reads_encrypted_on_fine() {
 #[ignore = "`default` keys and 7 x 6 encrypted tokens (minutes)"]
 fn offset_reads_encrypted_on_default() {
     let [mixtral, qwen, switch] = families();
-    encrypted_on("default", 6, &[mixtral, qwen], &[1, 2]);
-    encrypted_on("default", 6, &[switch], &[1, 2, 4]);
+    encrypted_on("default", 6, &[mixtral, qwen], &[1, 2], None);
+    encrypted_on("default", 6, &[switch], &[1, 2, 4], None);
 }
 
 /// The measure for the Switch checkpoint with 2 reads: all 300 held-out records
@@ -173,7 +181,7 @@ fn offset_reads_encrypted_on_default() {
 #[test]
 #[ignore = "`fine` keys and 300 encrypted tokens (about 25 minutes)"]
 fn switch_offset_reads_over_300_records_on_fine() {
-    encrypted_on("fine", 300, &[("Switch", switch())], &[2]);
+    encrypted_on("fine", 300, &[("Switch", switch())], &[2], None);
 }
 
 /// The same measure with one read: with the router weights 3 bits finer
@@ -181,7 +189,7 @@ fn switch_offset_reads_over_300_records_on_fine() {
 #[test]
 #[ignore = "`fine` keys and 300 encrypted tokens (about 20 minutes)"]
 fn switch_one_read_over_300_records_on_fine() {
-    encrypted_on("fine", 300, &[("Switch", switch())], &[1]);
+    encrypted_on("fine", 300, &[("Switch", switch())], &[1], None);
 }
 
 /// The same measure on `default` with 4 reads (the cheapest secure preset): all 300 held-out
@@ -189,7 +197,7 @@ fn switch_one_read_over_300_records_on_fine() {
 #[test]
 #[ignore = "`default` keys and 300 encrypted tokens (about 12 minutes)"]
 fn switch_four_reads_over_300_records_on_default() {
-    encrypted_on("default", 300, &[("Switch", switch())], &[4]);
+    encrypted_on("default", 300, &[("Switch", switch())], &[4], None);
 }
 
 /// The gated checkpoints on `fine` with 2 and 4 activation reads and twice the default output
@@ -198,21 +206,7 @@ fn switch_four_reads_over_300_records_on_default() {
 #[ignore = "`fine` keys and 2 x 2 x 6 encrypted gated tokens (about 9 minutes)"]
 fn gated_checkpoints_with_twice_the_output_noise_on_fine() {
     let [mixtral, qwen, _] = families();
-    let variants = |p: &veilmoe::engine::Preset| {
-        [2u32, 4]
-            .iter()
-            .map(|&reads| {
-                let opts = QuantizeOptions {
-                    pairwise_routing: true,
-                    activation_reads: reads,
-                    wide_output_noise: 16.0,
-                    ..QuantizeOptions::for_reads(p.message_bits, p.max_norm2)
-                };
-                (format!("{reads} activation reads, output noise 16"), opts)
-            })
-            .collect()
-    };
-    common::encrypted_fidelity::encrypted_fidelity("fine", 6, &[qwen, mixtral], &variants);
+    encrypted_on("fine", 6, &[qwen, mixtral], &[2, 4], Some(16.0));
 }
 
 /// Qwen2-MoE, the configuration that reaches 0.99 in the reference (`fine`, 2 activation reads,
@@ -221,19 +215,5 @@ fn gated_checkpoints_with_twice_the_output_noise_on_fine() {
 #[test]
 #[ignore = "`fine` keys and 50 encrypted Qwen2-MoE tokens (about 18 minutes)"]
 fn qwen_two_reads_twice_the_output_noise_over_50_records_on_fine() {
-    let variants = |p: &veilmoe::engine::Preset| {
-        let opts = QuantizeOptions {
-            pairwise_routing: true,
-            activation_reads: 2,
-            wide_output_noise: 16.0,
-            ..QuantizeOptions::for_reads(p.message_bits, p.max_norm2)
-        };
-        vec![("2 activation reads, output noise 16".to_string(), opts)]
-    };
-    common::encrypted_fidelity::encrypted_fidelity(
-        "fine",
-        50,
-        &[("Qwen2-MoE", qwen2_moe())],
-        &variants,
-    );
+    encrypted_on("fine", 50, &[("Qwen2-MoE", qwen2_moe())], &[2], Some(16.0));
 }
